@@ -1,0 +1,1017 @@
+//! Configuration: YAML -> raw serde structs -> a validated [`Config`].
+//!
+//! Loading has two stages. [`raw`] deserialises the document with serde-saphyr into structs
+//! that use `deny_unknown_fields` and keep every value as an untyped node together with its
+//! line and column (serde-saphyr's `Spanned<T>`). [`validate`] then converts each value,
+//! collecting every problem rather than stopping at the first; each [`Problem`] names the key
+//! path (`limits.header_timeout`, `listen[1]`), the 1-based line, what was found and what was
+//! expected. Every key is optional; [`DEFAULT_YAML`] shows them all at their defaults.
+//!
+//! `check-config` and `run` both go through [`Config::from_file`]; `check-config` prints
+//! [`Config::summary`].
+
+mod duration;
+mod error;
+mod raw;
+mod validate;
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use crate::policy::HostPattern;
+
+pub use duration::{format_duration, parse_duration, DurationError, MAX_DURATION};
+pub use error::{ConfigError, Problem};
+
+/// The embedded default configuration, with a comment on every key.
+pub const DEFAULT_YAML: &str = include_str!("default.yaml");
+
+/// The Azure Monitor endpoints allowed by default (Azure public cloud).
+///
+/// Sources: Microsoft Learn, "Azure Monitor agent network configuration"
+/// (<https://learn.microsoft.com/azure/azure-monitor/agents/azure-monitor-agent-network-configuration>),
+/// and "Connect computers without internet access by using the Log Analytics gateway"
+/// (<https://learn.microsoft.com/azure/azure-monitor/agents/gateway>).
+pub const DEFAULT_ALLOWED_HOSTS: [&str; 9] = [
+    "global.handler.control.monitor.azure.com",
+    "*.handler.control.monitor.azure.com",
+    "*.ods.opinsights.azure.com",
+    "*.oms.opinsights.azure.com",
+    "*.ingest.monitor.azure.com",
+    "*.monitoring.azure.com",
+    "*.agentsvc.azure-automation.net",
+    "*.azure-automation.net",
+    "*.blob.core.windows.net",
+];
+
+/// The most worker threads `workers:` may ask for.
+pub const MAX_WORKERS: usize = 1024;
+
+/// A validated configuration. Every field has a default; see [`DEFAULT_YAML`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Addresses the gateway accepts clients on.
+    pub listen: Vec<SocketAddr>,
+    /// The `/metrics`, `/healthz`, `/readyz` listener; `None` disables it.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Worker threads; 0 = one per online CPU (resolved by the engine).
+    pub workers: usize,
+    /// Which I/O driver the workers use.
+    pub engine: EngineKind,
+    /// How bytes are moved between the client and the upstream.
+    pub data_path: DataPath,
+    /// Destination ports a client may CONNECT to; never empty, never 0.
+    pub allowed_ports: Vec<u16>,
+    /// Host allowlist; never empty.
+    pub allowed_hosts: Vec<HostPattern>,
+    /// Static name -> addresses overrides consulted instead of DNS; keys are normalised.
+    pub hosts: Vec<(String, Vec<IpAddr>)>,
+    /// Turns the private-destination guard off entirely.
+    pub allow_private_destinations: bool,
+    /// Networks exempted from the private-destination guard.
+    pub allowed_destination_networks: Vec<ipnet::IpNet>,
+    pub limits: Limits,
+    pub resolver: ResolverSettings,
+}
+
+/// `engine:`: the I/O driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineKind {
+    /// io_uring when the kernel supports it, epoll otherwise.
+    Auto,
+    /// io_uring only; startup fails without it.
+    Uring,
+    /// epoll only.
+    Epoll,
+}
+
+impl EngineKind {
+    /// The YAML spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EngineKind::Auto => "auto",
+            EngineKind::Uring => "uring",
+            EngineKind::Epoll => "epoll",
+        }
+    }
+}
+
+/// `data_path:`: how payload bytes are relayed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataPath {
+    /// `splice(2)` through a pipe, never copied to user space.
+    Splice,
+    /// `read`/`write` through a user-space buffer.
+    Copy,
+}
+
+impl DataPath {
+    /// The YAML spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DataPath::Splice => "splice",
+            DataPath::Copy => "copy",
+        }
+    }
+}
+
+/// `limits:`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Open client connections across all workers; at least 1.
+    pub max_connections: usize,
+    /// The largest CONNECT request head accepted, 256 bytes to 1 MiB.
+    pub max_header_bytes: usize,
+    /// Time for a client to send its complete request head.
+    pub header_timeout: Duration,
+    /// Time to establish the upstream TCP connection.
+    pub connect_timeout: Duration,
+    /// A tunnel with no traffic in either direction for this long is closed.
+    pub idle_timeout: Duration,
+    /// On shutdown, time given to open tunnels before they are closed.
+    pub drain_timeout: Duration,
+    /// Time allowed for name resolution.
+    pub resolve_timeout: Duration,
+    /// Pipes a worker may hold at once; 0 = automatic.
+    pub max_pipes: usize,
+    /// Requested pipe capacity in bytes, 4096 to 1 MiB (the kernel rounds it).
+    pub pipe_size: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 100_000,
+            max_header_bytes: 16 * 1024,
+            header_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(15 * 60),
+            drain_timeout: Duration::from_secs(30),
+            resolve_timeout: Duration::from_secs(5),
+            max_pipes: 0,
+            pipe_size: 256 * 1024,
+        }
+    }
+}
+
+/// `resolver:`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolverSettings {
+    /// Name servers to query; empty = the system's `/etc/resolv.conf`.
+    pub nameservers: Vec<SocketAddr>,
+    /// Cached answers; 0 disables the cache.
+    pub cache_size: usize,
+}
+
+impl Default for ResolverSettings {
+    fn default() -> ResolverSettings {
+        ResolverSettings {
+            nameservers: Vec::new(),
+            cache_size: 4096,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: vec![
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8080),
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 8080),
+            ],
+            metrics_listen: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9464)),
+            workers: 0,
+            engine: EngineKind::Auto,
+            data_path: DataPath::Splice,
+            allowed_ports: vec![443],
+            allowed_hosts: DEFAULT_ALLOWED_HOSTS
+                .iter()
+                .filter_map(|p| HostPattern::parse(p).ok())
+                .collect(),
+            hosts: Vec::new(),
+            allow_private_destinations: false,
+            allowed_destination_networks: Vec::new(),
+            limits: Limits::default(),
+            resolver: ResolverSettings::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates a YAML document. Every problem is reported, each with its key
+    /// path and line.
+    pub fn from_yaml(src: &str) -> Result<Config, ConfigError> {
+        let invalid = |problems| ConfigError::Invalid {
+            path: None,
+            problems,
+        };
+        let raw = raw::parse(src).map_err(|p| invalid(vec![p]))?;
+        validate::validate(raw).map_err(invalid)
+    }
+
+    /// Reads, parses and validates a configuration file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_yaml(&src).map_err(|err| match err {
+            ConfigError::Invalid { problems, .. } => ConfigError::Invalid {
+                path: Some(path.to_path_buf()),
+                problems,
+            },
+            io => io,
+        })
+    }
+
+    /// The configuration in [`DEFAULT_YAML`]. A unit test proves it parses and equals
+    /// [`Config::default`], which is returned should it ever fail to.
+    pub fn embedded_default() -> Config {
+        Config::from_yaml(DEFAULT_YAML).unwrap_or_default()
+    }
+
+    /// A human-readable account of the effective configuration, every key included, for
+    /// `check-config`.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let list = |items: Vec<String>| {
+            if items.is_empty() {
+                "none".to_owned()
+            } else {
+                items.join(", ")
+            }
+        };
+        let _ = writeln!(
+            out,
+            "listen: {}",
+            list(self.listen.iter().map(ToString::to_string).collect())
+        );
+        let _ = writeln!(
+            out,
+            "metrics_listen: {}",
+            self.metrics_listen
+                .map_or_else(|| "disabled".to_owned(), |a| a.to_string())
+        );
+        if self.workers == 0 {
+            let _ = writeln!(out, "workers: 0 (one per online CPU)");
+        } else {
+            let _ = writeln!(out, "workers: {}", self.workers);
+        }
+        let _ = writeln!(out, "engine: {}", self.engine.as_str());
+        let _ = writeln!(out, "data_path: {}", self.data_path.as_str());
+        let _ = writeln!(
+            out,
+            "allowed_ports: {}",
+            list(self.allowed_ports.iter().map(ToString::to_string).collect())
+        );
+        let _ = writeln!(
+            out,
+            "allowed_hosts: {} pattern(s)",
+            self.allowed_hosts.len()
+        );
+        for pattern in &self.allowed_hosts {
+            let _ = writeln!(out, "  - {pattern}");
+        }
+        let _ = writeln!(out, "hosts: {} override(s)", self.hosts.len());
+        for (name, addrs) in &self.hosts {
+            let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            let _ = writeln!(out, "  {name} -> {}", addrs.join(", "));
+        }
+        let _ = writeln!(
+            out,
+            "allow_private_destinations: {}{}",
+            self.allow_private_destinations,
+            if self.allow_private_destinations {
+                " (the private-destination guard is OFF)"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            out,
+            "allowed_destination_networks: {}",
+            list(
+                self.allowed_destination_networks
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect()
+            )
+        );
+        let l = &self.limits;
+        let _ = writeln!(out, "limits:");
+        let _ = writeln!(out, "  max_connections: {}", l.max_connections);
+        let _ = writeln!(out, "  max_header_bytes: {}", l.max_header_bytes);
+        for (key, d) in [
+            ("header_timeout", l.header_timeout),
+            ("connect_timeout", l.connect_timeout),
+            ("idle_timeout", l.idle_timeout),
+            ("drain_timeout", l.drain_timeout),
+            ("resolve_timeout", l.resolve_timeout),
+        ] {
+            let _ = writeln!(out, "  {key}: {}", format_duration(d));
+        }
+        if l.max_pipes == 0 {
+            let _ = writeln!(out, "  max_pipes: 0 (automatic)");
+        } else {
+            let _ = writeln!(out, "  max_pipes: {}", l.max_pipes);
+        }
+        let _ = writeln!(out, "  pipe_size: {}", l.pipe_size);
+        let r = &self.resolver;
+        let _ = writeln!(out, "resolver:");
+        if r.nameservers.is_empty() {
+            let _ = writeln!(out, "  nameservers: system (/etc/resolv.conf)");
+        } else {
+            let servers: Vec<String> = r.nameservers.iter().map(ToString::to_string).collect();
+            let _ = writeln!(out, "  nameservers: {}", servers.join(", "));
+        }
+        if r.cache_size == 0 {
+            let _ = writeln!(out, "  cache_size: 0 (no cache)");
+        } else {
+            let _ = writeln!(out, "  cache_size: {}", r.cache_size);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(yaml: &str) -> Config {
+        match Config::from_yaml(yaml) {
+            Ok(cfg) => cfg,
+            Err(e) => panic!("{yaml:?} should parse:\n{e}"),
+        }
+    }
+
+    fn problems(yaml: &str) -> Vec<Problem> {
+        match Config::from_yaml(yaml) {
+            Ok(cfg) => panic!("{yaml:?} should fail, got {cfg:?}"),
+            Err(e) => e.problems().to_vec(),
+        }
+    }
+
+    /// Asserts that `yaml` fails with exactly one problem at `key` on `line`, whose message
+    /// contains every one of `needles`.
+    fn bad(yaml: &str, key: &str, line: usize, needles: &[&str]) {
+        let found = problems(yaml);
+        assert_eq!(found.len(), 1, "{yaml:?}: {found:#?}");
+        let p = &found[0];
+        assert_eq!(p.key, key, "{yaml:?}: {p}");
+        assert_eq!(p.line, Some(line), "{yaml:?}: {p}");
+        let text = p.to_string();
+        assert!(text.contains(key), "{text}");
+        assert!(text.starts_with(&format!("line {line}: ")), "{text}");
+        for needle in needles {
+            assert!(text.contains(needle), "{yaml:?}: {text:?} lacks {needle:?}");
+        }
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        match s.parse() {
+            Ok(a) => a,
+            Err(e) => panic!("bad test address {s}: {e}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let cfg = Config::default();
+        assert_eq!(cfg.listen, vec![addr("0.0.0.0:8080"), addr("[::]:8080")]);
+        assert_eq!(cfg.metrics_listen, Some(addr("127.0.0.1:9464")));
+        assert_eq!(cfg.workers, 0);
+        assert_eq!(cfg.engine, EngineKind::Auto);
+        assert_eq!(cfg.data_path, DataPath::Splice);
+        assert_eq!(cfg.allowed_ports, vec![443]);
+        let hosts: Vec<String> = cfg.allowed_hosts.iter().map(ToString::to_string).collect();
+        assert_eq!(hosts, DEFAULT_ALLOWED_HOSTS);
+        assert!(cfg.hosts.is_empty());
+        assert!(!cfg.allow_private_destinations);
+        assert!(cfg.allowed_destination_networks.is_empty());
+        assert_eq!(cfg.limits.max_connections, 100_000);
+        assert_eq!(cfg.limits.max_header_bytes, 16384);
+        assert_eq!(cfg.limits.header_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.limits.connect_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.limits.idle_timeout, Duration::from_secs(900));
+        assert_eq!(cfg.limits.drain_timeout, Duration::from_secs(30));
+        assert_eq!(cfg.limits.resolve_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.limits.max_pipes, 0);
+        assert_eq!(cfg.limits.pipe_size, 262_144);
+        assert!(cfg.resolver.nameservers.is_empty());
+        assert_eq!(cfg.resolver.cache_size, 4096);
+        assert_eq!(
+            ok(""),
+            cfg,
+            "an empty document is the default configuration"
+        );
+        assert_eq!(ok("# nothing but a comment\n"), cfg);
+        assert_eq!(ok("limits:\nresolver:\n"), cfg);
+    }
+
+    #[test]
+    fn embedded_default_parses_and_matches_defaults() {
+        assert_eq!(ok(DEFAULT_YAML), Config::default());
+        assert_eq!(Config::embedded_default(), Config::default());
+    }
+
+    #[test]
+    fn embedded_default_shows_every_key() {
+        let top = [
+            "listen:",
+            "metrics_listen:",
+            "workers:",
+            "engine:",
+            "data_path:",
+            "allowed_ports:",
+            "allowed_hosts:",
+            "hosts:",
+            "allow_private_destinations:",
+            "allowed_destination_networks:",
+            "limits:",
+            "resolver:",
+        ];
+        for key in top {
+            assert!(
+                DEFAULT_YAML.lines().any(|l| l.starts_with(key)),
+                "default.yaml lacks {key}"
+            );
+        }
+        let nested = [
+            "max_connections:",
+            "max_header_bytes:",
+            "header_timeout:",
+            "connect_timeout:",
+            "idle_timeout:",
+            "drain_timeout:",
+            "resolve_timeout:",
+            "max_pipes:",
+            "pipe_size:",
+            "nameservers:",
+            "cache_size:",
+        ];
+        for key in nested {
+            assert!(
+                DEFAULT_YAML
+                    .lines()
+                    .any(|l| l.trim_start().starts_with(key)),
+                "default.yaml lacks {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn old_gateway_listen_text() {
+        bad(
+            "# comment\nlisten: \"text\"\n",
+            "listen",
+            2,
+            &[
+                "expected a list of socket addresses such as \"0.0.0.0:8080\"",
+                "found the string \"text\"",
+            ],
+        );
+        assert_eq!(
+            problems("# comment\nlisten: \"text\"\n")[0].to_string(),
+            "line 2: listen: expected a list of socket addresses such as \"0.0.0.0:8080\", \
+             found the string \"text\""
+        );
+    }
+
+    #[test]
+    fn listen() {
+        let cfg = ok("listen:\n  - 127.0.0.1:3128\n  - \"[::1]:3128\"\n");
+        assert_eq!(cfg.listen, vec![addr("127.0.0.1:3128"), addr("[::1]:3128")]);
+        bad(
+            "listen:\n  - 127.0.0.1:3128\n  - nope\n",
+            "listen[1]",
+            3,
+            &["expected a socket address", "found the string \"nope\""],
+        );
+        bad("listen: []\n", "listen", 1, &["empty"]);
+        bad("listen:\n", "listen", 1, &["expected a list", "null"]);
+        bad(
+            "listen: [1.2.3.4:1, 1.2.3.4:1]\n",
+            "listen[1]",
+            1,
+            &["more than once"],
+        );
+        bad(
+            "listen:\n  - ::\n",
+            "listen[0]",
+            2,
+            &["found a mapping", "must be quoted"],
+        );
+        bad(
+            "listen: [8080]\n",
+            "listen[0]",
+            1,
+            &["found the number 8080"],
+        );
+    }
+
+    #[test]
+    fn metrics_listen() {
+        assert_eq!(ok("metrics_listen: null\n").metrics_listen, None);
+        assert_eq!(ok("metrics_listen: ~\n").metrics_listen, None);
+        assert_eq!(ok("metrics_listen:\n").metrics_listen, None);
+        assert_eq!(
+            ok("metrics_listen: \"[::1]:9000\"\n").metrics_listen,
+            Some(addr("[::1]:9000"))
+        );
+        bad(
+            "workers: 1\nmetrics_listen: localhost:9464\n",
+            "metrics_listen",
+            2,
+            &[
+                "expected a socket address",
+                "null to disable",
+                "\"localhost:9464\"",
+            ],
+        );
+        bad(
+            "listen: [127.0.0.1:9464]\nmetrics_listen: 127.0.0.1:9464\n",
+            "metrics_listen",
+            2,
+            &["both a listen address and metrics_listen"],
+        );
+        let ephemeral = ok("listen: [127.0.0.1:0, 127.0.0.1:0]\nmetrics_listen: 127.0.0.1:0\n");
+        assert_eq!(ephemeral.listen.len(), 2, "port 0 never collides");
+        bad(
+            "listen: [127.0.0.1:9464]\n",
+            "listen",
+            1,
+            &["both a listen address and metrics_listen"],
+        );
+    }
+
+    #[test]
+    fn workers() {
+        assert_eq!(ok("workers: 8\n").workers, 8);
+        assert_eq!(ok("workers: 1024\n").workers, 1024);
+        bad(
+            "workers: 1025\n",
+            "workers",
+            1,
+            &["0 (one per online CPU) to 1024", "1025"],
+        );
+        bad("workers: -1\n", "workers", 1, &["found the number -1"]);
+        bad(
+            "workers: four\n",
+            "workers",
+            1,
+            &["found the string \"four\""],
+        );
+        bad("workers: 1.5\n", "workers", 1, &["found the number 1.5"]);
+    }
+
+    #[test]
+    fn engine_and_data_path() {
+        assert_eq!(ok("engine: uring\n").engine, EngineKind::Uring);
+        assert_eq!(ok("engine: epoll\n").engine, EngineKind::Epoll);
+        assert_eq!(ok("engine: auto\n").engine, EngineKind::Auto);
+        bad(
+            "engine: io_uring\n",
+            "engine",
+            1,
+            &["one of \"auto\", \"uring\", \"epoll\"", "\"io_uring\""],
+        );
+        assert_eq!(ok("data_path: copy\n").data_path, DataPath::Copy);
+        assert_eq!(ok("data_path: splice\n").data_path, DataPath::Splice);
+        bad(
+            "data_path: 1\n",
+            "data_path",
+            1,
+            &["\"splice\", \"copy\"", "the number 1"],
+        );
+        for kind in [EngineKind::Auto, EngineKind::Uring, EngineKind::Epoll] {
+            assert_eq!(ok(&format!("engine: {}\n", kind.as_str())).engine, kind);
+        }
+        for path in [DataPath::Splice, DataPath::Copy] {
+            assert_eq!(
+                ok(&format!("data_path: {}\n", path.as_str())).data_path,
+                path
+            );
+        }
+    }
+
+    #[test]
+    fn allowed_ports() {
+        assert_eq!(
+            ok("allowed_ports: [443, 8443, 443]\n").allowed_ports,
+            vec![443, 8443]
+        );
+        assert_eq!(
+            ok("allowed_ports: [65535, 1]\n").allowed_ports,
+            vec![65535, 1]
+        );
+        bad(
+            "allowed_ports: [443, 0]\n",
+            "allowed_ports[1]",
+            1,
+            &["1 to 65535", "number 0"],
+        );
+        bad(
+            "allowed_ports:\n  - 65536\n",
+            "allowed_ports[0]",
+            2,
+            &["65536"],
+        );
+        bad("allowed_ports: []\n", "allowed_ports", 1, &["empty"]);
+        bad(
+            "allowed_ports: 443\n",
+            "allowed_ports",
+            1,
+            &["expected a list", "number 443"],
+        );
+        bad(
+            "allowed_ports: [\"https\"]\n",
+            "allowed_ports[0]",
+            1,
+            &["\"https\""],
+        );
+    }
+
+    #[test]
+    fn allowed_hosts() {
+        let cfg = ok("allowed_hosts:\n  - Example.COM.\n  - '*.svc.example.net'\n  - 192.0.2.1\n");
+        let hosts: Vec<String> = cfg.allowed_hosts.iter().map(ToString::to_string).collect();
+        assert_eq!(hosts, ["example.com", "*.svc.example.net", "192.0.2.1"]);
+        bad(
+            "allowed_hosts:\n  - a.example\n  - b.example\n  - c.example\n  - 'foo.*.example'\n",
+            "allowed_hosts[3]",
+            5,
+            &["invalid host pattern \"foo.*.example\"", "first label"],
+        );
+        bad(
+            "allowed_hosts: [\"https://example.com\"]\n",
+            "allowed_hosts[0]",
+            1,
+            &["scheme"],
+        );
+        bad(
+            "allowed_hosts: [\"example.com:443\"]\n",
+            "allowed_hosts[0]",
+            1,
+            &["allowed_ports"],
+        );
+        bad("allowed_hosts: []\n", "allowed_hosts", 1, &["empty"]);
+        bad(
+            "allowed_hosts: example.com\n",
+            "allowed_hosts",
+            1,
+            &["expected a list"],
+        );
+    }
+
+    #[test]
+    fn hosts_overrides() {
+        let cfg = ok("hosts:\n  API.Example.com.: [192.0.2.10, \"2001:db8::10\"]\n  b.example: [192.0.2.11]\n");
+        let ip = |s: &str| addr(&format!("{s}:0")).ip();
+        let ip6 = |s: &str| addr(&format!("[{s}]:0")).ip();
+        assert_eq!(
+            cfg.hosts,
+            vec![
+                (
+                    "api.example.com".to_owned(),
+                    vec![ip("192.0.2.10"), ip6("2001:db8::10")]
+                ),
+                ("b.example".to_owned(), vec![ip("192.0.2.11")]),
+            ]
+        );
+        assert!(ok("hosts:\n").hosts.is_empty());
+        bad(
+            "hosts:\n  a.example: [192.0.2.999]\n",
+            "hosts.a.example[0]",
+            2,
+            &["expected an IP address", "\"192.0.2.999\""],
+        );
+        bad(
+            "hosts:\n  a.example: []\n",
+            "hosts.a.example",
+            2,
+            &["empty"],
+        );
+        bad(
+            "hosts:\n  a.example: 192.0.2.1\n",
+            "hosts.a.example",
+            2,
+            &["expected a list"],
+        );
+        bad(
+            "hosts:\n  '*.example': [192.0.2.1]\n",
+            "hosts.*.example",
+            2,
+            &["wildcards are not allowed"],
+        );
+        bad(
+            "hosts:\n  'a..example': [192.0.2.1]\n",
+            "hosts.a..example",
+            2,
+            &["not a valid host name", "empty label"],
+        );
+        bad(
+            "hosts:\n  192.0.2.1: [192.0.2.2]\n",
+            "hosts.192.0.2.1",
+            2,
+            &["IP address"],
+        );
+        bad(
+            "hosts:\n  a.example: [192.0.2.1]\n  A.example.: [192.0.2.2]\n",
+            "hosts.a.example",
+            3,
+            &["more than one entry"],
+        );
+        bad(
+            "hosts: [a.example]\n",
+            "hosts",
+            1,
+            &["expected a mapping of host names"],
+        );
+    }
+
+    #[test]
+    fn allow_private_destinations() {
+        assert!(ok("allow_private_destinations: true\n").allow_private_destinations);
+        assert!(!ok("allow_private_destinations: false\n").allow_private_destinations);
+        bad(
+            "allow_private_destinations: yes\n",
+            "allow_private_destinations",
+            1,
+            &["expected true or false", "\"yes\""],
+        );
+        bad(
+            "allow_private_destinations: 1\n",
+            "allow_private_destinations",
+            1,
+            &["true or false", "number 1"],
+        );
+    }
+
+    #[test]
+    fn allowed_destination_networks() {
+        let cfg = ok("allowed_destination_networks: [10.1.2.3/8, 192.0.2.7, \"fd00::/8\", \"2001:db8::1\"]\n");
+        let nets: Vec<String> = cfg
+            .allowed_destination_networks
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            nets,
+            ["10.0.0.0/8", "192.0.2.7/32", "fd00::/8", "2001:db8::1/128"]
+        );
+        assert!(ok("allowed_destination_networks:\n")
+            .allowed_destination_networks
+            .is_empty());
+        bad(
+            "allowed_destination_networks:\n  - 10.0.0.0/33\n",
+            "allowed_destination_networks[0]",
+            2,
+            &["expected a network", "\"10.0.0.0/33\""],
+        );
+        bad(
+            "allowed_destination_networks: 10.0.0.0/8\n",
+            "allowed_destination_networks",
+            1,
+            &["expected a list"],
+        );
+    }
+
+    #[test]
+    fn limits() {
+        let cfg = ok("limits:\n  max_connections: 5\n  max_header_bytes: 256\n  header_timeout: 500ms\n  connect_timeout: 3\n  idle_timeout: 1h30m\n  drain_timeout: 1m\n  resolve_timeout: 2s\n  max_pipes: 64\n  pipe_size: 65536\n");
+        let l = &cfg.limits;
+        assert_eq!(l.max_connections, 5);
+        assert_eq!(l.max_header_bytes, 256);
+        assert_eq!(l.header_timeout, Duration::from_millis(500));
+        assert_eq!(l.connect_timeout, Duration::from_secs(3));
+        assert_eq!(l.idle_timeout, Duration::from_secs(5400));
+        assert_eq!(l.drain_timeout, Duration::from_secs(60));
+        assert_eq!(l.resolve_timeout, Duration::from_secs(2));
+        assert_eq!(l.max_pipes, 64);
+        assert_eq!(l.pipe_size, 65536);
+
+        bad(
+            "limits:\n  max_connections: 0\n",
+            "limits.max_connections",
+            2,
+            &["at least 1"],
+        );
+        bad(
+            "limits:\n  max_header_bytes: 255\n",
+            "limits.max_header_bytes",
+            2,
+            &["256 to 1048576"],
+        );
+        bad(
+            "limits:\n  max_header_bytes: 1048577\n",
+            "limits.max_header_bytes",
+            2,
+            &["1048577"],
+        );
+        bad(
+            "limits:\n  header_timeout: 0s\n",
+            "limits.header_timeout",
+            2,
+            &["greater than zero"],
+        );
+        bad(
+            "limits:\n  connect_timeout: 0\n",
+            "limits.connect_timeout",
+            2,
+            &["greater than zero"],
+        );
+        bad(
+            "limits:\n  idle_timeout: 15x\n",
+            "limits.idle_timeout",
+            2,
+            &["expected a duration", "\"15x\"", "unknown unit"],
+        );
+        bad(
+            "limits:\n  drain_timeout: 1.5\n",
+            "limits.drain_timeout",
+            2,
+            &["number 1.5"],
+        );
+        bad(
+            "limits:\n  resolve_timeout: 400d\n",
+            "limits.resolve_timeout",
+            2,
+            &["unknown unit"],
+        );
+        bad(
+            "limits:\n  resolve_timeout: 9000h\n",
+            "limits.resolve_timeout",
+            2,
+            &["365 days"],
+        );
+        bad(
+            "limits:\n  max_pipes: -1\n",
+            "limits.max_pipes",
+            2,
+            &["0 = automatic"],
+        );
+        bad(
+            "limits:\n  pipe_size: 4095\n",
+            "limits.pipe_size",
+            2,
+            &["4096 to 1048576"],
+        );
+        bad("limits: 5\n", "limits", 1, &["expected a mapping"]);
+    }
+
+    #[test]
+    fn resolver() {
+        let cfg = ok("resolver:\n  nameservers: [127.0.0.53:53, 192.0.2.53, \"2001:db8::53\", \"[2001:db8::54]:5353\"]\n  cache_size: 0\n");
+        assert_eq!(
+            cfg.resolver.nameservers,
+            vec![
+                addr("127.0.0.53:53"),
+                addr("192.0.2.53:53"),
+                addr("[2001:db8::53]:53"),
+                addr("[2001:db8::54]:5353"),
+            ]
+        );
+        assert_eq!(cfg.resolver.cache_size, 0);
+        bad(
+            "resolver:\n  nameservers:\n    - dns.example\n",
+            "resolver.nameservers[0]",
+            3,
+            &["name server address", "\"dns.example\""],
+        );
+        bad(
+            "resolver:\n  nameservers: [\"192.0.2.53:0\"]\n",
+            "resolver.nameservers[0]",
+            2,
+            &["192.0.2.53:0"],
+        );
+        bad(
+            "resolver:\n  cache_size: lots\n",
+            "resolver.cache_size",
+            2,
+            &["whole number"],
+        );
+    }
+
+    #[test]
+    fn unknown_keys() {
+        bad(
+            "listen: [\"0.0.0.0:1\"]\nlisten_addr: x\n",
+            "listen_addr",
+            2,
+            &["unknown key", "allowed_hosts"],
+        );
+        bad(
+            "limits:\n  max_connections: 5\n  header_timout: 10s\n",
+            "limits.header_timout",
+            3,
+            &["unknown key", "header_timeout"],
+        );
+        bad(
+            "resolver:\n  servers: []\n",
+            "resolver.servers",
+            2,
+            &["unknown key", "nameservers"],
+        );
+    }
+
+    #[test]
+    fn collects_every_problem() {
+        let found = problems(
+            "listen: \"text\"\nworkers: many\nallowed_ports: [0]\nlimits:\n  header_timeout: 0s\n  pipe_size: 1\n",
+        );
+        let keys: Vec<(&str, Option<usize>)> =
+            found.iter().map(|p| (p.key.as_str(), p.line)).collect();
+        assert_eq!(
+            keys,
+            [
+                ("listen", Some(1)),
+                ("workers", Some(2)),
+                ("allowed_ports[0]", Some(3)),
+                ("limits.header_timeout", Some(5)),
+                ("limits.pipe_size", Some(6)),
+            ]
+        );
+        let err = match Config::from_yaml("listen: \"text\"\nworkers: many\n") {
+            Ok(_) => panic!("should fail"),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(err.lines().count(), 2, "{err}");
+    }
+
+    #[test]
+    fn syntax_errors_carry_lines() {
+        let found = problems("workers: 1\nlisten: [a\n");
+        assert_eq!(found.len(), 1);
+        assert!(found[0].line.is_some(), "{}", found[0]);
+    }
+
+    #[test]
+    fn from_file() {
+        let dir =
+            std::env::temp_dir().join(format!("splicegate-config-test-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let good = dir.join("good.yaml");
+        let broken = dir.join("bad.yaml");
+        let written = std::fs::write(&good, "workers: 2\n")
+            .and_then(|()| std::fs::write(&broken, "workers: two\n"));
+        assert!(written.is_ok(), "{written:?}");
+        assert_eq!(Config::from_file(&good).map(|c| c.workers).ok(), Some(2));
+        match Config::from_file(&broken) {
+            Err(e @ ConfigError::Invalid { .. }) => {
+                let text = e.to_string();
+                assert!(
+                    text.starts_with(&format!("{}: line 1: workers: ", broken.display())),
+                    "{text}"
+                );
+            }
+            other => panic!("expected an invalid-config error, got {other:?}"),
+        }
+        match Config::from_file(&dir.join("missing.yaml")) {
+            Err(e @ ConfigError::Io { .. }) => assert!(e.to_string().contains("missing.yaml")),
+            other => panic!("expected an I/O error, got {other:?}"),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn summary_mentions_everything() {
+        let cfg = ok("hosts:\n  myws.ods.opinsights.azure.com: [203.0.113.10]\nallowed_destination_networks: [10.0.0.0/8]\nmetrics_listen: null\nresolver:\n  nameservers: [192.0.2.53]\n");
+        let s = cfg.summary();
+        for needle in [
+            "listen: 0.0.0.0:8080, [::]:8080",
+            "metrics_listen: disabled",
+            "workers: 0 (one per online CPU)",
+            "engine: auto",
+            "data_path: splice",
+            "allowed_ports: 443",
+            "allowed_hosts: 9 pattern(s)",
+            "  - *.ods.opinsights.azure.com",
+            "hosts: 1 override(s)",
+            "myws.ods.opinsights.azure.com -> 203.0.113.10",
+            "allow_private_destinations: false",
+            "allowed_destination_networks: 10.0.0.0/8",
+            "max_connections: 100000",
+            "max_header_bytes: 16384",
+            "header_timeout: 10s",
+            "connect_timeout: 10s",
+            "idle_timeout: 15m",
+            "drain_timeout: 30s",
+            "resolve_timeout: 5s",
+            "max_pipes: 0 (automatic)",
+            "pipe_size: 262144",
+            "nameservers: 192.0.2.53:53",
+            "cache_size: 4096",
+        ] {
+            assert!(s.contains(needle), "summary lacks {needle:?}:\n{s}");
+        }
+        let default = Config::default().summary();
+        assert!(
+            default.contains("metrics_listen: 127.0.0.1:9464"),
+            "{default}"
+        );
+        assert!(default.contains("nameservers: system"), "{default}");
+        assert!(default.contains("hosts: 0 override(s)"), "{default}");
+    }
+}

@@ -1,0 +1,454 @@
+//! The interface between a worker and its I/O driver, and the two drivers behind it.
+//!
+//! Both drivers report edge-triggered readiness: a socket is registered once for
+//! read, write and hang-up; the driver reports each wake-up, and the worker keeps its own
+//! "readable"/"writable" flags, clearing them on `EAGAIN`. All I/O syscalls (`splice`, `recv`,
+//! `send`, `connect`) are made by the worker, non-blocking; the driver only waits.
+//!
+//! - [`UringDriver`]: one io_uring per worker; multishot accept on each listener, multishot poll
+//!   on each socket and on the wake eventfd. It never issues `IORING_OP_SPLICE`, so no io-wq
+//!   kernel thread is ever parked on a tunnel.
+//! - [`EpollDriver`]: the same on epoll (`EPOLLET`), for hosts where io_uring is blocked
+//!   (container seccomp profiles, `kernel.io_uring_disabled`).
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use super::sys;
+
+/// Which end of a connection an event is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+}
+
+/// What a registration or completion refers to, packed into 64 bits of user data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key {
+    Listener(u32),
+    Conn { slot: u32, gen: u32, side: Side },
+    Wake,
+    /// Completions nobody waits for (cancellations).
+    Ignore,
+}
+
+const KIND_SHIFT: u32 = 60;
+const SIDE_BIT: u64 = 1 << 59;
+const GEN_MASK: u64 = (1 << 27) - 1;
+
+impl Key {
+    pub fn encode(self) -> u64 {
+        match self {
+            Key::Listener(i) => (1 << KIND_SHIFT) | u64::from(i),
+            Key::Conn { slot, gen, side } => {
+                let s = if side == Side::Upstream { SIDE_BIT } else { 0 };
+                (2 << KIND_SHIFT) | s | ((u64::from(gen) & GEN_MASK) << 32) | u64::from(slot)
+            }
+            Key::Wake => 3 << KIND_SHIFT,
+            Key::Ignore => 4 << KIND_SHIFT,
+        }
+    }
+
+    pub fn decode(v: u64) -> Key {
+        match v >> KIND_SHIFT {
+            1 => Key::Listener(v as u32),
+            2 => Key::Conn {
+                slot: v as u32,
+                gen: ((v >> 32) & GEN_MASK) as u32,
+                side: if v & SIDE_BIT != 0 {
+                    Side::Upstream
+                } else {
+                    Side::Client
+                },
+            },
+            3 => Key::Wake,
+            _ => Key::Ignore,
+        }
+    }
+
+    /// Generations wrap within the bits the key carries.
+    pub fn wrap_gen(gen: u32) -> u32 {
+        (u64::from(gen) & GEN_MASK) as u32
+    }
+}
+
+/// What a driver reports to its worker.
+#[derive(Debug)]
+pub enum Event {
+    /// A connection accepted by a multishot accept (io_uring).
+    Accepted { listener: u32, result: io::Result<OwnedFd> },
+    /// A listener has connections waiting (epoll): the worker calls `accept4` until `EAGAIN`.
+    ListenerReady { listener: u32 },
+    /// A socket woke up. Errors and hang-ups are reported as both readable and writable, so
+    /// that the next syscall surfaces them.
+    Ready { slot: u32, gen: u32, side: Side, readable: bool, writable: bool },
+    /// Another thread signalled the worker's eventfd.
+    Wake,
+}
+
+/// The driver a worker runs on; an enum rather than a trait object, so calls are static.
+pub enum Driver {
+    Uring(Box<UringDriver>),
+    Epoll(EpollDriver),
+}
+
+impl Driver {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Driver::Uring(_) => "uring",
+            Driver::Epoll(_) => "epoll",
+        }
+    }
+
+    pub fn add_listener(&mut self, idx: u32, fd: RawFd) -> io::Result<()> {
+        match self {
+            Driver::Uring(d) => d.add_listener(idx, fd),
+            Driver::Epoll(d) => d.add(fd, Key::Listener(idx)),
+        }
+    }
+
+    /// Stop accepting on a listener. The caller may close the fd right after.
+    pub fn remove_listener(&mut self, idx: u32, fd: RawFd) {
+        match self {
+            Driver::Uring(d) => d.cancel(Key::Listener(idx)),
+            Driver::Epoll(d) => d.del(fd),
+        }
+    }
+
+    /// After an accept error the multishot accept may have ended: arm it again.
+    pub fn rearm_listener(&mut self, idx: u32) {
+        if let Driver::Uring(d) = self {
+            d.rearm_listener(idx);
+        }
+    }
+
+    pub fn register(&mut self, fd: RawFd, key: Key) -> io::Result<()> {
+        match self {
+            Driver::Uring(d) => d.register(fd, key),
+            Driver::Epoll(d) => d.add(fd, key),
+        }
+    }
+
+    /// Forget a socket. Events already queued for its key may still arrive: the worker drops
+    /// them by generation.
+    pub fn deregister(&mut self, fd: RawFd, key: Key) {
+        match self {
+            Driver::Uring(d) => d.deregister(key),
+            Driver::Epoll(d) => d.del(fd),
+        }
+    }
+
+    /// Submit pending work and wait for events (up to `timeout`; `None` waits indefinitely).
+    pub fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Event>) -> io::Result<()> {
+        match self {
+            Driver::Uring(d) => d.wait(timeout, out),
+            Driver::Epoll(d) => d.wait(timeout, out),
+        }
+    }
+}
+
+const POLL_MASK: u32 = (libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) as u32;
+
+/// The io_uring driver.
+pub struct UringDriver {
+    ring: IoUring,
+    /// Live poll registrations, so a multishot poll that ends (rare: CQ overflow) is re-armed.
+    polls: HashMap<u64, RawFd>,
+    /// Listener fds by index, and whether their multishot accept is armed.
+    listeners: HashMap<u32, (RawFd, bool)>,
+    wake: OwnedFd,
+}
+
+impl UringDriver {
+    /// Set up a ring on the calling thread (the worker thread that will use it).
+    pub fn new(entries: u32, wake: OwnedFd) -> io::Result<UringDriver> {
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_cqsize(entries * 4)
+            .build(entries)
+            .or_else(|_| IoUring::builder().setup_cqsize(entries * 4).build(entries))?;
+        if !ring.params().is_feature_ext_arg() || !ring.params().is_feature_nodrop() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "io_uring lacks EXT_ARG or NODROP (kernel too old)",
+            ));
+        }
+        let mut d = UringDriver {
+            ring,
+            polls: HashMap::new(),
+            listeners: HashMap::new(),
+            wake,
+        };
+        let wfd = d.wake.as_raw_fd();
+        d.push(poll_entry(wfd, Key::Wake))?;
+        Ok(d)
+    }
+
+    fn push(&mut self, e: squeue::Entry) -> io::Result<()> {
+        // SAFETY: every entry we build refers only to fds (no buffers or pointers that must
+        // outlive the submission): polls, multishot accepts without address, cancellations.
+        if unsafe { self.ring.submission().push(&e) }.is_err() {
+            self.ring.submit()?;
+            // SAFETY: as above.
+            unsafe { self.ring.submission().push(&e) }
+                .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+        }
+        Ok(())
+    }
+
+    fn add_listener(&mut self, idx: u32, fd: RawFd) -> io::Result<()> {
+        self.listeners.insert(idx, (fd, true));
+        self.push(accept_entry(fd, idx))
+    }
+
+    fn rearm_listener(&mut self, idx: u32) {
+        if let Some((fd, armed)) = self.listeners.get(&idx).copied() {
+            if !armed && self.push(accept_entry(fd, idx)).is_ok() {
+                self.listeners.insert(idx, (fd, true));
+            }
+        }
+    }
+
+    fn register(&mut self, fd: RawFd, key: Key) -> io::Result<()> {
+        self.polls.insert(key.encode(), fd);
+        self.push(poll_entry(fd, key))
+    }
+
+    fn deregister(&mut self, key: Key) {
+        if self.polls.remove(&key.encode()).is_some() {
+            let _ = self.push(
+                opcode::PollRemove::new(key.encode())
+                    .build()
+                    .user_data(Key::Ignore.encode()),
+            );
+        }
+    }
+
+    fn cancel(&mut self, key: Key) {
+        if let Key::Listener(i) = key {
+            self.listeners.remove(&i);
+        }
+        let _ = self.push(
+            opcode::AsyncCancel::new(key.encode())
+                .build()
+                .user_data(Key::Ignore.encode()),
+        );
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Event>) -> io::Result<()> {
+        let res = match timeout {
+            Some(t) => {
+                let ts = types::Timespec::new()
+                    .sec(t.as_secs())
+                    .nsec(t.subsec_nanos());
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+            None => self.ring.submit_and_wait(1),
+        };
+        if let Err(e) = res {
+            match e.raw_os_error() {
+                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => {}
+                _ => return Err(e),
+            }
+        }
+        let mut rearm = Vec::new();
+        for cqe in self.ring.completion() {
+            let res = cqe.result();
+            let more = cqueue::more(cqe.flags());
+            match Key::decode(cqe.user_data()) {
+                Key::Listener(i) => {
+                    if !more {
+                        if let Some(l) = self.listeners.get_mut(&i) {
+                            l.1 = false;
+                        }
+                    }
+                    if res == -libc::ECANCELED {
+                        continue;
+                    }
+                    let result = if res >= 0 {
+                        Ok(sys::adopt_fd(res))
+                    } else {
+                        Err(io::Error::from_raw_os_error(-res))
+                    };
+                    out.push(Event::Accepted { listener: i, result });
+                }
+                key @ Key::Conn { slot, gen, side } => {
+                    if res == -libc::ECANCELED {
+                        continue;
+                    }
+                    if !more {
+                        rearm.push(key);
+                    }
+                    let mask = if res >= 0 { res as u32 } else { POLL_MASK };
+                    let bad = mask & (libc::POLLERR | libc::POLLHUP) as u32 != 0;
+                    out.push(Event::Ready {
+                        slot,
+                        gen,
+                        side,
+                        readable: bad || mask & (libc::POLLIN | libc::POLLRDHUP) as u32 != 0,
+                        writable: bad || mask & libc::POLLOUT as u32 != 0,
+                    });
+                }
+                Key::Wake => {
+                    sys::eventfd_drain(self.wake.as_fd());
+                    if !more {
+                        rearm.push(Key::Wake);
+                    }
+                    out.push(Event::Wake);
+                }
+                Key::Ignore => {}
+            }
+        }
+        for key in rearm {
+            let fd = match key {
+                Key::Wake => Some(self.wake.as_raw_fd()),
+                k => self.polls.get(&k.encode()).copied(),
+            };
+            if let Some(fd) = fd {
+                self.push(poll_entry(fd, key))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn poll_entry(fd: RawFd, key: Key) -> squeue::Entry {
+    opcode::PollAdd::new(types::Fd(fd), POLL_MASK)
+        .multi(true)
+        .build()
+        .user_data(key.encode())
+}
+
+fn accept_entry(fd: RawFd, idx: u32) -> squeue::Entry {
+    opcode::AcceptMulti::new(types::Fd(fd))
+        .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+        .build()
+        .user_data(Key::Listener(idx).encode())
+}
+
+/// Check that io_uring can be set up here and supports what the driver needs. The error says
+/// why not (seccomp, `kernel.io_uring_disabled`, old kernel).
+pub fn probe_uring() -> Result<(), String> {
+    let ring = IoUring::new(8).map_err(|e| format!("io_uring_setup failed: {e}"))?;
+    let mut probe = io_uring::Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| format!("io_uring probe failed: {e}"))?;
+    for (code, name) in [
+        (opcode::PollAdd::CODE, "POLL_ADD"),
+        (opcode::AcceptMulti::CODE, "ACCEPT"),
+        (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+        (opcode::PollRemove::CODE, "POLL_REMOVE"),
+    ] {
+        if !probe.is_supported(code) {
+            return Err(format!("io_uring opcode {name} not supported"));
+        }
+    }
+    if !ring.params().is_feature_ext_arg() {
+        return Err("io_uring lacks IORING_FEAT_EXT_ARG (kernel older than 5.11)".into());
+    }
+    Ok(())
+}
+
+/// The epoll driver.
+pub struct EpollDriver {
+    ep: OwnedFd,
+    wake: OwnedFd,
+    buf: Vec<libc::epoll_event>,
+}
+
+impl EpollDriver {
+    pub fn new(wake: OwnedFd) -> io::Result<EpollDriver> {
+        let d = EpollDriver {
+            ep: sys::epoll_create()?,
+            wake,
+            buf: vec![libc::epoll_event { events: 0, u64: 0 }; 1024],
+        };
+        sys::epoll_ctl(
+            d.ep.as_fd(),
+            libc::EPOLL_CTL_ADD,
+            d.wake.as_raw_fd(),
+            (libc::EPOLLIN | libc::EPOLLET) as u32,
+            Key::Wake.encode(),
+        )?;
+        Ok(d)
+    }
+
+    fn ep(&self) -> BorrowedFd<'_> {
+        self.ep.as_fd()
+    }
+
+    fn add(&mut self, fd: RawFd, key: Key) -> io::Result<()> {
+        let events = match key {
+            Key::Listener(_) => libc::EPOLLIN | libc::EPOLLET,
+            _ => libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET,
+        };
+        sys::epoll_ctl(self.ep(), libc::EPOLL_CTL_ADD, fd, events as u32, key.encode())
+    }
+
+    fn del(&mut self, fd: RawFd) {
+        let _ = sys::epoll_ctl(self.ep(), libc::EPOLL_CTL_DEL, fd, 0, 0);
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Event>) -> io::Result<()> {
+        let ms = match timeout {
+            // Round up so a timer is never woken early and spun on.
+            Some(t) => i32::try_from(t.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX),
+            None => -1,
+        };
+        let n = match sys::epoll_wait(self.ep.as_fd(), &mut self.buf, ms) {
+            Ok(n) => n,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => 0,
+            Err(e) => return Err(e),
+        };
+        for ev in &self.buf[..n] {
+            let bits = ev.events;
+            match Key::decode(ev.u64) {
+                Key::Listener(i) => out.push(Event::ListenerReady { listener: i }),
+                Key::Conn { slot, gen, side } => {
+                    let bad = bits & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
+                    out.push(Event::Ready {
+                        slot,
+                        gen,
+                        side,
+                        readable: bad || bits & (libc::EPOLLIN | libc::EPOLLRDHUP) as u32 != 0,
+                        writable: bad || bits & libc::EPOLLOUT as u32 != 0,
+                    });
+                }
+                Key::Wake => {
+                    sys::eventfd_drain(self.wake.as_fd());
+                    out.push(Event::Wake);
+                }
+                Key::Ignore => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        for k in [
+            Key::Listener(0),
+            Key::Listener(7),
+            Key::Conn { slot: 0, gen: 0, side: Side::Client },
+            Key::Conn { slot: u32::MAX, gen: Key::wrap_gen(u32::MAX), side: Side::Upstream },
+            Key::Conn { slot: 12345, gen: 99, side: Side::Client },
+            Key::Wake,
+            Key::Ignore,
+        ] {
+            assert_eq!(Key::decode(k.encode()), k);
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! One direction of a tunnel, and the pump that moves its bytes.
+//!
+//! The default data path is readiness + `splice(2)`: bytes go socket -> pipe -> socket without
+//! entering user space. A pipe is taken from the worker's pool only when the source is readable
+//! and given back as soon as it is empty. A pipe is only ever filled while empty, so `EAGAIN` from
+//! the socket-to-pipe splice can only mean "socket empty" (the ambiguity HAProxy and Go avoid the
+//! same way). When no pipe can be had (pool cap, per-user pipe limit, fds), the chunk is copied
+//! through the worker's scratch buffer instead; `data_path: copy` always copies.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use super::pipe::{Pipe, PipePool};
+use super::sys;
+use crate::metrics::Shard;
+
+/// One direction: `src` -> `dst`.
+#[derive(Debug, Default)]
+pub struct Flow {
+    /// Bytes to write from user space before anything else (the `200` answer, early client
+    /// data, or the unsent rest of a copied chunk).
+    pending: Vec<u8>,
+    sent: usize,
+    pipe: Option<Pipe>,
+    in_pipe: usize,
+    /// The source has shut down its write side.
+    eof: bool,
+    /// The shutdown has been passed on to `dst`.
+    shut: bool,
+    /// This direction copies (splice unsupported for these fds).
+    copy_only: bool,
+    /// Bytes delivered to `dst`.
+    pub bytes: u64,
+}
+
+/// Why a pump stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pumped {
+    /// Waiting for readiness (source empty or destination full).
+    Blocked,
+    /// Used its byte budget with more to do: run again soon.
+    Budget,
+    /// The source reached EOF and the half-close has been passed on.
+    Done,
+}
+
+/// What a pump borrows from its worker.
+pub struct Cx<'a> {
+    pub pool: &'a mut PipePool,
+    pub scratch: &'a mut [u8],
+    pub splice: bool,
+    pub shard: &'a Shard,
+    /// Whether any byte moved (for the idle timer).
+    pub moved: bool,
+}
+
+impl Flow {
+    pub fn with_pending(bytes: Vec<u8>) -> Flow {
+        Flow {
+            pending: bytes,
+            ..Flow::default()
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.shut
+    }
+
+    /// Give back or drop this flow's pipe when the tunnel closes.
+    pub fn release(&mut self, pool: &mut PipePool) {
+        if let Some(p) = self.pipe.take() {
+            if self.in_pipe == 0 {
+                pool.give(p);
+            } else {
+                pool.discard(p);
+            }
+            self.in_pipe = 0;
+        }
+    }
+
+    /// Move bytes until blocked, done, or `budget` bytes have been read from `src`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn pump(
+        &mut self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        src_readable: &mut bool,
+        dst_writable: &mut bool,
+        counter: &AtomicU64,
+        budget: usize,
+        cx: &mut Cx<'_>,
+    ) -> io::Result<Pumped> {
+        let mut budget = budget;
+        loop {
+            if self.sent < self.pending.len() {
+                if !*dst_writable {
+                    return Ok(Pumped::Blocked);
+                }
+                match sys::send(dst, &self.pending[self.sent..], false) {
+                    Ok(n) => {
+                        self.sent += n;
+                        self.delivered(n, counter, cx);
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        *dst_writable = false;
+                        return Ok(Pumped::Blocked);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if !self.pending.is_empty() {
+                self.pending = Vec::new();
+                self.sent = 0;
+            }
+            if self.in_pipe > 0 {
+                if !*dst_writable {
+                    return Ok(Pumped::Blocked);
+                }
+                let Some(p) = self.pipe.as_ref() else {
+                    return Err(io::Error::other("pipe accounting out of step"));
+                };
+                match sys::splice(p.read_end(), dst, self.in_pipe, false) {
+                    Ok(0) => return Err(io::Error::other("splice from a non-empty pipe wrote 0")),
+                    Ok(n) => {
+                        self.in_pipe -= n;
+                        self.delivered(n, counter, cx);
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        *dst_writable = false;
+                        return Ok(Pumped::Blocked);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if let Some(p) = self.pipe.take() {
+                cx.pool.give(p);
+            }
+            if self.eof {
+                if !self.shut {
+                    // ENOTCONN here means the peer is already gone; the other direction will
+                    // notice on its own.
+                    let _ = sys::shutdown_write(dst);
+                    self.shut = true;
+                }
+                return Ok(Pumped::Done);
+            }
+            if budget == 0 {
+                return Ok(Pumped::Budget);
+            }
+            if !*src_readable {
+                return Ok(Pumped::Blocked);
+            }
+            if cx.splice && !self.copy_only {
+                if let Some(p) = cx.pool.take() {
+                    match sys::splice(src, p.write_end(), p.capacity, true) {
+                        Ok(0) => {
+                            cx.pool.give(p);
+                            self.eof = true;
+                        }
+                        Ok(n) => {
+                            self.in_pipe = n;
+                            self.pipe = Some(p);
+                            budget = budget.saturating_sub(n);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            cx.pool.give(p);
+                            *src_readable = false;
+                            return Ok(Pumped::Blocked);
+                        }
+                        Err(e)
+                            if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) =>
+                        {
+                            cx.pool.give(p);
+                            self.copy_only = true;
+                        }
+                        Err(e) => {
+                            cx.pool.give(p);
+                            return Err(e);
+                        }
+                    }
+                    continue;
+                }
+                cx.shard.copy_fallbacks.fetch_add(1, Relaxed);
+            }
+            match sys::recv(src, cx.scratch) {
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    let mut k = 0;
+                    if *dst_writable {
+                        match sys::send(dst, &cx.scratch[..n], false) {
+                            Ok(w) => k = w,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                *dst_writable = false;
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    self.delivered(k, counter, cx);
+                    if k < n {
+                        self.pending = cx.scratch[k..n].to_vec();
+                        self.sent = 0;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    *src_readable = false;
+                    return Ok(Pumped::Blocked);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn delivered(&mut self, n: usize, counter: &AtomicU64, cx: &mut Cx<'_>) {
+        if n > 0 {
+            self.bytes += n as u64;
+            counter.fetch_add(n as u64, Relaxed);
+            cx.moved = true;
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! The data plane: worker threads, one per core, each with its own driver and listeners.
+//!
+//! [`Engine::start`] binds one `SO_REUSEPORT` listener per address per worker (so the kernel
+//! spreads connections across workers with no shared accept queue), picks the driver, and starts
+//! the workers. The control thread talks to workers only through [`worker::Command`] messages and
+//! their eventfds.
+
+#[allow(unsafe_code)]
+pub mod driver;
+pub mod flow;
+pub mod pipe;
+#[allow(unsafe_code)]
+pub mod sys;
+pub mod worker;
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::{Config, EngineKind};
+use crate::metrics::Shard;
+use crate::policy::Policy;
+use crate::resolve::{ReplyTo, Resolver};
+use driver::{Driver, EpollDriver, UringDriver};
+use worker::{Command, Worker, WorkerSetup};
+
+/// Which driver the workers run on, and why.
+#[derive(Debug, Clone)]
+pub struct Choice {
+    pub uring: bool,
+    pub why: String,
+}
+
+impl Choice {
+    pub fn kind(&self) -> &'static str {
+        if self.uring {
+            "uring"
+        } else {
+            "epoll"
+        }
+    }
+}
+
+/// Resolve `engine: auto|uring|epoll` against what this host allows.
+pub fn choose(kind: EngineKind) -> Result<Choice, String> {
+    match kind {
+        EngineKind::Epoll => Ok(Choice {
+            uring: false,
+            why: "engine: epoll in the configuration".into(),
+        }),
+        EngineKind::Uring => match driver::probe_uring() {
+            Ok(()) => Ok(Choice {
+                uring: true,
+                why: "engine: uring in the configuration".into(),
+            }),
+            Err(e) => Err(format!("engine: uring was requested but io_uring is unavailable: {e}")),
+        },
+        EngineKind::Auto => Ok(match driver::probe_uring() {
+            Ok(()) => Choice {
+                uring: true,
+                why: "io_uring probe succeeded".into(),
+            },
+            Err(e) => Choice {
+                uring: false,
+                why: format!("io_uring unavailable ({e}); using epoll"),
+            },
+        }),
+    }
+}
+
+/// Listener sockets: `per_worker[w]` holds worker `w`'s socket for each bound address.
+pub struct Listeners {
+    pub per_worker: Vec<Vec<OwnedFd>>,
+    pub bound: Vec<SocketAddr>,
+}
+
+/// Bind every address once per worker with `SO_REUSEPORT`. A port of 0 is resolved by the first
+/// bind and reused by the rest. An IPv6 address on a host without IPv6 is skipped (with the
+/// returned warning) as long as some other address binds.
+pub fn bind_listeners(addrs: &[SocketAddr], workers: usize) -> io::Result<(Listeners, Vec<String>)> {
+    let mut per_worker: Vec<Vec<OwnedFd>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut bound = Vec::new();
+    let mut warnings = Vec::new();
+    for addr in addrs {
+        let first = match bind_one(*addr) {
+            Ok(s) => s,
+            Err(e)
+                if addr.is_ipv6()
+                    && addrs.len() > 1
+                    && matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL)) =>
+            {
+                warnings.push(format!("skipping listen address {addr}: {e} (no IPv6 on this host)"));
+                continue;
+            }
+            Err(e) => return Err(io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))),
+        };
+        let local = first
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("listener has no socket address"))?;
+        per_worker[0].push(OwnedFd::from(first));
+        for w in per_worker.iter_mut().skip(1) {
+            let s = bind_one(local).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {local}: {e}")))?;
+            w.push(OwnedFd::from(s));
+        }
+        bound.push(local);
+    }
+    if bound.is_empty() {
+        return Err(io::Error::other("no listen address could be bound"));
+    }
+    Ok((Listeners { per_worker, bound }, warnings))
+}
+
+fn bind_one(addr: SocketAddr) -> io::Result<Socket> {
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s)
+}
+
+struct Handle {
+    thread: JoinHandle<()>,
+    commands: mpsc::Sender<Command>,
+    wake: Arc<OwnedFd>,
+}
+
+/// The running workers.
+pub struct Engine {
+    workers: Vec<Handle>,
+}
+
+impl Engine {
+    /// Start one worker per listener set. Returns once every worker has set up its driver, or
+    /// the first error.
+    pub fn start(
+        cfg: &Config,
+        choice: &Choice,
+        listeners: Listeners,
+        policy: Arc<ArcSwap<Policy>>,
+        resolver: Resolver,
+        shards: &[Arc<Shard>],
+    ) -> io::Result<Engine> {
+        let n = listeners.per_worker.len();
+        let per_worker_max = cfg.limits.max_connections.div_ceil(n.max(1));
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
+        let mut workers = Vec::with_capacity(n);
+        for (id, fds) in listeners.per_worker.into_iter().enumerate() {
+            let wake = Arc::new(sys::eventfd()?);
+            let (ctx, crx) = mpsc::channel();
+            let (atx, arx) = mpsc::channel();
+            let wake_for_driver = wake.as_fd().try_clone_to_owned()?;
+            let setup = PartialSetup {
+                id,
+                listeners: fds,
+                policy: Arc::clone(&policy),
+                resolver: resolver.clone(),
+                reply: ReplyTo {
+                    tx: atx,
+                    wake: Arc::clone(&wake),
+                },
+                answers: arx,
+                commands: crx,
+                shard: Arc::clone(&shards[id]),
+                cfg_limits: cfg.limits.clone(),
+                data_path: cfg.data_path,
+                max_connections: per_worker_max,
+            };
+            let uring = choice.uring;
+            let ready = ready_tx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("splicegate-w{id}"))
+                .spawn(move || run_worker(setup, uring, wake_for_driver, ready))?;
+            workers.push(Handle {
+                thread,
+                commands: ctx,
+                wake,
+            });
+        }
+        drop(ready_tx);
+        for _ in 0..n {
+            match ready_rx.recv() {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    let engine = Engine { workers };
+                    engine.stop();
+                    engine.join();
+                    return Err(io::Error::other(e));
+                }
+                Err(_) => return Err(io::Error::other("a worker exited during start-up")),
+            }
+        }
+        Ok(Engine { workers })
+    }
+
+    fn send(&self, make: impl Fn() -> Command) {
+        for w in &self.workers {
+            let _ = w.commands.send(make());
+            sys::eventfd_signal(w.wake.as_fd());
+        }
+    }
+
+    /// Stop accepting everywhere; workers exit when empty or at `deadline`.
+    pub fn drain(&self, deadline: Instant) {
+        self.send(|| Command::Drain { deadline });
+    }
+
+    /// Close everything now.
+    pub fn stop(&self) {
+        self.send(|| Command::Stop);
+    }
+
+    /// True once every worker thread has exited.
+    pub fn finished(&self) -> bool {
+        self.workers.iter().all(|w| w.thread.is_finished())
+    }
+
+    pub fn join(self) {
+        for w in self.workers {
+            let _ = w.thread.join();
+        }
+    }
+}
+
+struct PartialSetup {
+    id: usize,
+    listeners: Vec<OwnedFd>,
+    policy: Arc<ArcSwap<Policy>>,
+    resolver: Resolver,
+    reply: ReplyTo,
+    answers: mpsc::Receiver<crate::resolve::Answer>,
+    commands: mpsc::Receiver<Command>,
+    shard: Arc<Shard>,
+    cfg_limits: crate::config::Limits,
+    data_path: crate::config::DataPath,
+    max_connections: usize,
+}
+
+fn run_worker(p: PartialSetup, uring: bool, wake: OwnedFd, ready: mpsc::Sender<Result<usize, String>>) {
+    let driver = if uring {
+        UringDriver::new(1024, wake).map(|d| Driver::Uring(Box::new(d)))
+    } else {
+        EpollDriver::new(wake).map(Driver::Epoll)
+    };
+    let driver = match driver {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = ready.send(Err(format!("worker {}: cannot set up its driver: {e}", p.id)));
+            return;
+        }
+    };
+    let id = p.id;
+    let worker = Worker::new(WorkerSetup {
+        id,
+        driver,
+        listeners: p.listeners,
+        policy: p.policy,
+        resolver: p.resolver,
+        reply: p.reply,
+        answers: p.answers,
+        commands: p.commands,
+        shard: p.shard,
+        limits: p.cfg_limits,
+        data_path: p.data_path,
+        max_connections: p.max_connections,
+    });
+    let _ = ready.send(Ok(id));
+    drop(ready);
+    if let Err(e) = worker.run() {
+        tracing::error!(
+            event_id = crate::events::INTERNAL_ERROR,
+            worker = id,
+            error = %e,
+            "worker stopped on an error"
+        );
+    }
+}

@@ -1,0 +1,1158 @@
+//! One worker: a thread with its own driver, listeners, connection table, timers and pipe pool.
+//!
+//! A connection goes `Head` (read and parse the CONNECT head) -> `Resolving` (only for names
+//! without a static override) -> `Connecting` -> `Tunnel`; any refusal goes to `Refusing` (write
+//! the canned answer) -> `Lingering` (half-closed, discard what the client still sends, so the
+//! answer is not lost to a reset) -> closed. Nothing here blocks: every syscall is non-blocking
+//! and the worker waits only in its driver.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tracing::{debug, info, warn};
+
+use super::driver::{Driver, Event, Key, Side};
+use super::flow::{Cx, Flow, Pumped};
+use super::pipe::PipePool;
+use super::sys;
+use crate::config::{DataPath, Limits};
+use crate::events::{self, ErrorKind, Reject};
+use crate::metrics::Shard;
+use crate::policy::{Denial, Policy};
+use crate::proto::connect::{parse_head, Authority, HeadError, Host};
+use crate::proto::response::Status;
+use crate::resolve::{Answer, ReplyTo, ResolveError, Resolver};
+
+/// Messages from the control thread.
+#[derive(Debug)]
+pub enum Command {
+    /// Stop accepting; let connections finish until `deadline`, then close them and exit.
+    Drain { deadline: Instant },
+    /// Close everything and exit now.
+    Stop,
+}
+
+/// Everything a worker needs, built by [`super::Engine::start`].
+pub struct WorkerSetup {
+    pub id: usize,
+    pub driver: Driver,
+    pub listeners: Vec<OwnedFd>,
+    pub policy: Arc<ArcSwap<Policy>>,
+    pub resolver: Resolver,
+    pub reply: ReplyTo,
+    pub answers: mpsc::Receiver<Answer>,
+    pub commands: mpsc::Receiver<Command>,
+    pub shard: Arc<Shard>,
+    pub limits: Limits,
+    pub data_path: DataPath,
+    /// This worker's share of `limits.max_connections`.
+    pub max_connections: usize,
+}
+
+/// Bytes one direction may read per turn before other connections get theirs.
+const TURN_BUDGET: usize = 1 << 20;
+/// Accepts per listener per turn.
+const ACCEPT_BUDGET: usize = 128;
+/// How long a refused client may keep sending before the socket is closed.
+const LINGER: Duration = Duration::from_secs(2);
+/// How much a refused client may send while lingering.
+const LINGER_BYTES: usize = 256 * 1024;
+/// Extra room past `max_header_bytes` for early tunnel data read with the head.
+const EARLY_DATA_ROOM: usize = 16 * 1024;
+/// Pause after running out of fds with no spare to refuse with.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+pub struct Worker {
+    id: usize,
+    driver: Driver,
+    /// Listener fds by index; `None` once closed for a drain.
+    listeners: Vec<Option<OwnedFd>>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    live: usize,
+    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    runnable: VecDeque<(u32, u32)>,
+    pending_accept: Vec<u32>,
+    pool: PipePool,
+    scratch: Box<[u8]>,
+    policy: Arc<ArcSwap<Policy>>,
+    resolver: Resolver,
+    reply: ReplyTo,
+    answers: mpsc::Receiver<Answer>,
+    commands: mpsc::Receiver<Command>,
+    shard: Arc<Shard>,
+    limits: Limits,
+    splice: bool,
+    max_connections: usize,
+    /// A spare fd, closed to accept-and-refuse one client when the process is out of fds.
+    spare: Option<OwnedFd>,
+    accept_paused_until: Option<Instant>,
+    last_fd_warning: Option<Instant>,
+    drain_deadline: Option<Instant>,
+    events: Vec<Event>,
+}
+
+struct Slot {
+    gen: u32,
+    conn: Option<Conn>,
+}
+
+struct Conn {
+    client: OwnedFd,
+    peer: SocketAddr,
+    accepted: Instant,
+    /// Deadline of the current phase (not used by `Tunnel`, which runs on its idle timer).
+    deadline: Instant,
+    c_rd: bool,
+    c_wr: bool,
+    state: State,
+}
+
+enum State {
+    Head { buf: Vec<u8> },
+    Resolving(Target),
+    Connecting(Box<Connecting>),
+    Tunnel(Box<Tunnel>),
+    Refusing { bytes: &'static [u8], sent: usize },
+    Lingering { discarded: usize },
+}
+
+/// An allowed CONNECT on its way to a tunnel.
+struct Target {
+    authority: Authority,
+    /// Client bytes that followed the head (an early ClientHello): sent upstream first.
+    early: Vec<u8>,
+}
+
+struct Connecting {
+    target: Target,
+    addrs: Vec<SocketAddr>,
+    next: usize,
+    upstream: Option<OwnedFd>,
+    addr: SocketAddr,
+    started: Instant,
+}
+
+struct Tunnel {
+    upstream: OwnedFd,
+    target: String,
+    addr: SocketAddr,
+    u_rd: bool,
+    u_wr: bool,
+    up: Flow,
+    down: Flow,
+    started: Instant,
+    last_activity: Instant,
+}
+
+/// How a connection leaves the table.
+enum Close {
+    /// Quietly: client went away before a decision, or a lingering refusal ended.
+    Quiet,
+    /// A tunnel ended; the reason is logged with its byte counts.
+    Tunnel(&'static str),
+}
+
+impl Worker {
+    pub fn new(s: WorkerSetup) -> Worker {
+        let pipes = if s.limits.max_pipes == 0 {
+            (s.max_connections.saturating_mul(2)).clamp(64, 4096)
+        } else {
+            s.limits.max_pipes
+        };
+        let scratch = vec![0u8; s.limits.pipe_size.clamp(16 * 1024, 1 << 20)].into_boxed_slice();
+        Worker {
+            id: s.id,
+            driver: s.driver,
+            listeners: s.listeners.into_iter().map(Some).collect(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            timers: BinaryHeap::new(),
+            runnable: VecDeque::new(),
+            pending_accept: Vec::new(),
+            pool: PipePool::new(s.limits.pipe_size, pipes, Arc::clone(&s.shard)),
+            scratch,
+            policy: s.policy,
+            resolver: s.resolver,
+            reply: s.reply,
+            answers: s.answers,
+            commands: s.commands,
+            shard: s.shard,
+            limits: s.limits,
+            splice: s.data_path == DataPath::Splice,
+            max_connections: s.max_connections.max(1),
+            spare: sys::spare_fd().ok(),
+            accept_paused_until: None,
+            last_fd_warning: None,
+            drain_deadline: None,
+            events: Vec::with_capacity(1024),
+        }
+    }
+
+    /// Serve until drained or stopped.
+    pub fn run(mut self) -> io::Result<()> {
+        for (i, l) in self.listeners.iter().enumerate() {
+            if let Some(fd) = l {
+                self.driver.add_listener(i as u32, fd.as_raw_fd())?;
+            }
+        }
+        loop {
+            let timeout = self.next_timeout();
+            let mut events = std::mem::take(&mut self.events);
+            self.driver.wait(timeout, &mut events)?;
+            for ev in events.drain(..) {
+                self.on_event(ev);
+            }
+            self.events = events;
+            while let Ok(a) = self.answers.try_recv() {
+                self.on_answer(a);
+            }
+            while let Ok(c) = self.commands.try_recv() {
+                match c {
+                    Command::Drain { deadline } => self.start_drain(deadline),
+                    Command::Stop => {
+                        self.close_all();
+                        return Ok(());
+                    }
+                }
+            }
+            for _ in 0..self.runnable.len() {
+                if let Some((slot, gen)) = self.runnable.pop_front() {
+                    if self.is_current(slot, gen) {
+                        self.drive(slot);
+                    }
+                }
+            }
+            for l in std::mem::take(&mut self.pending_accept) {
+                self.accept_loop(l);
+            }
+            let now = Instant::now();
+            self.fire_timers(now);
+            if let Some(until) = self.accept_paused_until {
+                if now >= until {
+                    self.accept_paused_until = None;
+                    for i in 0..self.listeners.len() as u32 {
+                        self.driver.rearm_listener(i);
+                        self.pending_accept.push(i);
+                    }
+                }
+            }
+            if let Some(deadline) = self.drain_deadline {
+                if self.live == 0 {
+                    return Ok(());
+                }
+                if now >= deadline {
+                    info!(
+                        event_id = events::INFO,
+                        worker = self.id,
+                        open = self.live,
+                        "drain timeout reached, closing remaining connections"
+                    );
+                    self.close_all();
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn next_timeout(&self) -> Option<Duration> {
+        if !self.runnable.is_empty() || !self.pending_accept.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now = Instant::now();
+        let mut next = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        for t in [self.accept_paused_until, self.drain_deadline].into_iter().flatten() {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        }
+        next.map(|t| t.saturating_duration_since(now))
+    }
+
+    fn is_current(&self, slot: u32, gen: u32) -> bool {
+        self.slots
+            .get(slot as usize)
+            .is_some_and(|s| s.gen == gen && s.conn.is_some())
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Accepted { listener, result } => {
+                match result {
+                    Ok(fd) => self.on_accept(fd),
+                    Err(e) => self.on_accept_error(listener, e),
+                }
+                if self.accept_paused_until.is_none() {
+                    self.driver.rearm_listener(listener);
+                }
+            }
+            Event::ListenerReady { listener } => self.accept_loop(listener),
+            Event::Ready {
+                slot,
+                gen,
+                side,
+                readable,
+                writable,
+            } => {
+                let Some(conn) = self.conn_mut(slot, gen) else {
+                    return;
+                };
+                match side {
+                    Side::Client => {
+                        conn.c_rd |= readable;
+                        conn.c_wr |= writable;
+                    }
+                    Side::Upstream => match &mut conn.state {
+                        State::Tunnel(t) => {
+                            t.u_rd |= readable;
+                            t.u_wr |= writable;
+                        }
+                        State::Connecting(_) => {}
+                        _ => return,
+                    },
+                }
+                if side == Side::Upstream {
+                    if let Some(State::Connecting(_)) = self.conn_mut(slot, gen).map(|c| &c.state) {
+                        self.on_connect_ready(slot);
+                        return;
+                    }
+                }
+                self.drive(slot);
+            }
+            Event::Wake => {}
+        }
+    }
+
+    fn conn_mut(&mut self, slot: u32, gen: u32) -> Option<&mut Conn> {
+        let s = self.slots.get_mut(slot as usize)?;
+        if s.gen != gen {
+            return None;
+        }
+        s.conn.as_mut()
+    }
+
+    fn conn_at(&mut self, slot: u32) -> Option<&mut Conn> {
+        self.slots.get_mut(slot as usize)?.conn.as_mut()
+    }
+
+    fn gen_of(&self, slot: u32) -> u32 {
+        self.slots.get(slot as usize).map_or(0, |s| s.gen)
+    }
+
+    // ---- accepting -------------------------------------------------------------------------
+
+    fn accept_loop(&mut self, listener: u32) {
+        for _ in 0..ACCEPT_BUDGET {
+            if self.accept_paused_until.is_some() {
+                return;
+            }
+            let Some(Some(l)) = self.listeners.get(listener as usize) else {
+                return;
+            };
+            match sys::accept(l.as_fd()) {
+                Ok(fd) => self.on_accept(fd),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => self.on_accept_error(listener, e),
+            }
+        }
+        self.pending_accept.push(listener);
+    }
+
+    fn on_accept_error(&mut self, listener: u32, e: io::Error) {
+        match e.raw_os_error() {
+            Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
+                self.shard.error(ErrorKind::FdExhausted);
+                let now = Instant::now();
+                if self.last_fd_warning.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+                    self.last_fd_warning = Some(now);
+                    warn!(
+                        event_id = events::INTERNAL_ERROR,
+                        worker = self.id,
+                        reason = "fd_exhausted",
+                        status = 503,
+                        error = %e,
+                        "out of file descriptors: refusing new clients with 503"
+                    );
+                }
+                self.refuse_with_spare(listener);
+            }
+            // The client went away between SYN and accept, or a transient error.
+            _ => debug!(worker = self.id, error = %e, "accept failed"),
+        }
+    }
+
+    /// Out of fds: free the spare, accept one client, answer 503, close it, take the spare back.
+    fn refuse_with_spare(&mut self, listener: u32) {
+        let Some(Some(l)) = self.listeners.get(listener as usize) else {
+            return;
+        };
+        if self.spare.take().is_some() {
+            if let Ok(fd) = sys::accept(l.as_fd()) {
+                let _ = sys::send(fd.as_fd(), Status::ServiceUnavailable.bytes(), false);
+                self.shard.reject(Reject::OverCapacity);
+            }
+            self.spare = sys::spare_fd().ok();
+        }
+        if self.spare.is_none() {
+            self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+        } else {
+            // There may be more waiting; come back to this listener next turn.
+            self.pending_accept.push(listener);
+        }
+    }
+
+    fn on_accept(&mut self, fd: OwnedFd) {
+        let sock = SockRef::from(&fd);
+        let peer = match sock.peer_addr().ok().and_then(|a| a.as_socket()) {
+            Some(p) => p,
+            None => return, // already disconnected
+        };
+        if self.drain_deadline.is_some() {
+            return;
+        }
+        if self.live >= self.max_connections {
+            let _ = sys::send(fd.as_fd(), Status::ServiceUnavailable.bytes(), false);
+            self.shard.reject(Reject::OverCapacity);
+            warn!(
+                event_id = events::INTERNAL_ERROR,
+                client = %peer,
+                reason = Reject::OverCapacity.as_str(),
+                status = 503,
+                "connection limit reached"
+            );
+            return;
+        }
+        let _ = sock.set_tcp_nodelay(true);
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(Slot { gen: 0, conn: None });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let gen = self.gen_of(slot);
+        let key = Key::Conn {
+            slot,
+            gen,
+            side: Side::Client,
+        };
+        if let Err(e) = self.driver.register(fd.as_raw_fd(), key) {
+            warn!(event_id = events::INTERNAL_ERROR, client = %peer, error = %e, "cannot watch client socket");
+            self.shard.error(ErrorKind::Internal);
+            self.free.push(slot);
+            return;
+        }
+        let now = Instant::now();
+        let deadline = now + self.limits.header_timeout;
+        self.slots[slot as usize].conn = Some(Conn {
+            client: fd,
+            peer,
+            accepted: now,
+            deadline,
+            c_rd: false,
+            c_wr: true,
+            state: State::Head {
+                buf: Vec::with_capacity(1024),
+            },
+        });
+        self.live += 1;
+        self.shard.active_connections.fetch_add(1, Relaxed);
+        self.shard.client_opened(peer.ip());
+        self.timers.push(Reverse((deadline, slot, gen)));
+    }
+
+    // ---- the state machine ------------------------------------------------------------------
+
+    fn drive(&mut self, slot: u32) {
+        let Some(conn) = self.conn_at(slot) else {
+            return;
+        };
+        match conn.state {
+            State::Head { .. } => self.read_head(slot),
+            State::Tunnel(_) => self.pump(slot),
+            State::Refusing { .. } => self.write_refusal(slot),
+            State::Lingering { .. } => self.linger(slot),
+            State::Resolving(_) | State::Connecting(_) => {}
+        }
+    }
+
+    fn read_head(&mut self, slot: u32) {
+        let max = self.limits.max_header_bytes;
+        let Some(conn) = self.slots.get_mut(slot as usize).and_then(|s| s.conn.as_mut()) else {
+            return;
+        };
+        let State::Head { buf } = &mut conn.state else {
+            return;
+        };
+        let limit = max + EARLY_DATA_ROOM;
+        let mut eof = false;
+        while conn.c_rd && buf.len() < limit {
+            let old = buf.len();
+            let want = (limit - old).min(8192);
+            buf.resize(old + want, 0);
+            match sys::recv(conn.client.as_fd(), &mut buf[old..]) {
+                Ok(0) => {
+                    buf.truncate(old);
+                    eof = true;
+                    break;
+                }
+                Ok(n) => buf.truncate(old + n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    buf.truncate(old);
+                    conn.c_rd = false;
+                }
+                Err(_) => {
+                    buf.truncate(old);
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        let parsed = parse_head(buf, max);
+        match parsed {
+            Ok(None) if eof => self.close(slot, Close::Quiet),
+            Ok(None) => {
+                if buf.len() >= limit {
+                    self.refuse(slot, Status::HeaderTooLarge, Reject::HeaderTooLarge, "header block too large", None);
+                }
+            }
+            Ok(Some(head)) => {
+                let early = buf.split_off(head.head_len.min(buf.len()));
+                self.shard.connect_requests.fetch_add(1, Relaxed);
+                let peer = conn.peer;
+                debug!(
+                    event_id = events::CONNECT_RECEIVED,
+                    client = %peer,
+                    target = %head.authority,
+                    "CONNECT received"
+                );
+                self.decide(
+                    slot,
+                    Target {
+                        authority: head.authority,
+                        early,
+                    },
+                );
+            }
+            Err(HeadError::NotConnect) => {
+                self.refuse(slot, Status::MethodNotAllowed, Reject::NotConnect, "not an HTTP CONNECT request", None)
+            }
+            Err(HeadError::Malformed(m)) => {
+                self.refuse(slot, Status::BadRequest, Reject::Malformed, m.as_str(), None)
+            }
+            Err(HeadError::TooLarge) => {
+                self.refuse(slot, Status::HeaderTooLarge, Reject::HeaderTooLarge, "header block too large", None)
+            }
+        }
+    }
+
+    /// Policy on the authority, then on addresses known without DNS.
+    fn decide(&mut self, slot: u32, target: Target) {
+        let policy = self.policy.load();
+        let host = target.authority.host.as_policy_str();
+        if let Err(d) = policy.check_target(&host, target.authority.port) {
+            drop(policy);
+            self.deny(slot, d, &target.authority, None);
+            return;
+        }
+        let known: Option<Vec<IpAddr>> = match &target.authority.host {
+            Host::V4(ip) => Some(vec![IpAddr::V4(*ip)]),
+            Host::V6(ip) => Some(vec![IpAddr::V6(*ip)]),
+            Host::Name(n) => policy.host_override(n).map(|a| a.to_vec()),
+        };
+        drop(policy);
+        match known {
+            Some(ips) => self.connect_checked(slot, target, ips),
+            None => {
+                let gen = self.gen_of(slot);
+                let now = Instant::now();
+                let deadline = now + self.limits.resolve_timeout;
+                if !self.resolver.lookup(&host, slot, gen, &self.reply) {
+                    self.fail(slot, Some(&target.authority), ErrorKind::DnsFailure, Status::BadGateway, "resolver unavailable");
+                    return;
+                }
+                if let Some(conn) = self.conn_at(slot) {
+                    conn.deadline = deadline;
+                    conn.state = State::Resolving(target);
+                }
+                self.timers.push(Reverse((deadline, slot, gen)));
+            }
+        }
+    }
+
+    fn on_answer(&mut self, a: Answer) {
+        let Some(conn) = self.conn_mut(a.slot, a.gen) else {
+            return;
+        };
+        if !matches!(conn.state, State::Resolving(_)) {
+            return;
+        }
+        let State::Resolving(target) = std::mem::replace(&mut conn.state, State::Lingering { discarded: 0 }) else {
+            return;
+        };
+        match a.result {
+            Ok(ips) => self.connect_checked(a.slot, target, ips),
+            Err(ResolveError::NotFound) => self.fail(
+                a.slot,
+                Some(&target.authority),
+                ErrorKind::DnsFailure,
+                Status::BadGateway,
+                "name not found",
+            ),
+            Err(ResolveError::Failed) => self.fail(
+                a.slot,
+                Some(&target.authority),
+                ErrorKind::DnsFailure,
+                Status::BadGateway,
+                "name resolution failed",
+            ),
+        }
+    }
+
+    /// Every address is checked before any is dialled: one refused address refuses the request
+    /// (a name that resolves to a mix of public and private addresses is a rebinding signal).
+    fn connect_checked(&mut self, slot: u32, target: Target, ips: Vec<IpAddr>) {
+        let policy = self.policy.load();
+        for ip in &ips {
+            if let Err(d) = policy.check_address(*ip) {
+                drop(policy);
+                self.deny(slot, d, &target.authority, Some(*ip));
+                return;
+            }
+        }
+        drop(policy);
+        let port = target.authority.port;
+        let addrs: Vec<SocketAddr> = ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect();
+        let now = Instant::now();
+        let deadline = now + self.limits.connect_timeout;
+        let gen = self.gen_of(slot);
+        let Some(conn) = self.conn_at(slot) else {
+            return;
+        };
+        conn.deadline = deadline;
+        conn.state = State::Connecting(Box::new(Connecting {
+            target,
+            addr: addrs[0],
+            addrs,
+            next: 0,
+            upstream: None,
+            started: now,
+        }));
+        self.timers.push(Reverse((deadline, slot, gen)));
+        self.connect_next(slot, None);
+    }
+
+    /// Dial the next address; `last` is the error of the previous attempt.
+    fn connect_next(&mut self, slot: u32, mut last: Option<io::Error>) {
+        let gen = self.gen_of(slot);
+        loop {
+            let Some(conn) = self.slots.get_mut(slot as usize).and_then(|s| s.conn.as_mut()) else {
+                return;
+            };
+            let State::Connecting(c) = &mut conn.state else {
+                return;
+            };
+            if let Some(old) = c.upstream.take() {
+                self.driver.deregister(
+                    old.as_raw_fd(),
+                    Key::Conn {
+                        slot,
+                        gen,
+                        side: Side::Upstream,
+                    },
+                );
+            }
+            let Some(addr) = c.addrs.get(c.next).copied() else {
+                let e = last.unwrap_or_else(|| io::Error::other("no address"));
+                let kind = connect_error_kind(&e);
+                let authority = c.target.authority.clone();
+                self.fail(slot, Some(&authority), kind, Status::BadGateway, &e.to_string());
+                return;
+            };
+            c.next += 1;
+            c.addr = addr;
+            match dial(addr) {
+                Ok(fd) => {
+                    let raw = fd.as_raw_fd();
+                    c.upstream = Some(fd);
+                    let key = Key::Conn {
+                        slot,
+                        gen,
+                        side: Side::Upstream,
+                    };
+                    if let Err(e) = self.driver.register(raw, key) {
+                        last = Some(e);
+                        continue;
+                    }
+                    return;
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
+                    let authority = c.target.authority.clone();
+                    self.fail(
+                        slot,
+                        Some(&authority),
+                        ErrorKind::FdExhausted,
+                        Status::ServiceUnavailable,
+                        "out of file descriptors",
+                    );
+                    return;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+    }
+
+    fn on_connect_ready(&mut self, slot: u32) {
+        let Some(conn) = self.slots.get_mut(slot as usize).and_then(|s| s.conn.as_mut()) else {
+            return;
+        };
+        let State::Connecting(c) = &mut conn.state else {
+            return;
+        };
+        let Some(up) = c.upstream.as_ref() else {
+            return;
+        };
+        let sock = SockRef::from(up);
+        match sock.take_error() {
+            Ok(Some(e)) | Err(e) => {
+                self.connect_next(slot, Some(e));
+                return;
+            }
+            Ok(None) => {}
+        }
+        if sock.peer_addr().is_err() {
+            // Still in progress (a spurious wake-up).
+            return;
+        }
+        let State::Connecting(c) = std::mem::replace(&mut conn.state, State::Lingering { discarded: 0 }) else {
+            return;
+        };
+        let Connecting {
+            target,
+            upstream,
+            addr,
+            started,
+            ..
+        } = *c;
+        let Some(upstream) = upstream else {
+            return;
+        };
+        let now = Instant::now();
+        self.shard.upstream_connect.observe(now.duration_since(started));
+        let _ = SockRef::from(&upstream).set_tcp_nodelay(true);
+        let peer = conn.peer;
+        let target_s = target.authority.to_string();
+        info!(
+            event_id = events::INFO,
+            client = %peer,
+            target = %target_s,
+            address = %addr,
+            connect_ms = now.duration_since(started).as_secs_f64() * 1e3,
+            "tunnel established"
+        );
+        conn.state = State::Tunnel(Box::new(Tunnel {
+            upstream,
+            target: target_s,
+            addr,
+            u_rd: false,
+            u_wr: true,
+            up: Flow::with_pending(target.early),
+            down: Flow::with_pending(Status::Established.bytes().to_vec()),
+            started: now,
+            last_activity: now,
+        }));
+        // The client may have sent more while we connected.
+        conn.c_rd = true;
+        self.shard.tunnels_active.fetch_add(1, Relaxed);
+        let gen = self.gen_of(slot);
+        self.timers.push(Reverse((now + self.limits.idle_timeout, slot, gen)));
+        self.pump(slot);
+    }
+
+    fn pump(&mut self, slot: u32) {
+        let gen = self.gen_of(slot);
+        let Some(s) = self.slots.get_mut(slot as usize) else {
+            return;
+        };
+        let Some(conn) = s.conn.as_mut() else {
+            return;
+        };
+        let State::Tunnel(t) = &mut conn.state else {
+            return;
+        };
+        let mut cx = Cx {
+            pool: &mut self.pool,
+            scratch: &mut self.scratch,
+            splice: self.splice,
+            shard: &self.shard,
+            moved: false,
+        };
+        let up = t.up.pump(
+            conn.client.as_fd(),
+            t.upstream.as_fd(),
+            &mut conn.c_rd,
+            &mut t.u_wr,
+            &self.shard.bytes_upstream,
+            TURN_BUDGET,
+            &mut cx,
+        );
+        let down = match up {
+            Ok(_) => t.down.pump(
+                t.upstream.as_fd(),
+                conn.client.as_fd(),
+                &mut t.u_rd,
+                &mut conn.c_wr,
+                &self.shard.bytes_downstream,
+                TURN_BUDGET,
+                &mut cx,
+            ),
+            Err(_) => Ok(Pumped::Blocked),
+        };
+        if cx.moved {
+            t.last_activity = Instant::now();
+        }
+        match (up, down) {
+            (Err(_), _) | (_, Err(_)) => {
+                self.shard.error(ErrorKind::TunnelIo);
+                self.close(slot, Close::Tunnel("reset"));
+            }
+            (Ok(Pumped::Done), Ok(Pumped::Done)) => self.close(slot, Close::Tunnel("closed")),
+            (Ok(a), Ok(b)) => {
+                if a == Pumped::Budget || b == Pumped::Budget {
+                    self.runnable.push_back((slot, gen));
+                }
+            }
+        }
+    }
+
+    // ---- refusals ---------------------------------------------------------------------------
+
+    fn deny(&mut self, slot: u32, d: Denial, authority: &Authority, ip: Option<IpAddr>) {
+        let reject = match d {
+            Denial::HostNotAllowed => Reject::HostNotAllowed,
+            Denial::PortNotAllowed => Reject::PortNotAllowed,
+            Denial::PrivateDestination(_) => Reject::PrivateDestination,
+        };
+        self.shard.reject(reject);
+        if let Some(conn) = self.conn_at(slot) {
+            let peer = conn.peer;
+            match (d, ip) {
+                (Denial::PrivateDestination(class), Some(ip)) => warn!(
+                    event_id = events::NOT_ALLOWED,
+                    client = %peer,
+                    target = %authority,
+                    reason = d.reason(),
+                    address = %ip,
+                    class = class.as_str(),
+                    status = 403,
+                    "destination address not allowed"
+                ),
+                _ => warn!(
+                    event_id = events::NOT_ALLOWED,
+                    client = %peer,
+                    target = %authority,
+                    reason = d.reason(),
+                    status = 403,
+                    "destination not allowed"
+                ),
+            }
+        }
+        self.start_refusal(slot, Status::Forbidden);
+    }
+
+    /// A client request refused before any upstream contact (events 104 and 400).
+    fn refuse(&mut self, slot: u32, status: Status, reject: Reject, detail: &str, target: Option<&Authority>) {
+        self.shard.reject(reject);
+        if let Some(conn) = self.conn_at(slot) {
+            let peer = conn.peer;
+            let target = target.map(|t| t.to_string()).unwrap_or_default();
+            warn!(
+                event_id = events::NOT_CONNECT,
+                client = %peer,
+                target = %target,
+                reason = reject.as_str(),
+                detail = detail,
+                status = status.code(),
+                "request refused"
+            );
+        }
+        self.start_refusal(slot, status);
+    }
+
+    /// A network failure on the way to the upstream (event 403).
+    fn fail(&mut self, slot: u32, target: Option<&Authority>, kind: ErrorKind, status: Status, detail: &str) {
+        self.shard.error(kind);
+        if let Some(conn) = self.conn_at(slot) {
+            let peer = conn.peer;
+            let target = target.map(|t| t.to_string()).unwrap_or_default();
+            warn!(
+                event_id = events::NETWORK_ERROR,
+                client = %peer,
+                target = %target,
+                reason = kind.as_str(),
+                detail = detail,
+                status = status.code(),
+                "upstream not reached"
+            );
+        }
+        self.start_refusal(slot, status);
+    }
+
+    fn start_refusal(&mut self, slot: u32, status: Status) {
+        let gen = self.gen_of(slot);
+        let Some(conn) = self.conn_at(slot) else {
+            return;
+        };
+        // Drop any half-made upstream socket first.
+        let old = std::mem::replace(
+            &mut conn.state,
+            State::Refusing {
+                bytes: status.bytes(),
+                sent: 0,
+            },
+        );
+        if let State::Connecting(c) = old {
+            if let Some(up) = c.upstream {
+                self.driver.deregister(
+                    up.as_raw_fd(),
+                    Key::Conn {
+                        slot,
+                        gen,
+                        side: Side::Upstream,
+                    },
+                );
+            }
+        }
+        let deadline = Instant::now() + LINGER;
+        if let Some(conn) = self.conn_at(slot) {
+            conn.deadline = deadline;
+        }
+        self.timers.push(Reverse((deadline, slot, gen)));
+        self.write_refusal(slot);
+    }
+
+    fn write_refusal(&mut self, slot: u32) {
+        let Some(conn) = self.conn_at(slot) else {
+            return;
+        };
+        let State::Refusing { bytes, sent } = &mut conn.state else {
+            return;
+        };
+        while *sent < bytes.len() && conn.c_wr {
+            match sys::send(conn.client.as_fd(), &bytes[*sent..], false) {
+                Ok(n) => *sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.c_wr = false,
+                Err(_) => {
+                    self.close(slot, Close::Quiet);
+                    return;
+                }
+            }
+        }
+        if *sent == bytes.len() {
+            let _ = sys::shutdown_write(conn.client.as_fd());
+            conn.state = State::Lingering { discarded: 0 };
+            conn.c_rd = true;
+            self.linger(slot);
+        }
+    }
+
+    fn linger(&mut self, slot: u32) {
+        let Some(conn) = self.conn_at(slot) else {
+            return;
+        };
+        let State::Lingering { discarded } = &mut conn.state else {
+            return;
+        };
+        let mut sink = [0u8; 4096];
+        while conn.c_rd {
+            match sys::recv(conn.client.as_fd(), &mut sink) {
+                Ok(0) => {
+                    self.close(slot, Close::Quiet);
+                    return;
+                }
+                Ok(n) => {
+                    *discarded += n;
+                    if *discarded > LINGER_BYTES {
+                        self.close(slot, Close::Quiet);
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.c_rd = false,
+                Err(_) => {
+                    self.close(slot, Close::Quiet);
+                    return;
+                }
+            }
+        }
+    }
+
+    // ---- timers, drain, close ---------------------------------------------------------------
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(Reverse((t, slot, gen))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let idle = self.limits.idle_timeout;
+            let Some(conn) = self.conn_mut(slot, gen) else {
+                continue;
+            };
+            let due = match &conn.state {
+                State::Tunnel(t) => t.last_activity + idle,
+                _ => conn.deadline,
+            };
+            if due > now {
+                self.timers.push(Reverse((due, slot, gen)));
+                continue;
+            }
+            self.expire(slot);
+        }
+    }
+
+    fn expire(&mut self, slot: u32) {
+        let Some(conn) = self.conn_at(slot) else {
+            return;
+        };
+        match &conn.state {
+            State::Head { .. } => self.refuse(
+                slot,
+                Status::RequestTimeout,
+                Reject::HeaderTimeout,
+                "header not complete within header_timeout",
+                None,
+            ),
+            State::Resolving(t) => {
+                let a = t.authority.clone();
+                self.fail(slot, Some(&a), ErrorKind::ResolveTimeout, Status::GatewayTimeout, "resolver did not answer in time")
+            }
+            State::Connecting(c) => {
+                let a = c.target.authority.clone();
+                let addr = c.addr.to_string();
+                self.fail(slot, Some(&a), ErrorKind::ConnectTimeout, Status::GatewayTimeout, &addr)
+            }
+            State::Tunnel(_) => self.close(slot, Close::Tunnel("idle_timeout")),
+            State::Refusing { .. } | State::Lingering { .. } => self.close(slot, Close::Quiet),
+        }
+    }
+
+    fn start_drain(&mut self, deadline: Instant) {
+        self.drain_deadline = Some(deadline);
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            if let Some(fd) = l.take() {
+                self.driver.remove_listener(i as u32, fd.as_raw_fd());
+            }
+        }
+        self.pending_accept.clear();
+    }
+
+    fn close_all(&mut self) {
+        for slot in 0..self.slots.len() as u32 {
+            if self.slots[slot as usize].conn.is_some() {
+                self.close(slot, Close::Tunnel("shutdown"));
+            }
+        }
+    }
+
+    fn close(&mut self, slot: u32, how: Close) {
+        let Some(s) = self.slots.get_mut(slot as usize) else {
+            return;
+        };
+        let Some(conn) = s.conn.take() else {
+            return;
+        };
+        let gen = s.gen;
+        s.gen = Key::wrap_gen(s.gen.wrapping_add(1));
+        self.free.push(slot);
+        self.live -= 1;
+        self.driver.deregister(
+            conn.client.as_raw_fd(),
+            Key::Conn {
+                slot,
+                gen,
+                side: Side::Client,
+            },
+        );
+        self.shard.active_connections.fetch_sub(1, Relaxed);
+        self.shard.client_closed(conn.peer.ip());
+        match conn.state {
+            State::Tunnel(mut t) => {
+                self.driver.deregister(
+                    t.upstream.as_raw_fd(),
+                    Key::Conn {
+                        slot,
+                        gen,
+                        side: Side::Upstream,
+                    },
+                );
+                t.up.release(&mut self.pool);
+                t.down.release(&mut self.pool);
+                self.shard.tunnels_active.fetch_sub(1, Relaxed);
+                let lived = t.started.elapsed();
+                self.shard.tunnel_duration.observe(lived);
+                let reason = match how {
+                    Close::Tunnel(r) => r,
+                    Close::Quiet => "closed",
+                };
+                info!(
+                    event_id = events::INFO,
+                    client = %conn.peer,
+                    target = %t.target,
+                    address = %t.addr,
+                    reason = reason,
+                    bytes_up = t.up.bytes,
+                    bytes_down = t.down.bytes,
+                    duration_ms = lived.as_millis() as u64,
+                    "tunnel closed"
+                );
+            }
+            State::Connecting(c) => {
+                if let Some(up) = c.upstream {
+                    self.driver.deregister(
+                        up.as_raw_fd(),
+                        Key::Conn {
+                            slot,
+                            gen,
+                            side: Side::Upstream,
+                        },
+                    );
+                }
+            }
+            _ => {
+                let _ = conn.accepted;
+            }
+        }
+    }
+}
+
+/// Start a non-blocking connect with `TCP_NODELAY` set.
+fn dial(addr: SocketAddr) -> io::Result<OwnedFd> {
+    let sock = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    sock.set_tcp_nodelay(true)?;
+    match sock.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(OwnedFd::from(sock))
+}
+
+fn connect_error_kind(e: &io::Error) -> ErrorKind {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => ErrorKind::ConnectRefused,
+        Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH) => ErrorKind::ConnectUnreachable,
+        Some(libc::ETIMEDOUT) => ErrorKind::ConnectTimeout,
+        _ => ErrorKind::ConnectFailed,
+    }
+}

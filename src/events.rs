@@ -1,0 +1,149 @@
+//! The gateway's numeric event IDs (compatible with the Windows Log Analytics gateway) and the
+//! reason enums that label refusals and errors.
+//!
+//! Enum values are the only metric labels: host names never become labels, so the number of
+//! series stays fixed whatever clients send.
+
+/// General information: reloads, tunnel established, tunnel closed.
+pub const INFO: u16 = 100;
+/// The service has started (listeners bound, policy loaded).
+pub const STARTED: u16 = 101;
+/// The service has stopped.
+pub const STOPPED: u16 = 102;
+/// An HTTP CONNECT request was received (debug level).
+pub const CONNECT_RECEIVED: u16 = 103;
+/// Not an HTTP CONNECT request.
+pub const NOT_CONNECT: u16 = 104;
+/// Destination not allowed (host, port, or resolved address).
+pub const NOT_ALLOWED: u16 = 105;
+/// Unsupported TLS/SSL protocol version.
+pub const TLS_VERSION: u16 = 106;
+/// The TLS session has been verified.
+pub const TLS_VERIFIED: u16 = 107;
+/// Any application error that has no specific ID.
+pub const INTERNAL_ERROR: u16 = 400;
+/// Wrong configuration.
+pub const BAD_CONFIG: u16 = 401;
+/// Exception parsing the TLS handshake.
+pub const TLS_PARSE: u16 = 402;
+/// Networking error, for example the target server cannot be reached.
+pub const NETWORK_ERROR: u16 = 403;
+
+/// Why a client request was refused before a tunnel was set up. Label of
+/// `splicegate_rejections_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    HostNotAllowed,
+    PortNotAllowed,
+    PrivateDestination,
+    NotConnect,
+    Malformed,
+    HeaderTooLarge,
+    HeaderTimeout,
+    OverCapacity,
+}
+
+impl Reject {
+    pub const ALL: [Reject; 8] = [
+        Reject::HostNotAllowed,
+        Reject::PortNotAllowed,
+        Reject::PrivateDestination,
+        Reject::NotConnect,
+        Reject::Malformed,
+        Reject::HeaderTooLarge,
+        Reject::HeaderTimeout,
+        Reject::OverCapacity,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reject::HostNotAllowed => "host_not_allowed",
+            Reject::PortNotAllowed => "port_not_allowed",
+            Reject::PrivateDestination => "private_destination",
+            Reject::NotConnect => "not_connect",
+            Reject::Malformed => "malformed",
+            Reject::HeaderTooLarge => "header_too_large",
+            Reject::HeaderTimeout => "header_timeout",
+            Reject::OverCapacity => "over_capacity",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Errors counted by `splicegate_errors_total{kind}`: failures of the gateway or the network
+/// rather than refusals of a client request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    DnsFailure,
+    ResolveTimeout,
+    ConnectRefused,
+    ConnectUnreachable,
+    ConnectTimeout,
+    ConnectFailed,
+    FdExhausted,
+    TunnelIo,
+    Internal,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 9] = [
+        ErrorKind::DnsFailure,
+        ErrorKind::ResolveTimeout,
+        ErrorKind::ConnectRefused,
+        ErrorKind::ConnectUnreachable,
+        ErrorKind::ConnectTimeout,
+        ErrorKind::ConnectFailed,
+        ErrorKind::FdExhausted,
+        ErrorKind::TunnelIo,
+        ErrorKind::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::DnsFailure => "dns_failure",
+            ErrorKind::ResolveTimeout => "resolve_timeout",
+            ErrorKind::ConnectRefused => "connect_refused",
+            ErrorKind::ConnectUnreachable => "connect_unreachable",
+            ErrorKind::ConnectTimeout => "connect_timeout",
+            ErrorKind::ConnectFailed => "connect_failed",
+            ErrorKind::FdExhausted => "fd_exhausted",
+            ErrorKind::TunnelIo => "tunnel_io",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_match_positions() {
+        for (i, r) in Reject::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+        for (i, k) in ErrorKind::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i);
+        }
+    }
+
+    #[test]
+    fn labels_are_distinct_snake_case() {
+        let mut seen = std::collections::HashSet::new();
+        for l in Reject::ALL.iter().map(|r| r.as_str()) {
+            assert!(l.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+            assert!(seen.insert(l));
+        }
+        for l in ErrorKind::ALL.iter().map(|k| k.as_str()) {
+            assert!(l.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+            assert!(seen.insert(l));
+        }
+    }
+}

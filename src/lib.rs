@@ -1,0 +1,32 @@
+//! splicegate: a zero-copy HTTP CONNECT gateway for agents that must reach a fixed set of cloud
+//! endpoints through one audited egress point.
+//!
+//! # Layout
+//! - [`config`]: YAML -> raw serde structs -> a validated [`config::Config`]. `check-config` and
+//!   `run` go through the same parser; every error names the key, the line and what was expected.
+//! - [`policy`]: the allowlist (exact names and `*.` wildcards), port set, static host overrides and
+//!   the private-destination guard, bundled as an immutable [`policy::Policy`] snapshot.
+//! - [`proto`]: sans-IO protocol pieces: the CONNECT head parser and the canned responses.
+//! - [`resolve`]: the asynchronous, caching resolver that runs off the workers.
+//! - [`engine`]: one worker thread per core, each with its own driver (io_uring or epoll),
+//!   listeners, connection table, timers, and the splice data path with its pipe pool.
+//! - [`control`]: everything off the data path: signals, drain, `/metrics`, `/healthz`, `/readyz`.
+//! - [`metrics`]: metric names and per-worker shards, summed at scrape time.
+//! - [`events`]: the gateway's numeric event IDs and the reason enums used as metric labels.
+//!
+//! # Invariants
+//! - Workers share nothing mutable on the per-connection path: each owns its connections, its
+//!   ring, its pipe pool and its metric shard; the policy is an immutable snapshot behind `ArcSwap`.
+//! - A refusal never contacts the upstream and always closes the client connection.
+//! - A name is resolved once; every answer is checked; only a checked address is dialled.
+//! - No `IORING_OP_SPLICE` is ever issued: io_uring only reports readiness, and `splice(2)` runs
+//!   non-blocking on the worker thread.
+
+pub mod config;
+pub mod control;
+pub mod engine;
+pub mod events;
+pub mod metrics;
+pub mod policy;
+pub mod proto;
+pub mod resolve;

@@ -1,0 +1,391 @@
+//! Metric names, per-worker shards and the collector that sums them at scrape time.
+//!
+//! Each worker owns one [`Shard`] and is its only writer: counters are relaxed atomics that no
+//! other thread writes, so the data path never contends on a cache line. The control thread reads
+//! all shards when `/metrics` is scraped and encodes the sums with `prometheus-client`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::events::{ErrorKind, Reject};
+
+pub const ACTIVE_CLIENT_CONNECTIONS: &str = "splicegate_active_client_connections";
+pub const CONNECTED_CLIENTS: &str = "splicegate_connected_clients";
+pub const ERRORS: &str = "splicegate_errors";
+pub const REJECTIONS: &str = "splicegate_rejections";
+pub const CONNECT_REQUESTS: &str = "splicegate_connect_requests";
+pub const BYTES: &str = "splicegate_bytes";
+pub const TUNNELS_ACTIVE: &str = "splicegate_tunnels_active";
+pub const PIPES_IN_USE: &str = "splicegate_pipes_in_use";
+pub const COPY_FALLBACKS: &str = "splicegate_copy_fallbacks";
+pub const TUNNEL_DURATION: &str = "splicegate_tunnel_duration_seconds";
+pub const UPSTREAM_CONNECT: &str = "splicegate_upstream_connect_seconds";
+pub const DRAINING: &str = "splicegate_draining";
+pub const ENGINE: &str = "splicegate_engine";
+
+/// Upper bounds (seconds) of the tunnel duration histogram.
+const TUNNEL_BUCKETS: [f64; 12] = [
+    0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+];
+/// Upper bounds (seconds) of the upstream connect histogram.
+const CONNECT_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// A fixed-bucket histogram written by one thread and read by the scraper.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Per-bucket counts (not cumulative); one more slot than `bounds` for `+Inf`.
+    counts: Vec<AtomicU64>,
+    /// Sum of observations in nanoseconds.
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Relaxed);
+    }
+}
+
+/// One worker's metrics. Written only by that worker (the `clients` map is locked by the worker
+/// on accept and close, and by the scraper: never contended on the data path).
+#[derive(Debug)]
+pub struct Shard {
+    pub active_connections: AtomicI64,
+    pub tunnels_active: AtomicI64,
+    pub connect_requests: AtomicU64,
+    pub bytes_upstream: AtomicU64,
+    pub bytes_downstream: AtomicU64,
+    pub pipes_in_use: AtomicI64,
+    pub copy_fallbacks: AtomicU64,
+    pub rejections: [AtomicU64; Reject::ALL.len()],
+    pub errors: [AtomicU64; ErrorKind::ALL.len()],
+    pub tunnel_duration: Histogram,
+    pub upstream_connect: Histogram,
+    /// Open connections per client address, for `splicegate_connected_clients`.
+    pub clients: Mutex<HashMap<IpAddr, u32>>,
+}
+
+impl Default for Shard {
+    fn default() -> Shard {
+        Shard {
+            active_connections: AtomicI64::new(0),
+            tunnels_active: AtomicI64::new(0),
+            connect_requests: AtomicU64::new(0),
+            bytes_upstream: AtomicU64::new(0),
+            bytes_downstream: AtomicU64::new(0),
+            pipes_in_use: AtomicI64::new(0),
+            copy_fallbacks: AtomicU64::new(0),
+            rejections: std::array::from_fn(|_| AtomicU64::new(0)),
+            errors: std::array::from_fn(|_| AtomicU64::new(0)),
+            tunnel_duration: Histogram::new(&TUNNEL_BUCKETS),
+            upstream_connect: Histogram::new(&CONNECT_BUCKETS),
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Shard {
+    pub fn reject(&self, r: Reject) {
+        self.rejections[r.index()].fetch_add(1, Relaxed);
+    }
+
+    pub fn error(&self, k: ErrorKind) {
+        self.errors[k.index()].fetch_add(1, Relaxed);
+    }
+
+    pub fn client_opened(&self, ip: IpAddr) {
+        if let Ok(mut m) = self.clients.lock() {
+            *m.entry(ip).or_insert(0) += 1;
+        }
+    }
+
+    pub fn client_closed(&self, ip: IpAddr) {
+        if let Ok(mut m) = self.clients.lock() {
+            if let Some(n) = m.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// Process-wide state the control plane reports alongside the shards.
+#[derive(Debug, Default)]
+pub struct Status {
+    pub draining: AtomicBool,
+    pub listening: AtomicBool,
+}
+
+/// All shards plus process status; registered as a collector.
+#[derive(Debug)]
+pub struct Metrics {
+    pub shards: Vec<Arc<Shard>>,
+    pub status: Arc<Status>,
+    pub engine: &'static str,
+}
+
+impl Metrics {
+    pub fn registry(self: &Arc<Self>) -> Registry {
+        let mut r = Registry::default();
+        r.register_collector(Box::new(Arc::clone(self)));
+        r
+    }
+
+    /// Render `/metrics` in the Prometheus text format.
+    pub fn render(self: &Arc<Self>) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry())?;
+        Ok(out)
+    }
+
+    fn sum_i(&self, f: impl Fn(&Shard) -> &AtomicI64) -> i64 {
+        self.shards.iter().map(|s| f(s).load(Relaxed)).sum()
+    }
+
+    fn sum_u(&self, f: impl Fn(&Shard) -> &AtomicU64) -> u64 {
+        self.shards.iter().map(|s| f(s).load(Relaxed)).sum()
+    }
+
+    fn distinct_clients(&self) -> i64 {
+        let mut all = std::collections::HashSet::new();
+        for s in &self.shards {
+            if let Ok(m) = s.clients.lock() {
+                all.extend(m.keys().copied());
+            }
+        }
+        i64::try_from(all.len()).unwrap_or(i64::MAX)
+    }
+}
+
+fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    m.encode_gauge(&v)
+}
+
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    m.encode_counter::<NoLabelSet, _, u64>(&v, None)
+}
+
+fn histogram(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    shards: &[Arc<Shard>],
+    pick: impl Fn(&Shard) -> &Histogram,
+) -> std::fmt::Result {
+    let Some(first) = shards.first() else {
+        return Ok(());
+    };
+    let bounds = pick(first).bounds;
+    let mut counts = vec![0u64; bounds.len() + 1];
+    let mut sum_nanos = 0u64;
+    for s in shards {
+        let h = pick(s);
+        for (c, a) in counts.iter_mut().zip(&h.counts) {
+            *c += a.load(Relaxed);
+        }
+        sum_nanos = sum_nanos.saturating_add(h.sum_nanos.load(Relaxed));
+    }
+    let count = counts.iter().sum();
+    let buckets: Vec<(f64, u64)> = bounds
+        .iter()
+        .copied()
+        .chain(std::iter::once(f64::INFINITY))
+        .zip(counts)
+        .collect();
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    m.encode_histogram::<NoLabelSet>(sum_nanos as f64 / 1e9, count, &buckets, None)
+}
+
+impl Collector for Metrics {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let sh = &self.shards;
+        gauge(
+            &mut enc,
+            ACTIVE_CLIENT_CONNECTIONS,
+            "Open client TCP connections (the old 'Active Client Connection').",
+            self.sum_i(|s| &s.active_connections),
+        )?;
+        gauge(
+            &mut enc,
+            CONNECTED_CLIENTS,
+            "Distinct client addresses with an open connection (the old 'Connected Client').",
+            self.distinct_clients(),
+        )?;
+        gauge(
+            &mut enc,
+            TUNNELS_ACTIVE,
+            "Established tunnels.",
+            self.sum_i(|s| &s.tunnels_active),
+        )?;
+        gauge(
+            &mut enc,
+            PIPES_IN_USE,
+            "Pipes held by tunnels with bytes in flight (splice data path).",
+            self.sum_i(|s| &s.pipes_in_use),
+        )?;
+        counter(
+            &mut enc,
+            CONNECT_REQUESTS,
+            "CONNECT requests parsed.",
+            self.sum_u(|s| &s.connect_requests),
+        )?;
+        counter(
+            &mut enc,
+            COPY_FALLBACKS,
+            "Transfers that fell back from splice to copying (no pipe available).",
+            self.sum_u(|s| &s.copy_fallbacks),
+        )?;
+        {
+            let mut m = enc.encode_descriptor(
+                BYTES,
+                "Bytes relayed, by direction (upstream = client to server).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (dir, v) in [
+                ("upstream", self.sum_u(|s| &s.bytes_upstream)),
+                ("downstream", self.sum_u(|s| &s.bytes_downstream)),
+            ] {
+                let labels = [("direction", dir)];
+                m.encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                REJECTIONS,
+                "Client requests refused, by reason (the old 'Rejection Count').",
+                None,
+                MetricType::Counter,
+            )?;
+            for r in Reject::ALL {
+                let v = self.sum_u(|s| &s.rejections[r.index()]);
+                let labels = [("reason", r.as_str())];
+                m.encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                ERRORS,
+                "Errors, by kind (the old 'Error Count').",
+                None,
+                MetricType::Counter,
+            )?;
+            for k in ErrorKind::ALL {
+                let v = self.sum_u(|s| &s.errors[k.index()]);
+                let labels = [("kind", k.as_str())];
+                m.encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+            }
+        }
+        histogram(
+            &mut enc,
+            TUNNEL_DURATION,
+            "Lifetime of closed tunnels.",
+            sh,
+            |s| &s.tunnel_duration,
+        )?;
+        histogram(
+            &mut enc,
+            UPSTREAM_CONNECT,
+            "Time to establish the upstream TCP connection.",
+            sh,
+            |s| &s.upstream_connect,
+        )?;
+        gauge(
+            &mut enc,
+            DRAINING,
+            "1 while the gateway drains after SIGTERM.",
+            i64::from(self.status.draining.load(Relaxed)),
+        )?;
+        {
+            let mut m = enc.encode_descriptor(
+                ENGINE,
+                "The I/O driver in use (1 for the active kind).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for kind in ["uring", "epoll"] {
+                let labels = [("kind", kind)];
+                m.encode_family(&labels)?
+                    .encode_gauge(&i64::from(kind == self.engine))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrape_sums_shards() {
+        let shards: Vec<Arc<Shard>> = (0..3).map(|_| Arc::new(Shard::default())).collect();
+        for (i, s) in shards.iter().enumerate() {
+            s.connect_requests.fetch_add(i as u64 + 1, Relaxed);
+            s.bytes_upstream.fetch_add(100, Relaxed);
+            s.reject(Reject::HostNotAllowed);
+            s.error(ErrorKind::DnsFailure);
+            s.tunnel_duration.observe(Duration::from_millis(200));
+            s.client_opened("127.0.0.1".parse().unwrap());
+        }
+        let m = Arc::new(Metrics {
+            shards,
+            status: Arc::new(Status::default()),
+            engine: "epoll",
+        });
+        let text = m.render().unwrap();
+        assert!(text.contains("splicegate_connect_requests_total 6"), "{text}");
+        assert!(text.contains("splicegate_bytes_total{direction=\"upstream\"} 300"));
+        assert!(text.contains("splicegate_rejections_total{reason=\"host_not_allowed\"} 3"));
+        assert!(text.contains("splicegate_errors_total{kind=\"dns_failure\"} 3"));
+        assert!(text.contains("splicegate_connected_clients 1"));
+        assert!(text.contains("splicegate_tunnel_duration_seconds_bucket{le=\"0.5\"} 3"));
+        assert!(text.contains("splicegate_tunnel_duration_seconds_count 3"));
+        assert!(text.contains("splicegate_engine{kind=\"epoll\"} 1"));
+    }
+
+    #[test]
+    fn client_counts_drop_to_zero() {
+        let s = Shard::default();
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        s.client_opened(ip);
+        s.client_opened(ip);
+        s.client_closed(ip);
+        assert_eq!(s.clients.lock().unwrap().len(), 1);
+        s.client_closed(ip);
+        assert!(s.clients.lock().unwrap().is_empty());
+    }
+}
