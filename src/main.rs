@@ -84,8 +84,8 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: Option<LogFormat>) {
-    let filter = EnvFilter::try_from_env("SPLICEGATE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("SPLICEGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let format = format.unwrap_or(if std::env::var_os("JOURNAL_STREAM").is_some() {
         LogFormat::Journald
     } else {

@@ -367,7 +367,10 @@ mod tests {
             engine: "epoll",
         });
         let text = m.render().unwrap();
-        assert!(text.contains("splicegate_connect_requests_total 6"), "{text}");
+        assert!(
+            text.contains("splicegate_connect_requests_total 6"),
+            "{text}"
+        );
         assert!(text.contains("splicegate_bytes_total{direction=\"upstream\"} 300"));
         assert!(text.contains("splicegate_rejections_total{reason=\"host_not_allowed\"} 3"));
         assert!(text.contains("splicegate_errors_total{kind=\"dns_failure\"} 3"));

@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolveHosts};
+use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::TokioResolver;
@@ -108,7 +108,8 @@ impl Resolver {
 
 fn build(settings: &ResolverSettings, timeout: Duration) -> Result<TokioResolver, String> {
     let mut builder = if settings.nameservers.is_empty() {
-        TokioResolver::builder_tokio().map_err(|e| format!("reading the system DNS configuration: {e}"))?
+        TokioResolver::builder_tokio()
+            .map_err(|e| format!("reading the system DNS configuration: {e}"))?
     } else {
         let servers = settings.nameservers.iter().map(name_server).collect();
         TokioResolver::builder_with_config(
@@ -123,7 +124,9 @@ fn build(settings: &ResolverSettings, timeout: Duration) -> Result<TokioResolver
     opts.use_hosts_file = ResolveHosts::Always;
     // Names come from CONNECT requests and are absolute: never append search domains.
     opts.ndots = 0;
-    builder.build().map_err(|e| format!("building the resolver: {e}"))
+    builder
+        .build()
+        .map_err(|e| format!("building the resolver: {e}"))
 }
 
 fn name_server(addr: &SocketAddr) -> NameServerConfig {

@@ -151,7 +151,7 @@ impl Default for Limits {
             drain_timeout: Duration::from_secs(30),
             resolve_timeout: Duration::from_secs(5),
             max_pipes: 0,
-            pipe_size: 256 * 1024,
+            pipe_size: 1024 * 1024,
         }
     }
 }
@@ -398,7 +398,7 @@ mod tests {
         assert_eq!(cfg.limits.drain_timeout, Duration::from_secs(30));
         assert_eq!(cfg.limits.resolve_timeout, Duration::from_secs(5));
         assert_eq!(cfg.limits.max_pipes, 0);
-        assert_eq!(cfg.limits.pipe_size, 262_144);
+        assert_eq!(cfg.limits.pipe_size, 1_048_576);
         assert!(cfg.resolver.nameservers.is_empty());
         assert_eq!(cfg.resolver.cache_size, 4096);
         assert_eq!(
@@ -1000,7 +1000,7 @@ mod tests {
             "drain_timeout: 30s",
             "resolve_timeout: 5s",
             "max_pipes: 0 (automatic)",
-            "pipe_size: 262144",
+            "pipe_size: 1048576",
             "nameservers: 192.0.2.53:53",
             "cache_size: 4096",
         ] {

@@ -79,7 +79,12 @@ async fn handle(mut stream: TcpStream, metrics: Arc<Metrics>) -> std::io::Result
     }
 }
 
-async fn respond(stream: &mut TcpStream, code: u16, ctype: &str, body: &[u8]) -> std::io::Result<()> {
+async fn respond(
+    stream: &mut TcpStream,
+    code: u16,
+    ctype: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
     let reason = match code {
         200 => "OK",
         404 => "Not Found",

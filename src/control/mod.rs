@@ -86,8 +86,32 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
             "{w}; names without a static `hosts:` entry will fail to resolve"
         );
     }
-    let engine = Engine::start(&cfg, &choice, listeners, Arc::clone(&policy), resolver, &shards)
-        .map_err(|e| e.to_string())?;
+    // Signal handlers and the HTTP endpoint are in place before event 101 announces the start:
+    // a SIGTERM right after start-up must drain, not kill.
+    let guard = rt.enter();
+    let signals = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    );
+    let (mut term, mut int, mut hup) = match signals {
+        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+        _ => return Err("cannot install signal handlers".into()),
+    };
+    if let Some(l) = metrics_listener {
+        let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
+        tokio::spawn(http::serve(l, Arc::clone(&metrics)));
+    }
+    drop(guard);
+    let engine = Engine::start(
+        &cfg,
+        &choice,
+        listeners,
+        Arc::clone(&policy),
+        resolver,
+        &shards,
+    )
+    .map_err(|e| e.to_string())?;
     status.listening.store(true, Relaxed);
 
     let listen_list = bound
@@ -109,13 +133,6 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
 
     let drain_timeout = cfg.limits.drain_timeout;
     let result = rt.block_on(async move {
-        if let Some(l) = metrics_listener {
-            let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
-            tokio::spawn(http::serve(l, Arc::clone(&metrics)));
-        }
-        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-        let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-        let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
         let how = loop {
             tokio::select! {
                 _ = term.recv() => break "SIGTERM",
@@ -154,7 +171,10 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
 /// a file that does not validate is refused and the old policy keeps serving.
 fn reload(path: Option<&std::path::Path>, policy: &ArcSwap<Policy>) {
     let Some(path) = path else {
-        info!(event_id = events::INFO, "SIGHUP: running on the embedded default config, nothing to reload");
+        info!(
+            event_id = events::INFO,
+            "SIGHUP: running on the embedded default config, nothing to reload"
+        );
         return;
     };
     match Config::from_file(path) {

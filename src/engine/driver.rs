@@ -31,7 +31,11 @@ pub enum Side {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Key {
     Listener(u32),
-    Conn { slot: u32, gen: u32, side: Side },
+    Conn {
+        slot: u32,
+        gen: u32,
+        side: Side,
+    },
     Wake,
     /// Completions nobody waits for (cancellations).
     Ignore,
@@ -81,12 +85,21 @@ impl Key {
 #[derive(Debug)]
 pub enum Event {
     /// A connection accepted by a multishot accept (io_uring).
-    Accepted { listener: u32, result: io::Result<OwnedFd> },
+    Accepted {
+        listener: u32,
+        result: io::Result<OwnedFd>,
+    },
     /// A listener has connections waiting (epoll): the worker calls `accept4` until `EAGAIN`.
     ListenerReady { listener: u32 },
     /// A socket woke up. Errors and hang-ups are reported as both readable and writable, so
     /// that the next syscall surfaces them.
-    Ready { slot: u32, gen: u32, side: Side, readable: bool, writable: bool },
+    Ready {
+        slot: u32,
+        gen: u32,
+        side: Side,
+        readable: bool,
+        writable: bool,
+    },
     /// Another thread signalled the worker's eventfd.
     Wake,
 }
@@ -152,7 +165,8 @@ impl Driver {
     }
 }
 
-const POLL_MASK: u32 = (libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) as u32;
+const POLL_MASK: u32 =
+    (libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) as u32;
 
 /// The io_uring driver.
 pub struct UringDriver {
@@ -277,7 +291,10 @@ impl UringDriver {
                     } else {
                         Err(io::Error::from_raw_os_error(-res))
                     };
-                    out.push(Event::Accepted { listener: i, result });
+                    out.push(Event::Accepted {
+                        listener: i,
+                        result,
+                    });
                 }
                 key @ Key::Conn { slot, gen, side } => {
                     if res == -libc::ECANCELED {
@@ -390,7 +407,13 @@ impl EpollDriver {
             Key::Listener(_) => libc::EPOLLIN | libc::EPOLLET,
             _ => libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET,
         };
-        sys::epoll_ctl(self.ep(), libc::EPOLL_CTL_ADD, fd, events as u32, key.encode())
+        sys::epoll_ctl(
+            self.ep(),
+            libc::EPOLL_CTL_ADD,
+            fd,
+            events as u32,
+            key.encode(),
+        )
     }
 
     fn del(&mut self, fd: RawFd) {
@@ -442,9 +465,21 @@ mod tests {
         for k in [
             Key::Listener(0),
             Key::Listener(7),
-            Key::Conn { slot: 0, gen: 0, side: Side::Client },
-            Key::Conn { slot: u32::MAX, gen: Key::wrap_gen(u32::MAX), side: Side::Upstream },
-            Key::Conn { slot: 12345, gen: 99, side: Side::Client },
+            Key::Conn {
+                slot: 0,
+                gen: 0,
+                side: Side::Client,
+            },
+            Key::Conn {
+                slot: u32::MAX,
+                gen: Key::wrap_gen(u32::MAX),
+                side: Side::Upstream,
+            },
+            Key::Conn {
+                slot: 12345,
+                gen: 99,
+                side: Side::Client,
+            },
             Key::Wake,
             Key::Ignore,
         ] {

@@ -30,7 +30,9 @@ pub struct Flow {
     shut: bool,
     /// This direction copies (splice unsupported for these fds).
     copy_only: bool,
-    /// Bytes delivered to `dst`.
+    /// Leading bytes of `pending` that are the gateway's own (the `200`), not relayed data.
+    own: usize,
+    /// Relayed bytes delivered to `dst`.
     pub bytes: u64,
 }
 
@@ -63,8 +65,13 @@ impl Flow {
         }
     }
 
-    pub fn is_done(&self) -> bool {
-        self.shut
+    /// A flow that first writes the gateway's own answer (not counted as relayed bytes).
+    pub fn with_answer(answer: &[u8]) -> Flow {
+        Flow {
+            pending: answer.to_vec(),
+            own: answer.len(),
+            ..Flow::default()
+        }
     }
 
     /// Give back or drop this flow's pipe when the tunnel closes.
@@ -100,7 +107,9 @@ impl Flow {
                 match sys::send(dst, &self.pending[self.sent..], false) {
                     Ok(n) => {
                         self.sent += n;
-                        self.delivered(n, counter, cx);
+                        let own = n.min(self.own);
+                        self.own -= own;
+                        self.delivered(n - own, counter, cx);
                         continue;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -171,7 +180,10 @@ impl Flow {
                             return Ok(Pumped::Blocked);
                         }
                         Err(e)
-                            if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) =>
+                            if matches!(
+                                e.raw_os_error(),
+                                Some(libc::EINVAL) | Some(libc::ENOSYS)
+                            ) =>
                         {
                             cx.pool.give(p);
                             self.copy_only = true;

@@ -59,7 +59,9 @@ pub fn choose(kind: EngineKind) -> Result<Choice, String> {
                 uring: true,
                 why: "engine: uring in the configuration".into(),
             }),
-            Err(e) => Err(format!("engine: uring was requested but io_uring is unavailable: {e}")),
+            Err(e) => Err(format!(
+                "engine: uring was requested but io_uring is unavailable: {e}"
+            )),
         },
         EngineKind::Auto => Ok(match driver::probe_uring() {
             Ok(()) => Choice {
@@ -83,7 +85,10 @@ pub struct Listeners {
 /// Bind every address once per worker with `SO_REUSEPORT`. A port of 0 is resolved by the first
 /// bind and reused by the rest. An IPv6 address on a host without IPv6 is skipped (with the
 /// returned warning) as long as some other address binds.
-pub fn bind_listeners(addrs: &[SocketAddr], workers: usize) -> io::Result<(Listeners, Vec<String>)> {
+pub fn bind_listeners(
+    addrs: &[SocketAddr],
+    workers: usize,
+) -> io::Result<(Listeners, Vec<String>)> {
     let mut per_worker: Vec<Vec<OwnedFd>> = (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
     let mut warnings = Vec::new();
@@ -93,12 +98,22 @@ pub fn bind_listeners(addrs: &[SocketAddr], workers: usize) -> io::Result<(Liste
             Err(e)
                 if addr.is_ipv6()
                     && addrs.len() > 1
-                    && matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL)) =>
+                    && matches!(
+                        e.raw_os_error(),
+                        Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL)
+                    ) =>
             {
-                warnings.push(format!("skipping listen address {addr}: {e} (no IPv6 on this host)"));
+                warnings.push(format!(
+                    "skipping listen address {addr}: {e} (no IPv6 on this host)"
+                ));
                 continue;
             }
-            Err(e) => return Err(io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))),
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {addr}: {e}"),
+                ))
+            }
         };
         let local = first
             .local_addr()?
@@ -106,7 +121,8 @@ pub fn bind_listeners(addrs: &[SocketAddr], workers: usize) -> io::Result<(Liste
             .ok_or_else(|| io::Error::other("listener has no socket address"))?;
         per_worker[0].push(OwnedFd::from(first));
         for w in per_worker.iter_mut().skip(1) {
-            let s = bind_one(local).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {local}: {e}")))?;
+            let s = bind_one(local)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {local}: {e}")))?;
             w.push(OwnedFd::from(s));
         }
         bound.push(local);
@@ -250,7 +266,12 @@ struct PartialSetup {
     max_connections: usize,
 }
 
-fn run_worker(p: PartialSetup, uring: bool, wake: OwnedFd, ready: mpsc::Sender<Result<usize, String>>) {
+fn run_worker(
+    p: PartialSetup,
+    uring: bool,
+    wake: OwnedFd,
+    ready: mpsc::Sender<Result<usize, String>>,
+) {
     let driver = if uring {
         UringDriver::new(1024, wake).map(|d| Driver::Uring(Box::new(d)))
     } else {
@@ -259,7 +280,10 @@ fn run_worker(p: PartialSetup, uring: bool, wake: OwnedFd, ready: mpsc::Sender<R
     let driver = match driver {
         Ok(d) => d,
         Err(e) => {
-            let _ = ready.send(Err(format!("worker {}: cannot set up its driver: {e}", p.id)));
+            let _ = ready.send(Err(format!(
+                "worker {}: cannot set up its driver: {e}",
+                p.id
+            )));
             return;
         }
     };

@@ -25,7 +25,12 @@ fn cvt_size(r: libc::ssize_t) -> io::Result<usize> {
 
 /// `splice(2)` between two fds (one of them a pipe), non-blocking on the pipe side.
 /// `Ok(0)` from a socket source means the peer shut down its write side.
-pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize, more: bool) -> io::Result<usize> {
+pub fn splice(
+    from: BorrowedFd<'_>,
+    to: BorrowedFd<'_>,
+    len: usize,
+    more: bool,
+) -> io::Result<usize> {
     let mut flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
     if more {
         flags |= libc::SPLICE_F_MORE;
@@ -165,14 +170,24 @@ pub fn epoll_create() -> io::Result<OwnedFd> {
 }
 
 /// `epoll_ctl(op)` with `events` and a 64-bit key.
-pub fn epoll_ctl(ep: BorrowedFd<'_>, op: libc::c_int, fd: RawFd, events: u32, key: u64) -> io::Result<()> {
+pub fn epoll_ctl(
+    ep: BorrowedFd<'_>,
+    op: libc::c_int,
+    fd: RawFd,
+    events: u32,
+    key: u64,
+) -> io::Result<()> {
     let mut ev = libc::epoll_event { events, u64: key };
     // SAFETY: `ev` is a valid epoll_event for the duration of the call.
     cvt(unsafe { libc::epoll_ctl(ep.as_raw_fd(), op, fd, &mut ev) }).map(drop)
 }
 
 /// `epoll_wait` into `buf`; returns the number of events filled.
-pub fn epoll_wait(ep: BorrowedFd<'_>, buf: &mut [libc::epoll_event], timeout_ms: i32) -> io::Result<usize> {
+pub fn epoll_wait(
+    ep: BorrowedFd<'_>,
+    buf: &mut [libc::epoll_event],
+    timeout_ms: i32,
+) -> io::Result<usize> {
     let max = libc::c_int::try_from(buf.len()).unwrap_or(libc::c_int::MAX);
     // SAFETY: `buf` is valid for `max` events.
     let n = unsafe { libc::epoll_wait(ep.as_raw_fd(), buf.as_mut_ptr(), max, timeout_ms) };
@@ -181,7 +196,10 @@ pub fn epoll_wait(ep: BorrowedFd<'_>, buf: &mut [libc::epoll_event], timeout_ms:
 
 /// Raise the soft `RLIMIT_NOFILE` to the hard limit; returns the new soft limit.
 pub fn raise_nofile_limit() -> io::Result<u64> {
-    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: `rl` is a valid rlimit to fill.
     cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) })?;
     if rl.rlim_cur < rl.rlim_max {
@@ -261,7 +279,9 @@ mod tests {
         eventfd_signal(fd.as_fd());
         eventfd_signal(fd.as_fd());
         let mut v = [0u8; 8];
-        let n = std::fs::File::from(fd.try_clone().unwrap()).read(&mut v).unwrap();
+        let n = std::fs::File::from(fd.try_clone().unwrap())
+            .read(&mut v)
+            .unwrap();
         assert_eq!(n, 8);
         assert_eq!(u64::from_ne_bytes(v), 2);
         eventfd_drain(fd.as_fd());

@@ -108,7 +108,6 @@ struct Slot {
 struct Conn {
     client: OwnedFd,
     peer: SocketAddr,
-    accepted: Instant,
     /// Deadline of the current phase (not used by `Tunnel`, which runs on its idle timer).
     deadline: Instant,
     c_rd: bool,
@@ -270,7 +269,10 @@ impl Worker {
         }
         let now = Instant::now();
         let mut next = self.timers.peek().map(|Reverse((t, _, _))| *t);
-        for t in [self.accept_paused_until, self.drain_deadline].into_iter().flatten() {
+        for t in [self.accept_paused_until, self.drain_deadline]
+            .into_iter()
+            .flatten()
+        {
             next = Some(next.map_or(t, |n| n.min(t)));
         }
         next.map(|t| t.saturating_duration_since(now))
@@ -370,7 +372,10 @@ impl Worker {
             Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
                 self.shard.error(ErrorKind::FdExhausted);
                 let now = Instant::now();
-                if self.last_fd_warning.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+                if self
+                    .last_fd_warning
+                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+                {
                     self.last_fd_warning = Some(now);
                     warn!(
                         event_id = events::INTERNAL_ERROR,
@@ -395,7 +400,7 @@ impl Worker {
         };
         if self.spare.take().is_some() {
             if let Ok(fd) = sys::accept(l.as_fd()) {
-                let _ = sys::send(fd.as_fd(), Status::ServiceUnavailable.bytes(), false);
+                refuse_now(fd, Status::ServiceUnavailable);
                 self.shard.reject(Reject::OverCapacity);
             }
             self.spare = sys::spare_fd().ok();
@@ -418,7 +423,7 @@ impl Worker {
             return;
         }
         if self.live >= self.max_connections {
-            let _ = sys::send(fd.as_fd(), Status::ServiceUnavailable.bytes(), false);
+            refuse_now(fd, Status::ServiceUnavailable);
             self.shard.reject(Reject::OverCapacity);
             warn!(
                 event_id = events::INTERNAL_ERROR,
@@ -454,7 +459,6 @@ impl Worker {
         self.slots[slot as usize].conn = Some(Conn {
             client: fd,
             peer,
-            accepted: now,
             deadline,
             c_rd: false,
             c_wr: true,
@@ -485,7 +489,11 @@ impl Worker {
 
     fn read_head(&mut self, slot: u32) {
         let max = self.limits.max_header_bytes;
-        let Some(conn) = self.slots.get_mut(slot as usize).and_then(|s| s.conn.as_mut()) else {
+        let Some(conn) = self
+            .slots
+            .get_mut(slot as usize)
+            .and_then(|s| s.conn.as_mut())
+        else {
             return;
         };
         let State::Head { buf } = &mut conn.state else {
@@ -520,7 +528,13 @@ impl Worker {
             Ok(None) if eof => self.close(slot, Close::Quiet),
             Ok(None) => {
                 if buf.len() >= limit {
-                    self.refuse(slot, Status::HeaderTooLarge, Reject::HeaderTooLarge, "header block too large", None);
+                    self.refuse(
+                        slot,
+                        Status::HeaderTooLarge,
+                        Reject::HeaderTooLarge,
+                        "header block too large",
+                        None,
+                    );
                 }
             }
             Ok(Some(head)) => {
@@ -541,15 +555,27 @@ impl Worker {
                     },
                 );
             }
-            Err(HeadError::NotConnect) => {
-                self.refuse(slot, Status::MethodNotAllowed, Reject::NotConnect, "not an HTTP CONNECT request", None)
-            }
-            Err(HeadError::Malformed(m)) => {
-                self.refuse(slot, Status::BadRequest, Reject::Malformed, m.as_str(), None)
-            }
-            Err(HeadError::TooLarge) => {
-                self.refuse(slot, Status::HeaderTooLarge, Reject::HeaderTooLarge, "header block too large", None)
-            }
+            Err(HeadError::NotConnect) => self.refuse(
+                slot,
+                Status::MethodNotAllowed,
+                Reject::NotConnect,
+                "not an HTTP CONNECT request",
+                None,
+            ),
+            Err(HeadError::Malformed(m)) => self.refuse(
+                slot,
+                Status::BadRequest,
+                Reject::Malformed,
+                m.as_str(),
+                None,
+            ),
+            Err(HeadError::TooLarge) => self.refuse(
+                slot,
+                Status::HeaderTooLarge,
+                Reject::HeaderTooLarge,
+                "header block too large",
+                None,
+            ),
         }
     }
 
@@ -575,7 +601,13 @@ impl Worker {
                 let now = Instant::now();
                 let deadline = now + self.limits.resolve_timeout;
                 if !self.resolver.lookup(&host, slot, gen, &self.reply) {
-                    self.fail(slot, Some(&target.authority), ErrorKind::DnsFailure, Status::BadGateway, "resolver unavailable");
+                    self.fail(
+                        slot,
+                        Some(&target.authority),
+                        ErrorKind::DnsFailure,
+                        Status::BadGateway,
+                        "resolver unavailable",
+                    );
                     return;
                 }
                 if let Some(conn) = self.conn_at(slot) {
@@ -594,7 +626,9 @@ impl Worker {
         if !matches!(conn.state, State::Resolving(_)) {
             return;
         }
-        let State::Resolving(target) = std::mem::replace(&mut conn.state, State::Lingering { discarded: 0 }) else {
+        let State::Resolving(target) =
+            std::mem::replace(&mut conn.state, State::Lingering { discarded: 0 })
+        else {
             return;
         };
         match a.result {
@@ -629,7 +663,10 @@ impl Worker {
         }
         drop(policy);
         let port = target.authority.port;
-        let addrs: Vec<SocketAddr> = ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect();
+        let addrs: Vec<SocketAddr> = ips
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect();
         let now = Instant::now();
         let deadline = now + self.limits.connect_timeout;
         let gen = self.gen_of(slot);
@@ -653,7 +690,11 @@ impl Worker {
     fn connect_next(&mut self, slot: u32, mut last: Option<io::Error>) {
         let gen = self.gen_of(slot);
         loop {
-            let Some(conn) = self.slots.get_mut(slot as usize).and_then(|s| s.conn.as_mut()) else {
+            let Some(conn) = self
+                .slots
+                .get_mut(slot as usize)
+                .and_then(|s| s.conn.as_mut())
+            else {
                 return;
             };
             let State::Connecting(c) = &mut conn.state else {
@@ -673,7 +714,13 @@ impl Worker {
                 let e = last.unwrap_or_else(|| io::Error::other("no address"));
                 let kind = connect_error_kind(&e);
                 let authority = c.target.authority.clone();
-                self.fail(slot, Some(&authority), kind, Status::BadGateway, &e.to_string());
+                self.fail(
+                    slot,
+                    Some(&authority),
+                    kind,
+                    Status::BadGateway,
+                    &e.to_string(),
+                );
                 return;
             };
             c.next += 1;
@@ -710,7 +757,11 @@ impl Worker {
     }
 
     fn on_connect_ready(&mut self, slot: u32) {
-        let Some(conn) = self.slots.get_mut(slot as usize).and_then(|s| s.conn.as_mut()) else {
+        let Some(conn) = self
+            .slots
+            .get_mut(slot as usize)
+            .and_then(|s| s.conn.as_mut())
+        else {
             return;
         };
         let State::Connecting(c) = &mut conn.state else {
@@ -731,7 +782,9 @@ impl Worker {
             // Still in progress (a spurious wake-up).
             return;
         }
-        let State::Connecting(c) = std::mem::replace(&mut conn.state, State::Lingering { discarded: 0 }) else {
+        let State::Connecting(c) =
+            std::mem::replace(&mut conn.state, State::Lingering { discarded: 0 })
+        else {
             return;
         };
         let Connecting {
@@ -745,7 +798,9 @@ impl Worker {
             return;
         };
         let now = Instant::now();
-        self.shard.upstream_connect.observe(now.duration_since(started));
+        self.shard
+            .upstream_connect
+            .observe(now.duration_since(started));
         let _ = SockRef::from(&upstream).set_tcp_nodelay(true);
         let peer = conn.peer;
         let target_s = target.authority.to_string();
@@ -764,7 +819,7 @@ impl Worker {
             u_rd: false,
             u_wr: true,
             up: Flow::with_pending(target.early),
-            down: Flow::with_pending(Status::Established.bytes().to_vec()),
+            down: Flow::with_answer(Status::Established.bytes()),
             started: now,
             last_activity: now,
         }));
@@ -772,7 +827,8 @@ impl Worker {
         conn.c_rd = true;
         self.shard.tunnels_active.fetch_add(1, Relaxed);
         let gen = self.gen_of(slot);
-        self.timers.push(Reverse((now + self.limits.idle_timeout, slot, gen)));
+        self.timers
+            .push(Reverse((now + self.limits.idle_timeout, slot, gen)));
         self.pump(slot);
     }
 
@@ -868,7 +924,14 @@ impl Worker {
     }
 
     /// A client request refused before any upstream contact (events 104 and 400).
-    fn refuse(&mut self, slot: u32, status: Status, reject: Reject, detail: &str, target: Option<&Authority>) {
+    fn refuse(
+        &mut self,
+        slot: u32,
+        status: Status,
+        reject: Reject,
+        detail: &str,
+        target: Option<&Authority>,
+    ) {
         self.shard.reject(reject);
         if let Some(conn) = self.conn_at(slot) {
             let peer = conn.peer;
@@ -887,7 +950,14 @@ impl Worker {
     }
 
     /// A network failure on the way to the upstream (event 403).
-    fn fail(&mut self, slot: u32, target: Option<&Authority>, kind: ErrorKind, status: Status, detail: &str) {
+    fn fail(
+        &mut self,
+        slot: u32,
+        target: Option<&Authority>,
+        kind: ErrorKind,
+        status: Status,
+        detail: &str,
+    ) {
         self.shard.error(kind);
         if let Some(conn) = self.conn_at(slot) {
             let peer = conn.peer;
@@ -1031,12 +1101,24 @@ impl Worker {
             ),
             State::Resolving(t) => {
                 let a = t.authority.clone();
-                self.fail(slot, Some(&a), ErrorKind::ResolveTimeout, Status::GatewayTimeout, "resolver did not answer in time")
+                self.fail(
+                    slot,
+                    Some(&a),
+                    ErrorKind::ResolveTimeout,
+                    Status::GatewayTimeout,
+                    "resolver did not answer in time",
+                )
             }
             State::Connecting(c) => {
                 let a = c.target.authority.clone();
                 let addr = c.addr.to_string();
-                self.fail(slot, Some(&a), ErrorKind::ConnectTimeout, Status::GatewayTimeout, &addr)
+                self.fail(
+                    slot,
+                    Some(&a),
+                    ErrorKind::ConnectTimeout,
+                    Status::GatewayTimeout,
+                    &addr,
+                )
             }
             State::Tunnel(_) => self.close(slot, Close::Tunnel("idle_timeout")),
             State::Refusing { .. } | State::Lingering { .. } => self.close(slot, Close::Quiet),
@@ -1125,11 +1207,23 @@ impl Worker {
                     );
                 }
             }
-            _ => {
-                let _ = conn.accepted;
-            }
+            _ => {}
         }
     }
+}
+
+/// Answer and close a client that gets no slot. What it already sent is read first, so the close
+/// is a FIN rather than a reset that could destroy the answer before the client reads it.
+fn refuse_now(fd: OwnedFd, status: Status) {
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        match sys::recv(fd.as_fd(), &mut sink) {
+            Ok(n) if n > 0 => continue,
+            _ => break,
+        }
+    }
+    let _ = sys::send(fd.as_fd(), status.bytes(), false);
+    let _ = sys::shutdown_write(fd.as_fd());
 }
 
 /// Start a non-blocking connect with `TCP_NODELAY` set.

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs the tools the integration tests run: curl, openssl, ip (iproute2), ps (procps).
+# Idempotent: does nothing when every tool is present; otherwise runs `apt-get update` once and
+# installs only the missing packages. Needs root (or sudo) only when something is missing.
+set -euo pipefail
+
+# command -> Debian/Ubuntu package
+declare -A PKG=([curl]=curl [openssl]=openssl [ip]=iproute2 [ps]=procps)
+
+missing=()
+for cmd in curl openssl ip ps; do
+    if command -v "$cmd" >/dev/null 2>&1; then
+        echo "install-test-deps: $cmd present ($(command -v "$cmd"))"
+    else
+        echo "install-test-deps: $cmd missing (package ${PKG[$cmd]})"
+        missing+=("${PKG[$cmd]}")
+    fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+    echo "install-test-deps: nothing to install"
+    exit 0
+fi
+
+if [ "$(id -u)" -eq 0 ]; then
+    SUDO=()
+elif command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo)
+else
+    echo "install-test-deps: need root or sudo to install: ${missing[*]}" >&2
+    exit 1
+fi
+
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "install-test-deps: no apt-get on this machine; install manually: ${missing[*]}" >&2
+    exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+echo "install-test-deps: apt-get update"
+"${SUDO[@]}" apt-get update
+echo "install-test-deps: apt-get install -y ${missing[*]}"
+"${SUDO[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
+
+for cmd in curl openssl ip ps; do
+    command -v "$cmd" >/dev/null 2>&1 || {
+        echo "install-test-deps: $cmd still missing after install" >&2
+        exit 1
+    }
+done
+echo "install-test-deps: installed ${missing[*]}"

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The one test command: test tools, build, unit + integration tests on io_uring, then the
+# integration tests again on epoll. Runs every test phase even if an earlier one fails and exits
+# non-zero if any failed.
+#
+# TEST_THREADS (default 2) sets --test-threads; heavy tests in tests/scale.rs serialise
+# themselves with a lock, so 2 threads are safe on a 2-core machine.
+set -uo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+TEST_THREADS="${TEST_THREADS:-2}"
+failed=()
+
+phase() {
+    echo
+    echo "=================================================================="
+    echo "== $*"
+    echo "=================================================================="
+}
+
+phase "1/4 test dependencies (scripts/install-test-deps.sh)"
+if ! bash scripts/install-test-deps.sh; then
+    echo "test.sh: installing test dependencies failed" >&2
+    exit 1
+fi
+
+phase "2/4 cargo build --all-targets"
+if ! cargo build --all-targets; then
+    echo "test.sh: build failed" >&2
+    exit 1
+fi
+
+phase "3/4 cargo test (unit + integration + doc), engine uring"
+if ! SPLICEGATE_TEST_ENGINE=uring cargo test --no-fail-fast -- --test-threads="$TEST_THREADS"; then
+    failed+=("cargo test (uring)")
+fi
+
+phase "4/4 integration tests again, engine epoll"
+if ! SPLICEGATE_TEST_ENGINE=epoll cargo test --no-fail-fast --test '*' -- --test-threads="$TEST_THREADS"; then
+    failed+=("integration tests (epoll)")
+fi
+
+echo
+if [ "${#failed[@]}" -ne 0 ]; then
+    echo "test.sh: FAILED: ${failed[*]}" >&2
+    exit 1
+fi
+echo "test.sh: all phases passed"

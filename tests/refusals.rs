@@ -1,0 +1,468 @@
+//! Every refusal: status, connection closed afterwards, log event, metric, upstream untouched.
+
+mod support;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+use support::*;
+
+const ALLOWED: &str = "allowed.splicegate.test";
+
+/// An echo upstream plus a gateway that allows `ALLOWED` and `*.wild.test` (with `wild.test`,
+/// `a.wild.test` and `evilwild.test` all statically mapped to 127.0.0.1) on the upstream's port.
+fn setup(extra: impl FnOnce(Config) -> Config) -> Option<(Upstream, Gateway)> {
+    let up = Upstream::echo();
+    let cfg = Config::new()
+        .upstream(ALLOWED, up.port())
+        .allow_host("*.wild.test")
+        .map_host("a.wild.test", "127.0.0.1")
+        .map_host("wild.test", "127.0.0.1")
+        .map_host("evilwild.test", "127.0.0.1");
+    let gw = Gateway::start(extra(cfg))?;
+    Some((up, gw))
+}
+
+fn assert_target(ev: &serde_json::Value, host: &str) {
+    let target = field_str(ev, "target").unwrap_or_else(|| panic!("no `target` in {ev}"));
+    assert!(
+        target.contains(host),
+        "`target` should name {host:?}, got {target:?}"
+    );
+}
+
+#[test]
+fn host_not_in_allowlist_is_403() {
+    let Some((up, gw)) = setup(|c| c) else {
+        return;
+    };
+    let target = format!("notlisted.splicegate.test:{}", up.port());
+    expect_refusal(&gw, connect_head(&target).as_bytes(), 403);
+    let ev = expect_refusal_event(&gw, 105, 403, Some("host_not_allowed"));
+    assert_client_field(&ev);
+    assert_target(&ev, "notlisted.splicegate.test");
+    expect_rejection_metric(&gw, "host_not_allowed", 1.0);
+    up.assert_untouched("host not allowed");
+}
+
+#[test]
+fn ip_literal_not_in_allowlist_is_403() {
+    let Some((up, gw)) = setup(|c| c) else {
+        return;
+    };
+    expect_refusal(
+        &gw,
+        connect_head(&format!("127.0.0.1:{}", up.port())).as_bytes(),
+        403,
+    );
+    expect_refusal_event(&gw, 105, 403, Some("host_not_allowed"));
+    up.assert_untouched("IP literal not allowed");
+}
+
+#[test]
+fn port_not_allowed_is_403() {
+    let Some((up, gw)) = setup(|c| c) else {
+        return;
+    };
+    // Something listens on the other port, so only the policy can stop the connection.
+    let other = Upstream::echo();
+    let target = format!("{ALLOWED}:{}", other.port());
+    expect_refusal(&gw, connect_head(&target).as_bytes(), 403);
+    let ev = expect_refusal_event(&gw, 105, 403, Some("port_not_allowed"));
+    assert_target(&ev, ALLOWED);
+    expect_rejection_metric(&gw, "port_not_allowed", 1.0);
+    other.assert_untouched("port not allowed");
+    up.assert_untouched("port not allowed");
+}
+
+#[test]
+fn wildcard_matches_subdomains_only() {
+    let Some((up, gw)) = setup(|c| c) else {
+        return;
+    };
+    let mut ok = open_tunnel(gw.addr(), &format!("a.wild.test:{}", up.port()));
+    echo_roundtrip(&mut ok, b"wildcard ok");
+    assert_eq!(up.wait_accepts(1, Duration::from_secs(5)), 1);
+
+    for host in ["wild.test", "evilwild.test"] {
+        expect_refusal(
+            &gw,
+            connect_head(&format!("{host}:{}", up.port())).as_bytes(),
+            403,
+        );
+    }
+    // Both misses are logged as host_not_allowed (logging may trail the response).
+    for host in ["wild.test", "evilwild.test"] {
+        let ev = gw.wait_event(
+            105,
+            |e| {
+                field_str(e, "reason").as_deref() == Some("host_not_allowed")
+                    && field_str(e, "target")
+                        .is_some_and(|t| t.starts_with(host) || t.starts_with(&format!("\"{host}")))
+            },
+            Duration::from_secs(5),
+        );
+        assert!(
+            ev.is_some(),
+            "event 105 host_not_allowed for {host}; log:\n{}",
+            gw.log_dump()
+        );
+    }
+    expect_rejection_metric(&gw, "host_not_allowed", 2.0);
+    // Only the one allowed tunnel ever reached the upstream.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        up.accepts(),
+        1,
+        "refused wildcard misses must not reach the upstream"
+    );
+}
+
+#[test]
+fn get_origin_form_is_405_with_allow_connect() {
+    let Some((up, gw)) = setup(|c| c) else {
+        return;
+    };
+    let r = expect_refusal(
+        &gw,
+        format!("GET / HTTP/1.1\r\nHost: {ALLOWED}:{}\r\n\r\n", up.port()).as_bytes(),
+        405,
+    );
+    let allow = r
+        .header("allow")
+        .unwrap_or_else(|| panic!("405 without an Allow header: {:?}", r.head));
+    assert!(allow.contains("CONNECT"), "Allow: {allow}");
+    expect_refusal_event(&gw, 104, 405, None);
+    expect_rejection_metric(&gw, "not_connect", 1.0);
+    up.assert_untouched("GET origin-form");
+}
+
+#[test]
+fn get_absolute_form_is_405_and_not_proxied() {
+    let Some((up, gw)) = setup(|c| c) else {
+        return;
+    };
+    let raw = format!(
+        "GET http://{ALLOWED}:{port}/ HTTP/1.1\r\nHost: {ALLOWED}:{port}\r\n\r\n",
+        port = up.port()
+    );
+    let r = expect_refusal(&gw, raw.as_bytes(), 405);
+    assert!(
+        r.header("allow").is_some_and(|a| a.contains("CONNECT")),
+        "405 must carry Allow: CONNECT: {:?}",
+        r.head
+    );
+    let ev = expect_refusal_event(&gw, 104, 405, None);
+    assert_client_field(&ev);
+    up.assert_untouched("GET absolute-form");
+}
+
+#[test]
+fn malformed_connect_requests_are_400() {
+    let Some((up, gw)) = setup(|c| c) else {
+        return;
+    };
+    let p = up.port();
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "no port",
+            format!("CONNECT {ALLOWED} HTTP/1.1\r\nHost: {ALLOWED}\r\n\r\n"),
+        ),
+        (
+            "port out of range",
+            format!("CONNECT {ALLOWED}:99999 HTTP/1.1\r\nHost: {ALLOWED}:99999\r\n\r\n"),
+        ),
+        (
+            "non-numeric port",
+            format!("CONNECT {ALLOWED}:https HTTP/1.1\r\nHost: {ALLOWED}:https\r\n\r\n"),
+        ),
+        (
+            "numeric host",
+            format!("CONNECT 2130706433:{p} HTTP/1.1\r\nHost: 2130706433:{p}\r\n\r\n"),
+        ),
+        (
+            "Content-Length on CONNECT",
+            format!(
+                "CONNECT {ALLOWED}:{p} HTTP/1.1\r\nHost: {ALLOWED}:{p}\r\nContent-Length: 5\r\n\r\nhello"
+            ),
+        ),
+        ("garbage", "\u{1}\u{2}\u{3} not http at all\r\n\r\n".to_string()),
+    ];
+    for (what, raw) in &cases {
+        let (mut s, r) = request(gw.addr(), raw.as_bytes());
+        let r = r.unwrap_or_else(|e| panic!("{what}: no response head: {e}"));
+        assert_eq!(r.status, 400, "{what}: head {:?}", r.head);
+        assert_closes(&mut s, Duration::from_secs(5));
+    }
+    let ev = expect_refusal_event_any(&gw, 400, "malformed");
+    eprintln!("400 refusals are logged with event_id {:?}", event_id(&ev));
+    expect_rejection_metric(&gw, "malformed", cases.len() as f64);
+    up.assert_untouched("malformed requests");
+}
+
+#[test]
+fn oversized_head_is_431_and_head_within_limit_is_accepted() {
+    let Some((up, gw)) = setup(|c| c.limit("max_header_bytes", "1024")) else {
+        return;
+    };
+    let target = format!("{ALLOWED}:{}", up.port());
+    // A head of about 700 bytes: within the limit.
+    let small = format!(
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(600)
+    );
+    let (mut s, r) = request(gw.addr(), small.as_bytes());
+    let r = r.expect("response to a head within max_header_bytes");
+    assert_eq!(
+        r.status,
+        200,
+        "a {}-byte head is within 1024: {:?}",
+        small.len(),
+        r.head
+    );
+    echo_roundtrip(&mut s, b"ok");
+    drop(s);
+
+    let big = format!(
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(2000)
+    );
+    expect_refusal(&gw, big.as_bytes(), 431);
+    let ev = expect_refusal_event_any(&gw, 431, "header_too_large");
+    eprintln!("431 refusals are logged with event_id {:?}", event_id(&ev));
+    expect_rejection_metric(&gw, "header_too_large", 1.0);
+    assert_eq!(
+        up.accepts(),
+        1,
+        "only the accepted tunnel reached the upstream"
+    );
+}
+
+#[test]
+fn incomplete_head_is_408_after_header_timeout() {
+    let Some((up, gw)) = setup(|c| c.limit("header_timeout", "1s")) else {
+        return;
+    };
+    let partial = format!("CONNECT {ALLOWED}:{} HTTP/1.1\r\nHost: allo", up.port());
+    let t0 = Instant::now();
+    let (mut s, r) = request(gw.addr(), partial.as_bytes());
+    let took = t0.elapsed();
+    let r = r.expect("a 408 response head");
+    assert_eq!(r.status, 408, "head {:?}", r.head);
+    assert!(
+        took >= Duration::from_millis(800),
+        "408 after {took:?} < header_timeout"
+    );
+    assert!(took <= Duration::from_secs(4), "408 only after {took:?}");
+    assert_closes(&mut s, Duration::from_secs(5));
+    let ev = expect_refusal_event_any(&gw, 408, "header_timeout");
+    eprintln!("408 refusals are logged with event_id {:?}", event_id(&ev));
+    expect_rejection_metric(&gw, "header_timeout", 1.0);
+    up.assert_untouched("header timeout");
+}
+
+#[test]
+fn slowloris_head_does_not_extend_header_timeout() {
+    let Some((up, gw)) = setup(|c| c.limit("header_timeout", "1s")) else {
+        return;
+    };
+    let head = connect_head(&format!("{ALLOWED}:{}", up.port()));
+    let mut s = connect(gw.addr());
+    let t0 = Instant::now();
+    // One byte every 100 ms would need several seconds for the whole head.
+    let mut write_failed = false;
+    for b in head.as_bytes().iter().take(40) {
+        if s.write_all(&[*b]).is_err() {
+            write_failed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if t0.elapsed() > Duration::from_millis(2500) {
+            break;
+        }
+    }
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let r = read_response_head(&mut s);
+    let took = t0.elapsed();
+    match r {
+        Ok(r) => assert_eq!(r.status, 408, "head {:?}", r.head),
+        Err(e) => panic!("no 408 for a trickled head (write failed: {write_failed}): {e}"),
+    }
+    assert!(took <= Duration::from_secs(4), "408 only after {took:?}");
+    up.assert_untouched("slowloris");
+}
+
+#[test]
+fn upstream_refusing_connection_is_502() {
+    let port = free_port(); // nothing listens here
+    let cfg = Config::new().upstream("refused.splicegate.test", port);
+    let Some(gw) = Gateway::start(cfg) else {
+        return;
+    };
+    expect_refusal(
+        &gw,
+        connect_head(&format!("refused.splicegate.test:{port}")).as_bytes(),
+        502,
+    );
+    let ev = expect_refusal_event(&gw, 403, 502, Some("connect_refused"));
+    assert_target(&ev, "refused.splicegate.test");
+    assert_client_field(&ev);
+    expect_error_metric(&gw, "connect_refused", 1.0);
+}
+
+#[test]
+fn upstream_connect_timeout_is_504() {
+    let Some(hole) = BlackholeListener::new() else {
+        eprintln!("SKIP: could not build a listener with a full accept queue");
+        return;
+    };
+    let cfg = Config::new()
+        .upstream("slow.splicegate.test", hole.addr().port())
+        .limit("connect_timeout", "1s");
+    let Some(gw) = Gateway::start(cfg) else {
+        return;
+    };
+    let t0 = Instant::now();
+    let r = expect_refusal(
+        &gw,
+        connect_head(&format!("slow.splicegate.test:{}", hole.addr().port())).as_bytes(),
+        504,
+    );
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(800),
+        "504 after {took:?} < connect_timeout: {r:?}"
+    );
+    assert!(took <= Duration::from_secs(5), "504 only after {took:?}");
+    let ev = expect_refusal_event(&gw, 403, 504, Some("connect_timeout"));
+    assert_target(&ev, "slow.splicegate.test");
+    expect_error_metric(&gw, "connect_timeout", 1.0);
+}
+
+#[test]
+fn over_max_connections_is_503_and_capacity_returns() {
+    // Echo: when a client closes, the upstream closes too, so the whole tunnel goes away.
+    let up = Upstream::echo();
+    let cfg = Config::new()
+        .workers(1)
+        .upstream(ALLOWED, up.port())
+        .limit("max_connections", "2");
+    let Some(gw) = Gateway::start(cfg) else {
+        return;
+    };
+    let target = format!("{ALLOWED}:{}", up.port());
+    let t1 = open_tunnel(gw.addr(), &target);
+    let t2 = open_tunnel(gw.addr(), &target);
+    assert_eq!(up.wait_accepts(2, Duration::from_secs(5)), 2);
+    expect_refusal(&gw, connect_head(&target).as_bytes(), 503);
+    let ev = expect_refusal_event_any(&gw, 503, "over_capacity");
+    eprintln!("503 refusals are logged with event_id {:?}", event_id(&ev));
+    expect_rejection_metric(&gw, "over_capacity", 1.0);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        up.accepts(),
+        2,
+        "the refused connection must not reach the upstream"
+    );
+    drop(t1);
+    // Once a slot is free again a new tunnel is accepted (bounded retries: the close is async).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = None;
+    while Instant::now() < deadline {
+        let (s, r) = connect_request(gw.addr(), &target);
+        if r.status == 200 {
+            last = Some(s);
+            break;
+        }
+        assert_eq!(r.status, 503, "only 503 is expected while at capacity");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        last.is_some(),
+        "a slot freed by closing a tunnel is reused within 5 s"
+    );
+    drop(t2);
+}
+
+#[test]
+fn static_host_mapped_to_loopback_is_private_without_networks() {
+    let up = Upstream::echo();
+    let cfg = Config::new()
+        .allow_host("internal.splicegate.test")
+        .map_host("internal.splicegate.test", "127.0.0.1")
+        .port(up.port());
+    let Some(gw) = Gateway::start(cfg) else {
+        return;
+    };
+    expect_refusal(
+        &gw,
+        connect_head(&format!("internal.splicegate.test:{}", up.port())).as_bytes(),
+        403,
+    );
+    let ev = expect_refusal_event(&gw, 105, 403, Some("private_destination"));
+    assert_target(&ev, "internal.splicegate.test");
+    expect_rejection_metric(&gw, "private_destination", 1.0);
+    up.assert_untouched("private destination via hosts:");
+}
+
+#[test]
+fn allow_private_destinations_true_permits_loopback() {
+    let up = Upstream::echo();
+    let cfg = Config::new()
+        .allow_host("internal.splicegate.test")
+        .map_host("internal.splicegate.test", "127.0.0.1")
+        .port(up.port())
+        .allow_private(true);
+    let Some(gw) = Gateway::start(cfg) else {
+        return;
+    };
+    let mut s = open_tunnel(
+        gw.addr(),
+        &format!("internal.splicegate.test:{}", up.port()),
+    );
+    echo_roundtrip(&mut s, b"private allowed");
+}
+
+#[test]
+fn ipv4_literal_allowed_by_name_but_private_is_403() {
+    let up = Upstream::echo();
+    let cfg = Config::new().allow_host("127.0.0.1").port(up.port());
+    let Some(gw) = Gateway::start(cfg) else {
+        return;
+    };
+    expect_refusal(
+        &gw,
+        connect_head(&format!("127.0.0.1:{}", up.port())).as_bytes(),
+        403,
+    );
+    expect_refusal_event(&gw, 105, 403, Some("private_destination"));
+    up.assert_untouched("private IPv4 literal");
+}
+
+#[test]
+fn ipv6_literal_allowed_by_name_is_private_unless_network_allowed() {
+    if !ipv6_available() {
+        eprintln!("SKIP: ::1 is not available on this machine");
+        return;
+    }
+    let up = Upstream::echo_on("[::1]:0");
+    let target = format!("[::1]:{}", up.port());
+    {
+        let cfg = Config::new().allow_host("::1").port(up.port());
+        let Some(gw) = Gateway::start(cfg) else {
+            return;
+        };
+        expect_refusal(&gw, connect_head(&target).as_bytes(), 403);
+        expect_refusal_event(&gw, 105, 403, Some("private_destination"));
+        up.assert_untouched("private IPv6 literal");
+    }
+    let cfg = Config::new()
+        .allow_host("::1")
+        .port(up.port())
+        .destination_network("::1/128");
+    let Some(gw) = Gateway::start(cfg) else {
+        return;
+    };
+    let mut s = open_tunnel(gw.addr(), &target);
+    echo_roundtrip(&mut s, b"over ipv6");
+    assert_eq!(up.accepts(), 1);
+}
