@@ -5,10 +5,10 @@
 set -euo pipefail
 
 # command -> Debian/Ubuntu package
-declare -A PKG=([curl]=curl [openssl]=openssl [ip]=iproute2 [ps]=procps)
+declare -A PKG=([curl]=curl [openssl]=openssl [ip]=iproute2 [ps]=procps [prlimit]=util-linux)
 
 missing=()
-for cmd in curl openssl ip ps; do
+for cmd in curl openssl ip ps prlimit; do
     if command -v "$cmd" >/dev/null 2>&1; then
         echo "install-test-deps: $cmd present ($(command -v "$cmd"))"
     else
@@ -42,7 +42,7 @@ echo "install-test-deps: apt-get update"
 echo "install-test-deps: apt-get install -y ${missing[*]}"
 "${SUDO[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
 
-for cmd in curl openssl ip ps; do
+for cmd in curl openssl ip ps prlimit; do
     command -v "$cmd" >/dev/null 2>&1 || {
         echo "install-test-deps: $cmd still missing after install" >&2
         exit 1

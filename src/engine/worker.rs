@@ -289,7 +289,12 @@ impl Worker {
             Event::Accepted { listener, result } => {
                 match result {
                     Ok(fd) => self.on_accept(fd),
-                    Err(e) => self.on_accept_error(listener, e),
+                    Err(e) => {
+                        if self.on_accept_error(listener, e) {
+                            // More clients may be queued behind the one refused.
+                            self.pending_accept.push(listener);
+                        }
+                    }
                 }
                 if self.accept_paused_until.is_none() {
                     self.driver.rearm_listener(listener);
@@ -361,16 +366,20 @@ impl Worker {
             match sys::accept(l.as_fd()) {
                 Ok(fd) => self.on_accept(fd),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => self.on_accept_error(listener, e),
+                Err(e) => {
+                    if !self.on_accept_error(listener, e) {
+                        return;
+                    }
+                }
             }
         }
         self.pending_accept.push(listener);
     }
 
-    fn on_accept_error(&mut self, listener: u32, e: io::Error) {
+    /// Returns whether accepting should go on now (a client was refused and more may wait).
+    fn on_accept_error(&mut self, listener: u32, e: io::Error) -> bool {
         match e.raw_os_error() {
             Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
-                self.shard.error(ErrorKind::FdExhausted);
                 let now = Instant::now();
                 if self
                     .last_fd_warning
@@ -386,31 +395,43 @@ impl Worker {
                         "out of file descriptors: refusing new clients with 503"
                     );
                 }
-                self.refuse_with_spare(listener);
+                self.refuse_with_spare(listener)
             }
             // The client went away between SYN and accept, or a transient error.
-            _ => debug!(worker = self.id, error = %e, "accept failed"),
+            _ => {
+                debug!(worker = self.id, error = %e, "accept failed");
+                true
+            }
         }
     }
 
-    /// Out of fds: free the spare, accept one client, answer 503, close it, take the spare back.
-    fn refuse_with_spare(&mut self, listener: u32) {
-        let Some(Some(l)) = self.listeners.get(listener as usize) else {
-            return;
-        };
-        if self.spare.take().is_some() {
-            if let Ok(fd) = sys::accept(l.as_fd()) {
+    /// Out of fds: refuse the clients already waiting (free the spare, accept one, answer 503,
+    /// close it, take the spare back), then pause accepting for a moment. The pause is what keeps
+    /// this from spinning: `accept4` (and io_uring's accept) fail with EMFILE before looking at
+    /// the queue, so without it every retry would fail at once. Returns whether to go on
+    /// accepting now (never).
+    fn refuse_with_spare(&mut self, listener: u32) -> bool {
+        for _ in 0..ACCEPT_BUDGET {
+            let Some(Some(l)) = self.listeners.get(listener as usize) else {
+                break;
+            };
+            if self.spare.take().is_none() {
+                break;
+            }
+            let waiting = sys::accept(l.as_fd());
+            if let Ok(fd) = waiting.as_ref() {
                 refuse_now(fd, Status::ServiceUnavailable);
                 self.shard.reject(Reject::OverCapacity);
+                self.shard.error(ErrorKind::FdExhausted);
             }
+            drop(waiting);
             self.spare = sys::spare_fd().ok();
+            if self.spare.is_none() {
+                break;
+            }
         }
-        if self.spare.is_none() {
-            self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
-        } else {
-            // There may be more waiting; come back to this listener next turn.
-            self.pending_accept.push(listener);
-        }
+        self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+        false
     }
 
     fn on_accept(&mut self, fd: OwnedFd) {
@@ -423,7 +444,7 @@ impl Worker {
             return;
         }
         if self.live >= self.max_connections {
-            refuse_now(fd, Status::ServiceUnavailable);
+            refuse_now(&fd, Status::ServiceUnavailable);
             self.shard.reject(Reject::OverCapacity);
             warn!(
                 event_id = events::INTERNAL_ERROR,
@@ -1214,7 +1235,7 @@ impl Worker {
 
 /// Answer and close a client that gets no slot. What it already sent is read first, so the close
 /// is a FIN rather than a reset that could destroy the answer before the client reads it.
-fn refuse_now(fd: OwnedFd, status: Status) {
+fn refuse_now(fd: &OwnedFd, status: Status) {
     let mut sink = [0u8; 4096];
     for _ in 0..16 {
         match sys::recv(fd.as_fd(), &mut sink) {

@@ -485,10 +485,24 @@ impl Gateway {
     /// is `uring` and the gateway reported that io_uring could not be started on this machine;
     /// any other startup failure panics with the gateway's output.
     pub fn start(cfg: Config) -> Option<Gateway> {
+        Gateway::start_wrapped(cfg, &[])
+    }
+
+    /// Like [`Gateway::start`], but run the binary through `wrapper` (a command that execs its
+    /// arguments, e.g. `["prlimit", "--nofile=64:64", "--"]`), so the pid stays the gateway's.
+    pub fn start_wrapped(cfg: Config, wrapper: &[&str]) -> Option<Gateway> {
         init();
         let dir = TempDir::new("gw");
         let config_path = dir.write("splicegate.yaml", &cfg.render());
-        let mut child = Command::new(bin())
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let mut child = cmd
             .arg("run")
             .arg("--config")
             .arg(&config_path)

@@ -1,0 +1,118 @@
+//! Resource limits: running out of file descriptors is answered with 503, never a crash, hang,
+//! busy loop or leaked fd, and the gateway recovers when fds come back.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::*;
+
+const NAME: &str = "fd.splicegate.test";
+/// Soft and hard RLIMIT_NOFILE for the gateway under test: room for a handful of tunnels.
+const NOFILE: u32 = 64;
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
+}
+
+#[test]
+fn fd_exhaustion_answers_503_and_recovers() {
+    if std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP: prlimit (util-linux) is not installed");
+        return;
+    }
+    let up = Upstream::echo();
+    let cfg = Config::new().workers(1).upstream(NAME, up.port());
+    let limit = format!("--nofile={NOFILE}:{NOFILE}");
+    let Some(gw) = Gateway::start_wrapped(cfg, &["prlimit", &limit, "--"]) else {
+        return;
+    };
+    let target = format!("{NAME}:{}", up.port());
+    // Warm the worker's pipe pool (it keeps a few empty pipes for reuse), then take the baseline.
+    {
+        let mut s = open_tunnel(gw.addr(), &target);
+        echo_roundtrip(&mut s, &vec![7u8; 256 * 1024]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.metric_value("splicegate_active_client_connections") > 0.0 && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let baseline = gw.fd_count();
+
+    // Open tunnels until the gateway runs out of fds; every answer must be 200 or 503.
+    let mut tunnels = Vec::new();
+    let mut refused = None;
+    for _ in 0..(NOFILE as usize) {
+        let (s, r) = request(gw.addr(), connect_head(&target).as_bytes());
+        let r = r.expect("every CONNECT gets an answer, even out of fds");
+        match r.status {
+            200 => tunnels.push(s),
+            503 => {
+                refused = Some(s);
+                break;
+            }
+            other => panic!(
+                "expected 200 or 503 near the fd limit, got {other}: {:?}",
+                r.head
+            ),
+        }
+    }
+    let mut refused = refused.expect("the gateway never refused although it ran out of fds");
+    assert!(
+        tunnels.len() >= 5,
+        "only {} tunnels before the first 503: the fd budget is mis-accounted",
+        tunnels.len()
+    );
+    assert_closes(&mut refused, Duration::from_secs(5));
+
+    // At the limit the gateway idles: a refused client costs one accept, not a spin.
+    let cpu0 = cpu_seconds(gw.pid());
+    let t0 = Instant::now();
+    for _ in 0..5 {
+        let (_s, r) = request(gw.addr(), connect_head(&target).as_bytes());
+        assert_eq!(r.expect("answer at the limit").status, 503);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_seconds(gw.pid()) - cpu0;
+    let share = used / t0.elapsed().as_secs_f64();
+    assert!(
+        share < 0.2,
+        "gateway used {:.0}% of a core while out of fds",
+        share * 100.0
+    );
+
+    // Existing tunnels still carry data (pipes fall back to copying when none can be made).
+    for s in tunnels.iter_mut().take(3) {
+        echo_roundtrip(s, &vec![7u8; 256 * 1024]);
+    }
+
+    // Close everything: fds return to the baseline and new tunnels work again.
+    drop(tunnels);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.fd_count() > baseline && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        gw.fd_count() <= baseline,
+        "fds leaked: {} open after closing every tunnel, {baseline} at start",
+        gw.fd_count()
+    );
+    let mut s = open_tunnel(gw.addr(), &target);
+    echo_roundtrip(&mut s, b"back in business");
+    assert!(
+        gw.metric_value("splicegate_errors_total{kind=\"fd_exhausted\"}") >= 1.0,
+        "fd exhaustion is counted"
+    );
+    let (code, _) = gw
+        .metrics_get("/healthz")
+        .expect("healthz answers after fd exhaustion");
+    assert_eq!(code, 200);
+}
