@@ -11,6 +11,7 @@
 //! - [`engine`]: one worker thread per core, each with its own driver (io_uring or epoll),
 //!   listeners, connection table, timers, and the splice data path with its pipe pool.
 //! - [`control`]: everything off the data path: signals, drain, `/metrics`, `/healthz`, `/readyz`.
+//! - [`settings`]: the per-connection configuration snapshot (policy, limits) behind `ArcSwap`.
 //! - [`metrics`]: metric names and per-worker shards, summed at scrape time.
 //! - [`events`]: the gateway's numeric event IDs and the reason enums used as metric labels.
 //!
@@ -30,3 +31,4 @@ pub mod metrics;
 pub mod policy;
 pub mod proto;
 pub mod resolve;
+pub mod settings;

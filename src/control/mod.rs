@@ -20,8 +20,8 @@ use crate::config::Config;
 use crate::engine::{self, Engine};
 use crate::events;
 use crate::metrics::{Metrics, Shard, Status};
-use crate::policy::Policy;
 use crate::resolve::Resolver;
+use crate::settings::{self, Settings};
 
 /// fds kept back from the tunnel estimate for listeners, rings, the resolver and logging.
 const FD_RESERVE: u64 = 128;
@@ -77,7 +77,7 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         status: Arc::clone(&status),
         engine: choice.kind(),
     });
-    let policy = Arc::new(ArcSwap::from_pointee(Policy::new(&cfg)));
+    let current = settings::shared(&cfg);
     let (resolver, resolver_warning) =
         Resolver::start(&cfg.resolver, cfg.limits.resolve_timeout, rt.handle());
     if let Some(w) = resolver_warning {
@@ -103,15 +103,8 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         tokio::spawn(http::serve(l, Arc::clone(&metrics)));
     }
     drop(guard);
-    let engine = Engine::start(
-        &cfg,
-        &choice,
-        listeners,
-        Arc::clone(&policy),
-        resolver,
-        &shards,
-    )
-    .map_err(|e| e.to_string())?;
+    let engine = Engine::start(&choice, listeners, Arc::clone(&current), resolver, &shards)
+        .map_err(|e| e.to_string())?;
     status.listening.store(true, Relaxed);
 
     let listen_list = bound
@@ -137,7 +130,7 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
             tokio::select! {
                 _ = term.recv() => break "SIGTERM",
                 _ = int.recv() => break "SIGINT",
-                _ = hup.recv() => reload(path.as_deref(), &policy),
+                _ = hup.recv() => reload(path.as_deref(), &current),
             }
         };
         status.draining.store(true, Relaxed);
@@ -169,7 +162,7 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
 
 /// SIGHUP: re-read the file and swap the policy for new connections. Open tunnels are untouched;
 /// a file that does not validate is refused and the old policy keeps serving.
-fn reload(path: Option<&std::path::Path>, policy: &ArcSwap<Policy>) {
+fn reload(path: Option<&std::path::Path>, current: &ArcSwap<Settings>) {
     let Some(path) = path else {
         info!(
             event_id = events::INFO,
@@ -179,7 +172,7 @@ fn reload(path: Option<&std::path::Path>, policy: &ArcSwap<Policy>) {
     };
     match Config::from_file(path) {
         Ok(cfg) => {
-            policy.store(Arc::new(Policy::new(&cfg)));
+            current.store(Arc::new(Settings::new(&cfg)));
             info!(
                 event_id = events::INFO,
                 path = %path.display(),

@@ -20,13 +20,12 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::{Config, EngineKind};
+use crate::config::EngineKind;
 use crate::metrics::Shard;
-use crate::policy::Policy;
 use crate::resolve::{ReplyTo, Resolver};
+use crate::settings::Shared;
 use driver::{Driver, EpollDriver, UringDriver};
 use worker::{Command, Worker, WorkerSetup};
 
@@ -164,15 +163,13 @@ impl Engine {
     /// Start one worker per listener set. Returns once every worker has set up its driver, or
     /// the first error.
     pub fn start(
-        cfg: &Config,
         choice: &Choice,
         listeners: Listeners,
-        policy: Arc<ArcSwap<Policy>>,
+        settings: Shared,
         resolver: Resolver,
         shards: &[Arc<Shard>],
     ) -> io::Result<Engine> {
         let n = listeners.per_worker.len();
-        let per_worker_max = cfg.limits.max_connections.div_ceil(n.max(1));
         let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
         let mut workers = Vec::with_capacity(n);
         for (id, fds) in listeners.per_worker.into_iter().enumerate() {
@@ -183,7 +180,7 @@ impl Engine {
             let setup = PartialSetup {
                 id,
                 listeners: fds,
-                policy: Arc::clone(&policy),
+                settings: Arc::clone(&settings),
                 resolver: resolver.clone(),
                 reply: ReplyTo {
                     tx: atx,
@@ -192,9 +189,7 @@ impl Engine {
                 answers: arx,
                 commands: crx,
                 shard: Arc::clone(&shards[id]),
-                cfg_limits: cfg.limits.clone(),
-                data_path: cfg.data_path,
-                max_connections: per_worker_max,
+                workers: n,
             };
             let uring = choice.uring;
             let ready = ready_tx.clone();
@@ -255,15 +250,13 @@ impl Engine {
 struct PartialSetup {
     id: usize,
     listeners: Vec<OwnedFd>,
-    policy: Arc<ArcSwap<Policy>>,
+    settings: Shared,
     resolver: Resolver,
     reply: ReplyTo,
     answers: mpsc::Receiver<crate::resolve::Answer>,
     commands: mpsc::Receiver<Command>,
     shard: Arc<Shard>,
-    cfg_limits: crate::config::Limits,
-    data_path: crate::config::DataPath,
-    max_connections: usize,
+    workers: usize,
 }
 
 fn run_worker(
@@ -292,15 +285,13 @@ fn run_worker(
         id,
         driver,
         listeners: p.listeners,
-        policy: p.policy,
+        settings: p.settings,
         resolver: p.resolver,
         reply: p.reply,
         answers: p.answers,
         commands: p.commands,
         shard: p.shard,
-        limits: p.cfg_limits,
-        data_path: p.data_path,
-        max_connections: p.max_connections,
+        workers: p.workers,
     });
     let _ = ready.send(Ok(id));
     drop(ready);

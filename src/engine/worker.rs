@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::Cache;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tracing::{debug, info, warn};
 
@@ -26,10 +26,11 @@ use super::sys;
 use crate::config::{DataPath, Limits};
 use crate::events::{self, ErrorKind, Reject};
 use crate::metrics::Shard;
-use crate::policy::{Denial, Policy};
+use crate::policy::Denial;
 use crate::proto::connect::{parse_head, Authority, HeadError, Host};
 use crate::proto::response::Status;
 use crate::resolve::{Answer, ReplyTo, ResolveError, Resolver};
+use crate::settings::{Settings, Shared};
 
 /// Messages from the control thread.
 #[derive(Debug)]
@@ -45,16 +46,14 @@ pub struct WorkerSetup {
     pub id: usize,
     pub driver: Driver,
     pub listeners: Vec<OwnedFd>,
-    pub policy: Arc<ArcSwap<Policy>>,
+    pub settings: Shared,
     pub resolver: Resolver,
     pub reply: ReplyTo,
     pub answers: mpsc::Receiver<Answer>,
     pub commands: mpsc::Receiver<Command>,
     pub shard: Arc<Shard>,
-    pub limits: Limits,
-    pub data_path: DataPath,
-    /// This worker's share of `limits.max_connections`.
-    pub max_connections: usize,
+    /// How many workers share `limits.max_connections`.
+    pub workers: usize,
 }
 
 /// Bytes one direction may read per turn before other connections get theirs.
@@ -83,15 +82,13 @@ pub struct Worker {
     pending_accept: Vec<u32>,
     pool: PipePool,
     scratch: Box<[u8]>,
-    policy: Arc<ArcSwap<Policy>>,
+    settings: Cache<Shared, Arc<Settings>>,
     resolver: Resolver,
     reply: ReplyTo,
     answers: mpsc::Receiver<Answer>,
     commands: mpsc::Receiver<Command>,
     shard: Arc<Shard>,
-    limits: Limits,
-    splice: bool,
-    max_connections: usize,
+    workers: usize,
     /// A spare fd, closed to accept-and-refuse one client when the process is out of fds.
     spare: Option<OwnedFd>,
     accept_paused_until: Option<Instant>,
@@ -108,6 +105,10 @@ struct Slot {
 struct Conn {
     client: OwnedFd,
     peer: SocketAddr,
+    /// The limits in force when the connection was accepted (a reload does not change them).
+    limits: Limits,
+    /// Relay with `splice(2)` (else copy through user space).
+    splice: bool,
     /// Deadline of the current phase (not used by `Tunnel`, which runs on its idle timer).
     deadline: Instant,
     c_rd: bool,
@@ -162,12 +163,15 @@ enum Close {
 
 impl Worker {
     pub fn new(s: WorkerSetup) -> Worker {
-        let pipes = if s.limits.max_pipes == 0 {
-            (s.max_connections.saturating_mul(2)).clamp(64, 4096)
+        let mut settings = Cache::new(s.settings);
+        let limits = settings.load().limits.clone();
+        let workers = s.workers.max(1);
+        let pipes = if limits.max_pipes == 0 {
+            (limits.max_connections.div_ceil(workers).saturating_mul(2)).clamp(64, 4096)
         } else {
-            s.limits.max_pipes
+            limits.max_pipes
         };
-        let scratch = vec![0u8; s.limits.pipe_size.clamp(16 * 1024, 1 << 20)].into_boxed_slice();
+        let scratch = vec![0u8; limits.pipe_size.clamp(16 * 1024, 1 << 20)].into_boxed_slice();
         Worker {
             id: s.id,
             driver: s.driver,
@@ -178,17 +182,15 @@ impl Worker {
             timers: BinaryHeap::new(),
             runnable: VecDeque::new(),
             pending_accept: Vec::new(),
-            pool: PipePool::new(s.limits.pipe_size, pipes, Arc::clone(&s.shard)),
+            pool: PipePool::new(limits.pipe_size, pipes, Arc::clone(&s.shard)),
             scratch,
-            policy: s.policy,
+            settings,
             resolver: s.resolver,
             reply: s.reply,
             answers: s.answers,
             commands: s.commands,
             shard: s.shard,
-            limits: s.limits,
-            splice: s.data_path == DataPath::Splice,
-            max_connections: s.max_connections.max(1),
+            workers,
             spare: sys::spare_fd().ok(),
             accept_paused_until: None,
             last_fd_warning: None,
@@ -443,7 +445,10 @@ impl Worker {
         if self.drain_deadline.is_some() {
             return;
         }
-        if self.live >= self.max_connections {
+        let current = self.settings.load();
+        let limits = current.limits.clone();
+        let splice = current.data_path == DataPath::Splice;
+        if self.live >= limits.max_connections.div_ceil(self.workers) {
             refuse_now(&fd, Status::ServiceUnavailable);
             self.shard.reject(Reject::OverCapacity);
             warn!(
@@ -476,10 +481,12 @@ impl Worker {
             return;
         }
         let now = Instant::now();
-        let deadline = now + self.limits.header_timeout;
+        let deadline = now + limits.header_timeout;
         self.slots[slot as usize].conn = Some(Conn {
             client: fd,
             peer,
+            limits,
+            splice,
             deadline,
             c_rd: false,
             c_wr: true,
@@ -509,7 +516,6 @@ impl Worker {
     }
 
     fn read_head(&mut self, slot: u32) {
-        let max = self.limits.max_header_bytes;
         let Some(conn) = self
             .slots
             .get_mut(slot as usize)
@@ -517,6 +523,7 @@ impl Worker {
         else {
             return;
         };
+        let max = conn.limits.max_header_bytes;
         let State::Head { buf } = &mut conn.state else {
             return;
         };
@@ -602,10 +609,9 @@ impl Worker {
 
     /// Policy on the authority, then on addresses known without DNS.
     fn decide(&mut self, slot: u32, target: Target) {
-        let policy = self.policy.load();
+        let policy = &self.settings.load().policy;
         let host = target.authority.host.as_policy_str();
         if let Err(d) = policy.check_target(&host, target.authority.port) {
-            drop(policy);
             self.deny(slot, d, &target.authority, None);
             return;
         }
@@ -614,13 +620,15 @@ impl Worker {
             Host::V6(ip) => Some(vec![IpAddr::V6(*ip)]),
             Host::Name(n) => policy.host_override(n).map(|a| a.to_vec()),
         };
-        drop(policy);
         match known {
             Some(ips) => self.connect_checked(slot, target, ips),
             None => {
                 let gen = self.gen_of(slot);
                 let now = Instant::now();
-                let deadline = now + self.limits.resolve_timeout;
+                let Some(timeout) = self.conn_at(slot).map(|c| c.limits.resolve_timeout) else {
+                    return;
+                };
+                let deadline = now + timeout;
                 if !self.resolver.lookup(&host, slot, gen, &self.reply) {
                     self.fail(
                         slot,
@@ -674,26 +682,24 @@ impl Worker {
     /// Every address is checked before any is dialled: one refused address refuses the request
     /// (a name that resolves to a mix of public and private addresses is a rebinding signal).
     fn connect_checked(&mut self, slot: u32, target: Target, ips: Vec<IpAddr>) {
-        let policy = self.policy.load();
+        let policy = &self.settings.load().policy;
         for ip in &ips {
             if let Err(d) = policy.check_address(*ip) {
-                drop(policy);
                 self.deny(slot, d, &target.authority, Some(*ip));
                 return;
             }
         }
-        drop(policy);
         let port = target.authority.port;
         let addrs: Vec<SocketAddr> = ips
             .into_iter()
             .map(|ip| SocketAddr::new(ip, port))
             .collect();
         let now = Instant::now();
-        let deadline = now + self.limits.connect_timeout;
         let gen = self.gen_of(slot);
         let Some(conn) = self.conn_at(slot) else {
             return;
         };
+        let deadline = now + conn.limits.connect_timeout;
         conn.deadline = deadline;
         conn.state = State::Connecting(Box::new(Connecting {
             target,
@@ -846,10 +852,10 @@ impl Worker {
         }));
         // The client may have sent more while we connected.
         conn.c_rd = true;
+        let idle = conn.limits.idle_timeout;
         self.shard.tunnels_active.fetch_add(1, Relaxed);
         let gen = self.gen_of(slot);
-        self.timers
-            .push(Reverse((now + self.limits.idle_timeout, slot, gen)));
+        self.timers.push(Reverse((now + idle, slot, gen)));
         self.pump(slot);
     }
 
@@ -867,7 +873,7 @@ impl Worker {
         let mut cx = Cx {
             pool: &mut self.pool,
             scratch: &mut self.scratch,
-            splice: self.splice,
+            splice: conn.splice,
             shard: &self.shard,
             moved: false,
         };
@@ -1092,12 +1098,11 @@ impl Worker {
                 break;
             }
             self.timers.pop();
-            let idle = self.limits.idle_timeout;
             let Some(conn) = self.conn_mut(slot, gen) else {
                 continue;
             };
             let due = match &conn.state {
-                State::Tunnel(t) => t.last_activity + idle,
+                State::Tunnel(t) => t.last_activity + conn.limits.idle_timeout,
                 _ => conn.deadline,
             };
             if due > now {
