@@ -41,10 +41,15 @@ pub enum Reject {
     HeaderTooLarge,
     HeaderTimeout,
     OverCapacity,
+    TlsVersion,
+    TlsParse,
+    SniMissing,
+    SniMismatch,
+    ClientCert,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 8] = [
+    pub const ALL: [Reject; 13] = [
         Reject::HostNotAllowed,
         Reject::PortNotAllowed,
         Reject::PrivateDestination,
@@ -53,6 +58,11 @@ impl Reject {
         Reject::HeaderTooLarge,
         Reject::HeaderTimeout,
         Reject::OverCapacity,
+        Reject::TlsVersion,
+        Reject::TlsParse,
+        Reject::SniMissing,
+        Reject::SniMismatch,
+        Reject::ClientCert,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +75,11 @@ impl Reject {
             Reject::HeaderTooLarge => "header_too_large",
             Reject::HeaderTimeout => "header_timeout",
             Reject::OverCapacity => "over_capacity",
+            Reject::TlsVersion => "tls_version",
+            Reject::TlsParse => "tls_parse",
+            Reject::SniMissing => "sni_missing",
+            Reject::SniMismatch => "sni_mismatch",
+            Reject::ClientCert => "client_cert",
         }
     }
 
@@ -85,11 +100,13 @@ pub enum ErrorKind {
     ConnectFailed,
     FdExhausted,
     TunnelIo,
+    RelayAuth,
+    RelayRefused,
     Internal,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::DnsFailure,
         ErrorKind::ResolveTimeout,
         ErrorKind::ConnectRefused,
@@ -98,6 +115,8 @@ impl ErrorKind {
         ErrorKind::ConnectFailed,
         ErrorKind::FdExhausted,
         ErrorKind::TunnelIo,
+        ErrorKind::RelayAuth,
+        ErrorKind::RelayRefused,
         ErrorKind::Internal,
     ];
 
@@ -111,6 +130,8 @@ impl ErrorKind {
             ErrorKind::ConnectFailed => "connect_failed",
             ErrorKind::FdExhausted => "fd_exhausted",
             ErrorKind::TunnelIo => "tunnel_io",
+            ErrorKind::RelayAuth => "relay_auth",
+            ErrorKind::RelayRefused => "relay_refused",
             ErrorKind::Internal => "internal",
         }
     }

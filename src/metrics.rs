@@ -28,12 +28,20 @@ pub const PIPES_IN_USE: &str = "splicegate_pipes_in_use";
 pub const COPY_FALLBACKS: &str = "splicegate_copy_fallbacks";
 pub const TUNNEL_DURATION: &str = "splicegate_tunnel_duration_seconds";
 pub const UPSTREAM_CONNECT: &str = "splicegate_upstream_connect_seconds";
+pub const TLS_VERIFIED: &str = "splicegate_tls_sessions_verified";
+pub const TLS_INSPECT: &str = "splicegate_tls_inspect_seconds";
 pub const DRAINING: &str = "splicegate_draining";
 pub const ENGINE: &str = "splicegate_engine";
 
 /// Upper bounds (seconds) of the tunnel duration histogram.
 const TUNNEL_BUCKETS: [f64; 12] = [
     0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+];
+/// TLS versions as labels of `splicegate_tls_sessions_verified_total{version}`.
+pub const TLS_VERSIONS: [&str; 4] = ["1.0", "1.1", "1.2", "1.3"];
+/// Upper bounds (seconds) of the TLS inspection histogram.
+const INSPECT_BUCKETS: [f64; 10] = [
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 10.0,
 ];
 /// Upper bounds (seconds) of the upstream connect histogram.
 const CONNECT_BUCKETS: [f64; 12] = [
@@ -87,6 +95,10 @@ pub struct Shard {
     pub errors: [AtomicU64; ErrorKind::ALL.len()],
     pub tunnel_duration: Histogram,
     pub upstream_connect: Histogram,
+    /// TLS sessions that passed inspection, by index into [`TLS_VERSIONS`].
+    pub tls_verified: [AtomicU64; TLS_VERSIONS.len()],
+    /// Time from the `200` to the TLS verdict.
+    pub tls_inspect: Histogram,
     /// Open connections per client address, for `splicegate_connected_clients`.
     pub clients: Mutex<HashMap<IpAddr, u32>>,
 }
@@ -105,6 +117,8 @@ impl Default for Shard {
             errors: std::array::from_fn(|_| AtomicU64::new(0)),
             tunnel_duration: Histogram::new(&TUNNEL_BUCKETS),
             upstream_connect: Histogram::new(&CONNECT_BUCKETS),
+            tls_verified: std::array::from_fn(|_| AtomicU64::new(0)),
+            tls_inspect: Histogram::new(&INSPECT_BUCKETS),
             clients: Mutex::new(HashMap::new()),
         }
     }
@@ -322,6 +336,27 @@ impl Collector for Metrics {
             "Time to establish the upstream TCP connection.",
             sh,
             |s| &s.upstream_connect,
+        )?;
+        {
+            let mut m = enc.encode_descriptor(
+                TLS_VERIFIED,
+                "TLS sessions verified by inspection, by offered version (event 107).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (i, v) in TLS_VERSIONS.iter().enumerate() {
+                let n = self.sum_u(|s| &s.tls_verified[i]);
+                let labels = [("version", *v)];
+                m.encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+            }
+        }
+        histogram(
+            &mut enc,
+            TLS_INSPECT,
+            "Time from the 200 answer to the TLS inspection verdict.",
+            sh,
+            |s| &s.tls_inspect,
         )?;
         gauge(
             &mut enc,
