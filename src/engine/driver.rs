@@ -273,6 +273,7 @@ impl UringDriver {
             }
         }
         let mut rearm = Vec::new();
+        let mut retry = Vec::new();
         for cqe in self.ring.completion() {
             let res = cqe.result();
             let more = cqueue::more(cqe.flags());
@@ -284,6 +285,17 @@ impl UringDriver {
                         }
                     }
                     if res == -libc::ECANCELED {
+                        continue;
+                    }
+                    if !self.listeners.contains_key(&i) {
+                        // Removed, but the cancel raced with a completion in progress
+                        // (-EALREADY): cancel again; a connection it accepted is dropped.
+                        if more {
+                            retry.push(Key::Listener(i));
+                        }
+                        if res >= 0 {
+                            drop(sys::adopt_fd(res));
+                        }
                         continue;
                     }
                     let result = if res >= 0 {
@@ -298,6 +310,15 @@ impl UringDriver {
                 }
                 key @ Key::Conn { slot, gen, side } => {
                     if res == -libc::ECANCELED {
+                        continue;
+                    }
+                    if !self.polls.contains_key(&key.encode()) {
+                        // Deregistered, but the POLL_REMOVE found the poll mid-completion
+                        // (-EALREADY) and the multishot poll went on: remove it again, or it
+                        // would keep the closed socket's file alive.
+                        if more {
+                            retry.push(key);
+                        }
                         continue;
                     }
                     if !more {
@@ -322,6 +343,13 @@ impl UringDriver {
                 }
                 Key::Ignore => {}
             }
+        }
+        for key in retry {
+            let remove = match key {
+                Key::Listener(_) => opcode::AsyncCancel::new(key.encode()).build(),
+                _ => opcode::PollRemove::new(key.encode()).build(),
+            };
+            self.push(remove.user_data(Key::Ignore.encode()))?;
         }
         for key in rearm {
             let fd = match key {
