@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Installs the tools the integration tests run: curl, openssl, ip (iproute2), ps (procps).
+# Installs the tools the integration tests run: curl, openssl, ip (iproute2), ps (procps),
+# prlimit (util-linux), squid, htpasswd (apache2-utils) and stunnel (stunnel4) for the
+# relay-proxy tests.
 # Idempotent: does nothing when every tool is present; otherwise runs `apt-get update` once and
 # installs only the missing packages. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
 # command -> Debian/Ubuntu package
-declare -A PKG=([curl]=curl [openssl]=openssl [ip]=iproute2 [ps]=procps [prlimit]=util-linux)
+declare -A PKG=([curl]=curl [openssl]=openssl [ip]=iproute2 [ps]=procps [prlimit]=util-linux [squid]=squid [htpasswd]=apache2-utils [stunnel]=stunnel4)
 
 missing=()
-for cmd in curl openssl ip ps prlimit; do
+for cmd in curl openssl ip ps prlimit squid htpasswd stunnel; do
     if command -v "$cmd" >/dev/null 2>&1; then
         echo "install-test-deps: $cmd present ($(command -v "$cmd"))"
     else
@@ -42,7 +44,7 @@ echo "install-test-deps: apt-get update"
 echo "install-test-deps: apt-get install -y ${missing[*]}"
 "${SUDO[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
 
-for cmd in curl openssl ip ps prlimit; do
+for cmd in curl openssl ip ps prlimit squid htpasswd stunnel; do
     command -v "$cmd" >/dev/null 2>&1 || {
         echo "install-test-deps: $cmd still missing after install" >&2
         exit 1

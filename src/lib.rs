@@ -6,7 +6,9 @@
 //!   `run` go through the same parser; every error names the key, the line and what was expected.
 //! - [`policy`]: the allowlist (exact names and `*.` wildcards), port set, static host overrides and
 //!   the private-destination guard, bundled as an immutable [`policy::Policy`] snapshot.
-//! - [`proto`]: sans-IO protocol pieces: the CONNECT head parser and the canned responses.
+//! - [`proto`]: sans-IO protocol pieces: the CONNECT head parser, the canned responses, and the
+//!   TLS handshake inspector (version, SNI, client certificate) that never decrypts anything.
+//! - [`relay`]: the relay (upstream) proxy: settings, the CONNECT sent to it, its answer.
 //! - [`resolve`]: the asynchronous, caching resolver that runs off the workers.
 //! - [`engine`]: one worker thread per core, each with its own driver (io_uring or epoll),
 //!   listeners, connection table, timers, and the splice data path with its pipe pool.
@@ -30,5 +32,6 @@ pub mod events;
 pub mod metrics;
 pub mod policy;
 pub mod proto;
+pub mod relay;
 pub mod resolve;
 pub mod settings;

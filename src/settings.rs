@@ -9,8 +9,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, DataPath, Limits};
+use crate::config::{Config, DataPath, Limits, TlsSettings};
 use crate::policy::Policy;
+use crate::relay::{self, RelaySettings, Scheme};
+use rustls_pki_types::ServerName;
 
 /// Everything a worker needs to decide on and run a new connection.
 #[derive(Debug)]
@@ -18,6 +20,12 @@ pub struct Settings {
     pub policy: Policy,
     pub limits: Limits,
     pub data_path: DataPath,
+    /// TLS inspection of each tunnel's handshake.
+    pub tls: Arc<TlsSettings>,
+    /// Open tunnels through this relay proxy instead of directly.
+    pub relay: Option<RelaySettings>,
+    /// For an `https://` relay: the TLS client configuration and the name to verify.
+    pub relay_tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
 }
 
 impl Settings {
@@ -26,6 +34,18 @@ impl Settings {
             policy: Policy::new(cfg),
             limits: cfg.limits.clone(),
             data_path: cfg.data_path,
+            tls: Arc::new(cfg.tls.clone()),
+            relay: cfg.relay_proxy.clone(),
+            relay_tls: cfg
+                .relay_proxy
+                .as_ref()
+                .filter(|r| r.scheme == Scheme::Https)
+                .and_then(|r| {
+                    Some((
+                        relay::client_config(r).ok()?,
+                        relay::server_name(&r.host).ok()?,
+                    ))
+                }),
         }
     }
 }

@@ -42,11 +42,13 @@ fn assert_s_server_page(out: &std::process::Output) {
 #[test]
 fn curl_https_through_gateway_to_tls_upstream() {
     let tls = TlsUpstream::start();
+    // TLS inspection on, with its defaults: curl's hello passes (TLS 1.3, SNI = CONNECT host).
     let cfg = Config::new()
         .allow_host("*.ods.opinsights.azure.com")
         .map_host(TLS_NAME, "127.0.0.1")
         .port(tls.port())
-        .loopback_networks();
+        .loopback_networks()
+        .inspect_tls(&[]);
     let Some(gw) = Gateway::start(cfg) else {
         return;
     };
@@ -55,6 +57,13 @@ fn curl_https_through_gateway_to_tls_upstream() {
     let cert = tls.cert().to_str().unwrap().to_string();
     let out = curl(&["-p", "-x", &proxy, "--cacert", &cert, &url]);
     assert_s_server_page(&out);
+    let verified = gw.expect_event(
+        107,
+        |_| true,
+        Duration::from_secs(5),
+        "TLS session verified",
+    );
+    assert_eq!(field_str(&verified, "sni").as_deref(), Some(TLS_NAME));
 
     // The tunnel is logged as established and, once curl is gone, closed with byte counts.
     let closed = gw.expect_event(

@@ -21,6 +21,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::policy::HostPattern;
+use crate::proto::tls::{Tls13Policy, TlsVersion};
 
 pub use duration::{format_duration, parse_duration, DurationError, MAX_DURATION};
 pub use error::{ConfigError, Problem};
@@ -74,6 +75,9 @@ pub struct Config {
     pub allowed_destination_networks: Vec<ipnet::IpNet>,
     pub limits: Limits,
     pub resolver: ResolverSettings,
+    pub tls: TlsSettings,
+    /// Open tunnels through this relay (upstream) proxy; `None` = connect directly.
+    pub relay_proxy: Option<crate::relay::RelaySettings>,
 }
 
 /// `engine:`: the I/O driver.
@@ -174,6 +178,46 @@ impl Default for ResolverSettings {
     }
 }
 
+/// `tls:`: inspection of the TLS handshake inside each tunnel (see [`crate::proto::tls`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// `false`: plain CONNECT tunnels, no TLS checks at all.
+    pub inspect: bool,
+    /// The oldest TLS version allowed, 1.0 to 1.3; SSL 2.0 and 3.0 are always refused.
+    pub min_version: TlsVersion,
+    /// Refuse a ClientHello without a server name (SNI).
+    pub require_sni: bool,
+    /// Refuse an SNI that differs from the CONNECT host (the domain-fronting guard).
+    pub require_sni_match: bool,
+    /// Time for the client to send its ClientHello (and, when client certificates are checked,
+    /// for the handshake to reach a verdict).
+    pub hello_timeout: Duration,
+    /// Bound on the bytes of the ClientHello, and on those read in each direction while the
+    /// handshake is followed; 1024 to 1 MiB.
+    pub max_hello_bytes: usize,
+    /// Allowed client certificate subjects, in the canonical form of
+    /// [`normalize_subject`](crate::proto::tls::normalize_subject); empty = no check.
+    pub allowed_client_certificates: Vec<String>,
+    /// What to do with a TLS 1.3 session when subjects are checked (its certificate is
+    /// encrypted).
+    pub tls13_client_certificate: Tls13Policy,
+}
+
+impl Default for TlsSettings {
+    fn default() -> TlsSettings {
+        TlsSettings {
+            inspect: true,
+            min_version: TlsVersion::Tls12,
+            require_sni: true,
+            require_sni_match: true,
+            hello_timeout: Duration::from_secs(10),
+            max_hello_bytes: 64 * 1024,
+            allowed_client_certificates: Vec::new(),
+            tls13_client_certificate: Tls13Policy::Deny,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Config {
         Config {
@@ -195,6 +239,8 @@ impl Default for Config {
             allowed_destination_networks: Vec::new(),
             limits: Limits::default(),
             resolver: ResolverSettings::default(),
+            tls: TlsSettings::default(),
+            relay_proxy: None,
         }
     }
 }
@@ -318,6 +364,25 @@ impl Config {
             let _ = writeln!(out, "  max_pipes: {}", l.max_pipes);
         }
         let _ = writeln!(out, "  pipe_size: {}", l.pipe_size);
+        match &self.relay_proxy {
+            None => {
+                let _ = writeln!(out, "relay_proxy: none (direct connections)");
+            }
+            Some(r) => {
+                let _ = writeln!(out, "relay_proxy:");
+                let _ = writeln!(out, "  address: {}", r.address());
+                if let Some(u) = &r.username {
+                    let _ = writeln!(out, "  username: {u}");
+                }
+                if let Some(p) = &r.password_file {
+                    let _ = writeln!(out, "  password_file: {} (password not shown)", p.display());
+                }
+                if let Some(c) = &r.ca_file {
+                    let _ = writeln!(out, "  ca_file: {}", c.display());
+                }
+                let _ = writeln!(out, "  health_check: {}", r.health_check);
+            }
+        }
         let r = &self.resolver;
         let _ = writeln!(out, "resolver:");
         if r.nameservers.is_empty() {
@@ -331,6 +396,38 @@ impl Config {
         } else {
             let _ = writeln!(out, "  cache_size: {}", r.cache_size);
         }
+        let t = &self.tls;
+        let _ = writeln!(out, "tls:");
+        if t.inspect {
+            let _ = writeln!(out, "  inspect: true");
+        } else {
+            let _ = writeln!(
+                out,
+                "  inspect: false (plain CONNECT tunnels, no TLS checks)"
+            );
+        }
+        let _ = writeln!(out, "  min_version: {}", t.min_version);
+        let _ = writeln!(out, "  require_sni: {}", t.require_sni);
+        let _ = writeln!(out, "  require_sni_match: {}", t.require_sni_match);
+        let _ = writeln!(out, "  hello_timeout: {}", format_duration(t.hello_timeout));
+        let _ = writeln!(out, "  max_hello_bytes: {}", t.max_hello_bytes);
+        if t.allowed_client_certificates.is_empty() {
+            let _ = writeln!(out, "  allowed_client_certificates: none (no check)");
+        } else {
+            let _ = writeln!(
+                out,
+                "  allowed_client_certificates: {} subject(s)",
+                t.allowed_client_certificates.len()
+            );
+            for subject in &t.allowed_client_certificates {
+                let _ = writeln!(out, "    - {subject}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "  tls13_client_certificate: {}",
+            t.tls13_client_certificate.as_str()
+        );
         out
     }
 }
@@ -1013,5 +1110,348 @@ mod tests {
         );
         assert!(default.contains("nameservers: system"), "{default}");
         assert!(default.contains("hosts: 0 override(s)"), "{default}");
+    }
+
+    #[test]
+    fn relay_proxy() {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(Config::embedded_default().relay_proxy, None);
+        assert_eq!(ok("relay_proxy: null\n").relay_proxy, None);
+        let cfg = ok("relay_proxy:\n  address: http://proxy.corp:8080\n  health_check: true\n");
+        let r = cfg.relay_proxy.clone().expect("relay configured");
+        assert_eq!(r.address(), "http://proxy.corp:8080");
+        assert!(r.health_check && r.username.is_none() && r.authorization().is_none());
+        assert!(cfg.summary().contains("http://proxy.corp:8080"));
+
+        let dir = std::env::temp_dir().join(format!("splicegate-cfg-relay-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pw = dir.join("pw");
+        std::fs::write(&pw, "hunter2\n").unwrap();
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let yaml = format!(
+            "relay_proxy:\n  address: http://10.0.0.1:3128\n  username: u1\n  password_file: {}\n",
+            pw.display()
+        );
+        let r = ok(&yaml).relay_proxy.unwrap();
+        assert_eq!(r.authorization().as_deref(), Some("Basic dTE6aHVudGVyMg=="));
+        assert!(
+            !ok(&yaml).summary().contains("hunter2"),
+            "summary never shows the password"
+        );
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+        bad(
+            &yaml,
+            "relay_proxy.password_file",
+            4,
+            &["readable by other users"],
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+
+        bad(
+            "relay_proxy:\n  address: proxy.corp:8080\n",
+            "relay_proxy.address",
+            2,
+            &[],
+        );
+        let https = ok("relay_proxy:\n  address: https://proxy.corp\n")
+            .relay_proxy
+            .unwrap();
+        assert_eq!(https.address(), "https://proxy.corp:443");
+        bad(
+            "relay_proxy:\n  address: https://p\n  ca_file: /nonexistent.pem\n",
+            "relay_proxy.ca_file",
+            3,
+            &[],
+        );
+        bad(
+            "relay_proxy:\n  address: http://p\n  ca_file: /etc/hostname\n",
+            "relay_proxy.ca_file",
+            3,
+            &["https"],
+        );
+        bad(
+            "relay_proxy:\n  address: http://u:p@proxy\n",
+            "relay_proxy.address",
+            2,
+            &[],
+        );
+        bad(
+            "relay_proxy:\n  address: http://p:1\n  password_file: /x\n",
+            "relay_proxy.password_file",
+            3,
+            &[],
+        );
+        bad(
+            "relay_proxy:\n  address: http://p:1\n  health_check: maybe\n",
+            "relay_proxy.health_check",
+            3,
+            &[],
+        );
+        bad(
+            "relay_proxy:\n  address: http://p:1\n  port: 3\n",
+            "relay_proxy.port",
+            3,
+            &[],
+        );
+    }
+
+    #[test]
+    fn tls_defaults() {
+        let t = Config::default().tls;
+        assert!(t.inspect);
+        assert_eq!(t.min_version, TlsVersion::Tls12);
+        assert!(t.require_sni);
+        assert!(t.require_sni_match);
+        assert_eq!(t.hello_timeout, Duration::from_secs(10));
+        assert_eq!(t.max_hello_bytes, 65536);
+        assert!(t.allowed_client_certificates.is_empty());
+        assert_eq!(t.tls13_client_certificate, Tls13Policy::Deny);
+        assert_eq!(ok("tls:\n").tls, t, "an empty tls: section is the default");
+        assert_eq!(ok("tls: {}\n").tls, t);
+        assert!(
+            DEFAULT_YAML.lines().any(|l| l == "tls:"),
+            "default.yaml lacks tls:"
+        );
+        for key in [
+            "inspect:",
+            "min_version:",
+            "require_sni:",
+            "require_sni_match:",
+            "hello_timeout:",
+            "max_hello_bytes:",
+            "allowed_client_certificates:",
+            "tls13_client_certificate:",
+        ] {
+            assert!(
+                DEFAULT_YAML
+                    .lines()
+                    .any(|l| l.starts_with(&format!("  {key}"))),
+                "default.yaml lacks tls.{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn tls() {
+        let cfg = ok("tls:\n  inspect: false\n  min_version: \"1.3\"\n  require_sni: false\n  require_sni_match: false\n  hello_timeout: 2s\n  max_hello_bytes: 4096\n  tls13_client_certificate: allow\n");
+        let t = &cfg.tls;
+        assert!(!t.inspect);
+        assert_eq!(t.min_version, TlsVersion::Tls13);
+        assert!(!t.require_sni);
+        assert!(!t.require_sni_match);
+        assert_eq!(t.hello_timeout, Duration::from_secs(2));
+        assert_eq!(t.max_hello_bytes, 4096);
+        assert_eq!(t.tls13_client_certificate, Tls13Policy::Allow);
+        for v in [
+            TlsVersion::Tls10,
+            TlsVersion::Tls11,
+            TlsVersion::Tls12,
+            TlsVersion::Tls13,
+        ] {
+            let quoted = format!("tls:\n  min_version: \"{}\"\n", v.as_str());
+            assert_eq!(ok(&quoted).tls.min_version, v);
+            // Unquoted, YAML reads a number; it is accepted all the same.
+            let bare = format!("tls:\n  min_version: {}\n", v.as_str());
+            assert_eq!(ok(&bare).tls.min_version, v);
+        }
+        assert_eq!(
+            ok("tls:\n  hello_timeout: 30\n").tls.hello_timeout,
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            ok("tls:\n  max_hello_bytes: 1024\n").tls.max_hello_bytes,
+            1024
+        );
+        assert_eq!(
+            ok("tls:\n  max_hello_bytes: 1048576\n").tls.max_hello_bytes,
+            1 << 20
+        );
+        bad(
+            "tls:\n  min_version: SSLv3\n",
+            "tls.min_version",
+            2,
+            &[
+                "one of \"1.0\", \"1.1\", \"1.2\", \"1.3\"",
+                "always refused",
+                "\"SSLv3\"",
+            ],
+        );
+        bad(
+            "tls:\n  min_version: 1.4\n",
+            "tls.min_version",
+            2,
+            &["the number 1.4"],
+        );
+        bad(
+            "tls:\n  min_version: 1\n",
+            "tls.min_version",
+            2,
+            &["the number 1"],
+        );
+        bad(
+            "tls:\n  min_version: \"TLSv1.2\"\n",
+            "tls.min_version",
+            2,
+            &["\"TLSv1.2\""],
+        );
+        bad("tls:\n  min_version:\n", "tls.min_version", 2, &["null"]);
+        bad(
+            "tls:\n  inspect: yes\n",
+            "tls.inspect",
+            2,
+            &["expected true or false"],
+        );
+        bad(
+            "tls:\n  require_sni: 1\n",
+            "tls.require_sni",
+            2,
+            &["true or false", "number 1"],
+        );
+        bad(
+            "tls:\n  require_sni_match: \"true\"\n",
+            "tls.require_sni_match",
+            2,
+            &["without quotes"],
+        );
+        bad(
+            "tls:\n  hello_timeout: 0s\n",
+            "tls.hello_timeout",
+            2,
+            &["greater than zero"],
+        );
+        bad(
+            "tls:\n  hello_timeout: soon\n",
+            "tls.hello_timeout",
+            2,
+            &["expected a duration"],
+        );
+        bad(
+            "tls:\n  max_hello_bytes: 1023\n",
+            "tls.max_hello_bytes",
+            2,
+            &["1024 to 1048576", "1023"],
+        );
+        bad(
+            "tls:\n  max_hello_bytes: 1048577\n",
+            "tls.max_hello_bytes",
+            2,
+            &["1048577"],
+        );
+        bad(
+            "tls:\n  tls13_client_certificate: maybe\n",
+            "tls.tls13_client_certificate",
+            2,
+            &["one of \"allow\", \"deny\"", "\"maybe\""],
+        );
+        bad(
+            "tls:\n  inspect: true\n  min_vresion: \"1.2\"\n",
+            "tls.min_vresion",
+            3,
+            &["unknown key", "min_version"],
+        );
+        bad("tls: 5\n", "tls", 1, &["expected a mapping"]);
+    }
+
+    #[test]
+    fn tls_client_certificates() {
+        let cfg = ok("tls:\n  allowed_client_certificates:\n    - CN=agent01\n    - cn = agent02 , o = Contoso\n    - \"CN=agent01\"\n    - CN=agent03,O=Contoso\\, Ltd\n");
+        assert_eq!(
+            cfg.tls.allowed_client_certificates,
+            [
+                "CN=agent01",
+                "CN=agent02,O=Contoso",
+                "CN=agent03,O=Contoso\\, Ltd"
+            ],
+            "normalised, repeats dropped"
+        );
+        assert!(ok("tls:\n  allowed_client_certificates:\n")
+            .tls
+            .allowed_client_certificates
+            .is_empty());
+        bad(
+            "tls:\n  allowed_client_certificates:\n    - CN=agent01\n    - agent01\n",
+            "tls.allowed_client_certificates[1]",
+            4,
+            &[
+                "invalid certificate subject \"agent01\"",
+                "TYPE=value",
+                "such as \"CN=agent01\"",
+            ],
+        );
+        bad(
+            "tls:\n  allowed_client_certificates: [\"XX=a\"]\n",
+            "tls.allowed_client_certificates[0]",
+            2,
+            &["unknown attribute type \"XX\""],
+        );
+        bad(
+            "tls:\n  allowed_client_certificates: [\"CN=\"]\n",
+            "tls.allowed_client_certificates[0]",
+            2,
+            &["the value of CN is empty"],
+        );
+        bad(
+            "tls:\n  allowed_client_certificates: CN=agent01\n",
+            "tls.allowed_client_certificates",
+            2,
+            &["expected a list of certificate subjects"],
+        );
+        bad(
+            "tls:\n  allowed_client_certificates: [5]\n",
+            "tls.allowed_client_certificates[0]",
+            2,
+            &["expected a certificate subject", "the number 5"],
+        );
+        bad(
+            "tls:\n  inspect: false\n  allowed_client_certificates: [CN=agent01]\n",
+            "tls.allowed_client_certificates",
+            3,
+            &["only checked when tls.inspect is true"],
+        );
+        // Several problems in the section are all reported.
+        let found = problems(
+            "tls:\n  min_version: x\n  max_hello_bytes: 1\n  allowed_client_certificates: [a]\n",
+        );
+        let keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "tls.min_version",
+                "tls.max_hello_bytes",
+                "tls.allowed_client_certificates[0]"
+            ]
+        );
+    }
+
+    #[test]
+    fn summary_shows_tls() {
+        let s = Config::default().summary();
+        for needle in [
+            "\ntls:\n",
+            "  inspect: true\n",
+            "  min_version: 1.2\n",
+            "  require_sni: true\n",
+            "  require_sni_match: true\n",
+            "  hello_timeout: 10s\n",
+            "  max_hello_bytes: 65536\n",
+            "  allowed_client_certificates: none (no check)\n",
+            "  tls13_client_certificate: deny\n",
+        ] {
+            assert!(s.contains(needle), "summary lacks {needle:?}:\n{s}");
+        }
+        let s = ok("tls:\n  allowed_client_certificates: [CN=a, \"o=b, cn=c\"]\n  tls13_client_certificate: allow\n").summary();
+        for needle in [
+            "  allowed_client_certificates: 2 subject(s)\n",
+            "    - CN=a\n",
+            "    - O=b,CN=c\n",
+            "  tls13_client_certificate: allow\n",
+        ] {
+            assert!(s.contains(needle), "summary lacks {needle:?}:\n{s}");
+        }
+        let s = ok("tls:\n  inspect: false\n").summary();
+        assert!(
+            s.contains("  inspect: false (plain CONNECT tunnels, no TLS checks)\n"),
+            "{s}"
+        );
     }
 }

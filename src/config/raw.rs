@@ -132,6 +132,26 @@ pub(super) struct RawConfig {
     pub limits: Option<RawLimits>,
     #[serde(default)]
     pub resolver: Option<RawResolver>,
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+    #[serde(default)]
+    pub relay_proxy: Option<RawRelay>,
+}
+
+/// `relay_proxy:`.
+#[derive(Debug, Default, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRelay {
+    #[serde(default, deserialize_with = "present")]
+    pub address: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub username: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub password_file: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub ca_file: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub health_check: Field,
 }
 
 /// `limits:`.
@@ -166,6 +186,28 @@ pub(super) struct RawResolver {
     pub nameservers: Field,
     #[serde(default, deserialize_with = "present")]
     pub cache_size: Field,
+}
+
+/// `tls:`.
+#[derive(Debug, Default, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    #[serde(default, deserialize_with = "present")]
+    pub inspect: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub min_version: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub require_sni: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub require_sni_match: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub hello_timeout: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub max_hello_bytes: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub allowed_client_certificates: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub tls13_client_certificate: Field,
 }
 
 /// Deserialises a present key (even one whose value is `null`) as `Some`.

@@ -4,8 +4,8 @@
 //! what was found, what was expected) and the default stands in, so one pass reports every
 //! problem in the document. Absent keys take their defaults. A `null` value is an error except
 //! where it has a meaning: `metrics_listen: null` disables metrics, and an empty `hosts:`,
-//! `allowed_destination_networks:`, `resolver.nameservers:`, `limits:` or `resolver:` is the
-//! same as an empty one.
+//! `allowed_destination_networks:`, `resolver.nameservers:`, `tls.allowed_client_certificates:`,
+//! `limits:`, `resolver:` or `tls:` is the same as an empty one.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -15,9 +15,12 @@ use serde_saphyr::Spanned;
 
 use super::duration::{parse_duration, MAX_DURATION};
 use super::error::Problem;
-use super::raw::{Node, RawConfig, RawLimits, RawResolver};
-use super::{Config, DataPath, EngineKind, Limits, ResolverSettings, MAX_WORKERS};
+use super::raw::{Node, RawConfig, RawLimits, RawRelay, RawResolver, RawTls};
+use super::{Config, DataPath, EngineKind, Limits, ResolverSettings, TlsSettings, MAX_WORKERS};
 use crate::policy::{normalize_host, HostPattern};
+use crate::proto::tls::{normalize_subject, Tls13Policy, TlsVersion};
+use crate::relay::{self, RelaySettings};
+use std::path::PathBuf;
 
 const EXPECT_LISTEN: &str = "a list of socket addresses such as \"0.0.0.0:8080\"";
 const EXPECT_SOCKET: &str = "a socket address such as \"0.0.0.0:8080\" or \"[::]:8080\"";
@@ -37,8 +40,15 @@ const EXPECT_NETWORKS: &str =
     "a list of networks such as \"10.0.0.0/8\" or single addresses such as \"10.1.2.3\"";
 const EXPECT_NETWORK: &str =
     "a network such as \"10.0.0.0/8\" or \"fd00::/8\", or a single address";
+const EXPECT_TLS_VERSION: &str =
+    "one of \"1.0\", \"1.1\", \"1.2\", \"1.3\" (SSL 2.0 and 3.0 are always refused)";
+const EXPECT_SUBJECTS: &str =
+    "a list of certificate subjects such as \"CN=agent01\" or \"CN=agent01,O=Contoso\"";
+const EXPECT_SUBJECT: &str =
+    "a certificate subject such as \"CN=agent01\" or \"CN=agent01,O=Contoso\"";
 const EXPECT_DURATION: &str =
     "a duration such as \"10s\", \"500ms\", \"15m\" or \"1h30m\", or a whole number of seconds";
+const EXPECT_RELAY_URL: &str = "a URL such as \"http://proxy.corp:8080\"";
 const EXPECT_NAMESERVERS: &str =
     "a list of name servers such as \"127.0.0.1:53\" or \"192.0.2.53\" (port 53)";
 const EXPECT_NAMESERVER: &str =
@@ -98,6 +108,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             .unwrap_or(defaults.allowed_destination_networks),
         limits: c.limits(raw.limits.unwrap_or_default()),
         resolver: c.resolver(raw.resolver.unwrap_or_default()),
+        tls: c.tls(raw.tls.unwrap_or_default()),
+        relay_proxy: raw.relay_proxy.and_then(|r| c.relay(r)),
     };
     // Port 0 (an ephemeral port, as tests use) never collides.
     let clash = |m: &SocketAddr| m.port() != 0 && cfg.listen.contains(m);
@@ -576,6 +588,128 @@ impl Checker {
         }
     }
 
+    /// `relay_proxy:`; `None` when absent, `null`, or with errors (which are reported).
+    fn relay(&mut self, raw: RawRelay) -> Option<RelaySettings> {
+        let Some(at) = raw.address.as_ref() else {
+            if raw.username.is_some() || raw.password_file.is_some() || raw.ca_file.is_some() {
+                self.problems.push(Problem {
+                    key: "relay_proxy.address".to_owned(),
+                    line: None,
+                    message:
+                        "missing: a relay proxy needs an address such as \"http://proxy.corp:8080\""
+                            .to_owned(),
+                });
+            }
+            return None;
+        };
+        let text = self.string("relay_proxy.address", at, EXPECT_RELAY_URL)?;
+        let (scheme, host, port) = match relay::parse_address(text) {
+            Ok(v) => v,
+            Err(e) => {
+                self.report("relay_proxy.address", at, e.to_string());
+                return None;
+            }
+        };
+        let username = match raw.username.as_ref() {
+            Some(u) if !matches!(u.value, Node::Null) => {
+                let name = self.string("relay_proxy.username", u, "a user name")?;
+                if name.is_empty() || name.contains([':', '\r', '\n']) {
+                    self.report(
+                        "relay_proxy.username",
+                        u,
+                        format!("expected a user name without ':' or line breaks, found {name:?}"),
+                    );
+                    return None;
+                }
+                Some(name.to_owned())
+            }
+            _ => None,
+        };
+        let (password, password_file) = match raw.password_file.as_ref() {
+            Some(p) if !matches!(p.value, Node::Null) => {
+                let path =
+                    PathBuf::from(self.string("relay_proxy.password_file", p, "a file path")?);
+                if username.is_none() {
+                    self.report(
+                        "relay_proxy.password_file",
+                        p,
+                        relay::RelayError::PasswordWithoutUser.to_string(),
+                    );
+                    return None;
+                }
+                match relay::read_password(&path) {
+                    Ok(secret) => (Some(secret), Some(path)),
+                    Err(e) => {
+                        self.report("relay_proxy.password_file", p, e.to_string());
+                        return None;
+                    }
+                }
+            }
+            _ => (None, None),
+        };
+        let ca_file = match raw.ca_file.as_ref() {
+            Some(f) if !matches!(f.value, Node::Null) => {
+                let path =
+                    PathBuf::from(self.string("relay_proxy.ca_file", f, "a PEM file path")?);
+                if let Err(e) = std::fs::metadata(&path) {
+                    self.report(
+                        "relay_proxy.ca_file",
+                        f,
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    return None;
+                }
+                Some(path)
+            }
+            _ => None,
+        };
+        let health_check = self
+            .boolean("relay_proxy.health_check", raw.health_check.as_ref())
+            .unwrap_or(false);
+        let settings = RelaySettings {
+            scheme,
+            host,
+            port,
+            username,
+            password,
+            password_file,
+            ca_file,
+            health_check,
+        };
+        if settings.scheme == relay::Scheme::Https {
+            // Load the trust store now, so a bad ca_file fails the start, not every tunnel.
+            let loaded =
+                relay::client_config(&settings).and_then(|_| relay::server_name(&settings.host));
+            if let Err(e) = loaded {
+                let node = raw
+                    .ca_file
+                    .as_ref()
+                    .filter(|f| !matches!(f.value, Node::Null));
+                let key = if node.is_some() {
+                    "relay_proxy.ca_file"
+                } else {
+                    "relay_proxy.address"
+                };
+                self.report(key, node.unwrap_or(at), e.to_string());
+                return None;
+            }
+        } else if raw
+            .ca_file
+            .as_ref()
+            .is_some_and(|f| !matches!(f.value, Node::Null))
+        {
+            if let Some(f) = raw.ca_file.as_ref() {
+                self.report(
+                    "relay_proxy.ca_file",
+                    f,
+                    "ca_file only applies to an https:// relay".to_owned(),
+                );
+            }
+            return None;
+        }
+        Some(settings)
+    }
+
     fn nameservers(&mut self, at: Option<&Spanned<Node>>) -> Option<Vec<SocketAddr>> {
         let at = at?;
         let items = self.list("resolver.nameservers", at, EXPECT_NAMESERVERS, true)?;
@@ -597,6 +731,118 @@ impl Checker {
                 _ => {
                     ok = false;
                     self.mismatch::<()>(&key, item, EXPECT_NAMESERVER);
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn tls(&mut self, raw: RawTls) -> TlsSettings {
+        let d = TlsSettings::default();
+        let tls = TlsSettings {
+            inspect: self
+                .boolean("tls.inspect", raw.inspect.as_ref())
+                .unwrap_or(d.inspect),
+            min_version: self
+                .tls_version(raw.min_version.as_ref())
+                .unwrap_or(d.min_version),
+            require_sni: self
+                .boolean("tls.require_sni", raw.require_sni.as_ref())
+                .unwrap_or(d.require_sni),
+            require_sni_match: self
+                .boolean("tls.require_sni_match", raw.require_sni_match.as_ref())
+                .unwrap_or(d.require_sni_match),
+            hello_timeout: self
+                .duration("tls.hello_timeout", raw.hello_timeout.as_ref())
+                .unwrap_or(d.hello_timeout),
+            max_hello_bytes: self
+                .count(
+                    "tls.max_hello_bytes",
+                    raw.max_hello_bytes.as_ref(),
+                    1024,
+                    1 << 20,
+                    "a whole number of bytes from 1024 to 1048576 (1 MiB)",
+                )
+                .unwrap_or(d.max_hello_bytes),
+            allowed_client_certificates: self
+                .subjects(raw.allowed_client_certificates.as_ref())
+                .unwrap_or(d.allowed_client_certificates),
+            tls13_client_certificate: self
+                .choice(
+                    "tls.tls13_client_certificate",
+                    raw.tls13_client_certificate.as_ref(),
+                    &[("allow", Tls13Policy::Allow), ("deny", Tls13Policy::Deny)],
+                )
+                .unwrap_or(d.tls13_client_certificate),
+        };
+        if let Some(at) = raw.allowed_client_certificates.as_ref() {
+            if !tls.inspect && !tls.allowed_client_certificates.is_empty() {
+                self.report(
+                    "tls.allowed_client_certificates",
+                    at,
+                    "client certificates are only checked when tls.inspect is true; \
+                     set inspect: true or remove the list"
+                        .into(),
+                );
+            }
+        }
+        tls
+    }
+
+    /// `tls.min_version`: `"1.0"` to `"1.3"`; an unquoted `1.2` (a YAML number) is accepted.
+    fn tls_version(&mut self, at: Option<&Spanned<Node>>) -> Option<TlsVersion> {
+        const KEY: &str = "tls.min_version";
+        const CHOICES: [TlsVersion; 4] = [
+            TlsVersion::Tls10,
+            TlsVersion::Tls11,
+            TlsVersion::Tls12,
+            TlsVersion::Tls13,
+        ];
+        let at = at?;
+        let found = match &at.value {
+            Node::Str(s) => CHOICES.into_iter().find(|v| v.as_str() == s),
+            Node::Float(x) => CHOICES.into_iter().find(|v| {
+                v.as_str()
+                    .parse::<f64>()
+                    .is_ok_and(|y| (x - y).abs() < 1e-9)
+            }),
+            _ => None,
+        };
+        match found {
+            Some(version) => Some(version),
+            None => self.mismatch(KEY, at, EXPECT_TLS_VERSION),
+        }
+    }
+
+    /// `tls.allowed_client_certificates`: subjects in canonical form, without repeats.
+    fn subjects(&mut self, at: Option<&Spanned<Node>>) -> Option<Vec<String>> {
+        const KEY: &str = "tls.allowed_client_certificates";
+        let at = at?;
+        let items = self.list(KEY, at, EXPECT_SUBJECTS, true)?;
+        let mut out = Vec::with_capacity(items.len());
+        let mut seen = HashSet::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let key = format!("{KEY}[{i}]");
+            let Some(text) = self.string(&key, item, EXPECT_SUBJECT) else {
+                ok = false;
+                continue;
+            };
+            match normalize_subject(text) {
+                Ok(subject) => {
+                    if seen.insert(subject.clone()) {
+                        out.push(subject);
+                    }
+                }
+                Err(e) => {
+                    ok = false;
+                    self.report(
+                        &key,
+                        item,
+                        format!(
+                            "invalid certificate subject {text:?}: {e}; expected {EXPECT_SUBJECT}"
+                        ),
+                    );
                 }
             }
         }

@@ -47,6 +47,10 @@ pub enum Pumped {
     Done,
 }
 
+/// A look at each chunk before it is forwarded (TLS inspection while following the handshake).
+/// Returning `false` stops the pump without forwarding the chunk.
+pub type Tap<'a> = &'a mut dyn FnMut(&[u8]) -> bool;
+
 /// What a pump borrows from its worker.
 pub struct Cx<'a> {
     pub pool: &'a mut PipePool,
@@ -65,10 +69,13 @@ impl Flow {
         }
     }
 
-    /// A flow that first writes the gateway's own answer (not counted as relayed bytes).
-    pub fn with_answer(answer: &[u8]) -> Flow {
+    /// A flow that first writes the gateway's own answer (not counted as relayed bytes), then `data` already received from the source.
+    pub fn with_answer(answer: &[u8], data: Vec<u8>) -> Flow {
+        let mut pending = Vec::with_capacity(answer.len() + data.len());
+        pending.extend_from_slice(answer);
+        pending.extend_from_slice(&data);
         Flow {
-            pending: answer.to_vec(),
+            pending,
             own: answer.len(),
             ..Flow::default()
         }
@@ -97,6 +104,7 @@ impl Flow {
         counter: &AtomicU64,
         budget: usize,
         cx: &mut Cx<'_>,
+        mut tap: Option<Tap<'_>>,
     ) -> io::Result<Pumped> {
         let mut budget = budget;
         loop {
@@ -162,7 +170,8 @@ impl Flow {
             if !*src_readable {
                 return Ok(Pumped::Blocked);
             }
-            if cx.splice && !self.copy_only {
+            // A tapped flow copies: the tap must see every byte before it goes on.
+            if cx.splice && !self.copy_only && tap.is_none() {
                 if let Some(p) = cx.pool.take() {
                     match sys::splice(src, p.write_end(), p.capacity, true) {
                         Ok(0) => {
@@ -200,6 +209,11 @@ impl Flow {
             match sys::recv(src, cx.scratch) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
+                    if let Some(t) = tap.as_mut() {
+                        if !t(&cx.scratch[..n]) {
+                            return Ok(Pumped::Blocked);
+                        }
+                    }
                     budget = budget.saturating_sub(n);
                     let mut k = 0;
                     if *dst_writable {

@@ -11,6 +11,7 @@ pub mod flow;
 pub mod pipe;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod tls_leg;
 pub mod worker;
 
 use std::io;

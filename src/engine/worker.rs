@@ -20,15 +20,19 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tracing::{debug, info, warn};
 
 use super::driver::{Driver, Event, Key, Side};
-use super::flow::{Cx, Flow, Pumped};
+use super::flow::{Cx, Flow, Pumped, Tap};
 use super::pipe::PipePool;
 use super::sys;
+use super::tls_leg::TlsLeg;
 use crate::config::{DataPath, Limits};
 use crate::events::{self, ErrorKind, Reject};
 use crate::metrics::Shard;
+use crate::metrics::TLS_VERSIONS;
 use crate::policy::Denial;
 use crate::proto::connect::{parse_head, Authority, HeadError, Host};
 use crate::proto::response::Status;
+use crate::proto::tls::{CertCheck, Inspector, Reason as TlsReason, Verdict};
+use crate::relay::{self, RelayHost};
 use crate::resolve::{Answer, ReplyTo, ResolveError, Resolver};
 use crate::settings::{Settings, Shared};
 
@@ -120,6 +124,7 @@ enum State {
     Head { buf: Vec<u8> },
     Resolving(Target),
     Connecting(Box<Connecting>),
+    Relaying(Box<Relaying>),
     Tunnel(Box<Tunnel>),
     Refusing { bytes: &'static [u8], sent: usize },
     Lingering { discarded: usize },
@@ -130,6 +135,23 @@ struct Target {
     authority: Authority,
     /// Client bytes that followed the head (an early ClientHello): sent upstream first.
     early: Vec<u8>,
+    /// With a relay proxy: the CONNECT request for the relay (the addresses dialled are the
+    /// relay's, and the private-destination guard does not apply to them).
+    relay_request: Option<Vec<u8>>,
+}
+
+/// Waiting for the relay proxy's answer to our CONNECT.
+struct Relaying {
+    target: Target,
+    upstream: OwnedFd,
+    addr: SocketAddr,
+    started: Instant,
+    sent: usize,
+    answer: Vec<u8>,
+    u_rd: bool,
+    u_wr: bool,
+    /// The TLS session to an `https://` relay.
+    tls: Option<Box<TlsLeg>>,
 }
 
 struct Connecting {
@@ -149,8 +171,34 @@ struct Tunnel {
     u_wr: bool,
     up: Flow,
     down: Flow,
+    /// Through an `https://` relay the relay leg is TLS and both directions copy through it
+    /// (the `Flow`s are unused).
+    tls: Option<Box<TlsLeg>>,
+    /// TLS inspection until its verdict (`tls.inspect`).
+    inspect: Option<Box<Inspection>>,
     started: Instant,
     last_activity: Instant,
+}
+
+/// A tunnel's TLS handshake under inspection (see [`crate::proto::tls`] for the contract).
+struct Inspection {
+    inspector: Inspector,
+    started: Instant,
+    deadline: Instant,
+    /// Client bytes read but not forwarded: everything up to the end of the ClientHello.
+    held: Vec<u8>,
+    /// The ClientHello passed; both directions copy through the inspector until its verdict.
+    following: bool,
+}
+
+/// The outcome of a turn of the hello phase.
+enum Hello {
+    /// Keep waiting for the client's bytes.
+    Wait,
+    /// The tunnel was closed.
+    Closed,
+    /// Go on relaying (allowed, or following the handshake).
+    Relay,
 }
 
 /// How a connection leaves the table.
@@ -322,6 +370,10 @@ impl Worker {
                         State::Tunnel(t) => {
                             t.u_rd |= readable;
                             t.u_wr |= writable;
+                        }
+                        State::Relaying(r) => {
+                            r.u_rd |= readable;
+                            r.u_wr |= writable;
                         }
                         State::Connecting(_) => {}
                         _ => return,
@@ -511,6 +563,7 @@ impl Worker {
             State::Tunnel(_) => self.pump(slot),
             State::Refusing { .. } => self.write_refusal(slot),
             State::Lingering { .. } => self.linger(slot),
+            State::Relaying(_) => self.relay_handshake(slot),
             State::Resolving(_) | State::Connecting(_) => {}
         }
     }
@@ -580,6 +633,7 @@ impl Worker {
                     Target {
                         authority: head.authority,
                         early,
+                        relay_request: None,
                     },
                 );
             }
@@ -608,44 +662,74 @@ impl Worker {
     }
 
     /// Policy on the authority, then on addresses known without DNS.
-    fn decide(&mut self, slot: u32, target: Target) {
-        let policy = &self.settings.load().policy;
+    fn decide(&mut self, slot: u32, mut target: Target) {
+        let current = self.settings.load();
+        let policy = &current.policy;
         let host = target.authority.host.as_policy_str();
         if let Err(d) = policy.check_target(&host, target.authority.port) {
             self.deny(slot, d, &target.authority, None);
             return;
         }
-        let known: Option<Vec<IpAddr>> = match &target.authority.host {
-            Host::V4(ip) => Some(vec![IpAddr::V4(*ip)]),
-            Host::V6(ip) => Some(vec![IpAddr::V6(*ip)]),
-            Host::Name(n) => policy.host_override(n).map(|a| a.to_vec()),
+        let literal = match &target.authority.host {
+            Host::V4(ip) => Some(IpAddr::V4(*ip)),
+            Host::V6(ip) => Some(IpAddr::V6(*ip)),
+            Host::Name(_) => None,
+        };
+        if let Some(relay) = &current.relay {
+            // The relay resolves names itself; an IP literal can still be checked here.
+            if let Some(ip) = literal {
+                if let Err(d) = policy.check_address(ip) {
+                    self.deny(slot, d, &target.authority, Some(ip));
+                    return;
+                }
+            }
+            target.relay_request = Some(relay.connect_request(&target.authority));
+            match &relay.host {
+                RelayHost::Ip(ip) => {
+                    let addrs = vec![SocketAddr::new(*ip, relay.port)];
+                    self.connect_to(slot, target, addrs);
+                }
+                RelayHost::Name(name) => {
+                    let name = name.clone();
+                    self.resolve(slot, target, &name);
+                }
+            }
+            return;
+        }
+        let known: Option<Vec<IpAddr>> = match (&target.authority.host, literal) {
+            (_, Some(ip)) => Some(vec![ip]),
+            (Host::Name(n), None) => policy.host_override(n).map(|a| a.to_vec()),
+            _ => None,
         };
         match known {
             Some(ips) => self.connect_checked(slot, target, ips),
-            None => {
-                let gen = self.gen_of(slot);
-                let now = Instant::now();
-                let Some(timeout) = self.conn_at(slot).map(|c| c.limits.resolve_timeout) else {
-                    return;
-                };
-                let deadline = now + timeout;
-                if !self.resolver.lookup(&host, slot, gen, &self.reply) {
-                    self.fail(
-                        slot,
-                        Some(&target.authority),
-                        ErrorKind::DnsFailure,
-                        Status::BadGateway,
-                        "resolver unavailable",
-                    );
-                    return;
-                }
-                if let Some(conn) = self.conn_at(slot) {
-                    conn.deadline = deadline;
-                    conn.state = State::Resolving(target);
-                }
-                self.timers.push(Reverse((deadline, slot, gen)));
-            }
+            None => self.resolve(slot, target, &host),
         }
+    }
+
+    /// Hand `name` to the resolver; the answer comes back through [`Worker::on_answer`].
+    fn resolve(&mut self, slot: u32, target: Target, name: &str) {
+        let gen = self.gen_of(slot);
+        let now = Instant::now();
+        let Some(timeout) = self.conn_at(slot).map(|c| c.limits.resolve_timeout) else {
+            return;
+        };
+        let deadline = now + timeout;
+        if !self.resolver.lookup(name, slot, gen, &self.reply) {
+            self.fail(
+                slot,
+                Some(&target.authority),
+                ErrorKind::DnsFailure,
+                Status::BadGateway,
+                "resolver unavailable",
+            );
+            return;
+        }
+        if let Some(conn) = self.conn_at(slot) {
+            conn.deadline = deadline;
+            conn.state = State::Resolving(target);
+        }
+        self.timers.push(Reverse((deadline, slot, gen)));
     }
 
     fn on_answer(&mut self, a: Answer) {
@@ -661,6 +745,14 @@ impl Worker {
             return;
         };
         match a.result {
+            Ok(ips) if target.relay_request.is_some() => {
+                let port = self.settings.load().relay.as_ref().map_or(0, |r| r.port);
+                let addrs = ips
+                    .into_iter()
+                    .map(|ip| SocketAddr::new(ip, port))
+                    .collect();
+                self.connect_to(a.slot, target, addrs);
+            }
             Ok(ips) => self.connect_checked(a.slot, target, ips),
             Err(ResolveError::NotFound) => self.fail(
                 a.slot,
@@ -694,6 +786,21 @@ impl Worker {
             .into_iter()
             .map(|ip| SocketAddr::new(ip, port))
             .collect();
+        self.connect_to(slot, target, addrs);
+    }
+
+    /// Dial `addrs` in order within `connect_timeout` (and, through a relay, its answer).
+    fn connect_to(&mut self, slot: u32, target: Target, addrs: Vec<SocketAddr>) {
+        let Some(first) = addrs.first().copied() else {
+            self.fail(
+                slot,
+                Some(&target.authority),
+                ErrorKind::DnsFailure,
+                Status::BadGateway,
+                "no address",
+            );
+            return;
+        };
         let now = Instant::now();
         let gen = self.gen_of(slot);
         let Some(conn) = self.conn_at(slot) else {
@@ -703,7 +810,7 @@ impl Worker {
         conn.deadline = deadline;
         conn.state = State::Connecting(Box::new(Connecting {
             target,
-            addr: addrs[0],
+            addr: first,
             addrs,
             next: 0,
             upstream: None,
@@ -829,13 +936,298 @@ impl Worker {
             .upstream_connect
             .observe(now.duration_since(started));
         let _ = SockRef::from(&upstream).set_tcp_nodelay(true);
+        if target.relay_request.is_some() {
+            let tls = match &self.settings.load().relay {
+                Some(r) if r.scheme == relay::Scheme::Https => {
+                    match self.settings.load().relay_tls.clone() {
+                        Some((config, name)) => match rustls::ClientConnection::new(config, name) {
+                            Ok(c) => Some(Box::new(TlsLeg::new(c))),
+                            Err(e) => {
+                                let a = target.authority.clone();
+                                let detail = format!("TLS set-up for the relay proxy failed: {e}");
+                                self.fail(
+                                    slot,
+                                    Some(&a),
+                                    ErrorKind::RelayRefused,
+                                    Status::BadGateway,
+                                    &detail,
+                                );
+                                return;
+                            }
+                        },
+                        None => {
+                            let a = target.authority.clone();
+                            self.fail(
+                                slot,
+                                Some(&a),
+                                ErrorKind::RelayRefused,
+                                Status::BadGateway,
+                                "no TLS configuration for the https:// relay proxy (see event 401 at start)",
+                            );
+                            return;
+                        }
+                    }
+                }
+                _ => None,
+            };
+            let Some(conn) = self.conn_at(slot) else {
+                return;
+            };
+            conn.state = State::Relaying(Box::new(Relaying {
+                target,
+                upstream,
+                addr,
+                started,
+                sent: 0,
+                answer: Vec::new(),
+                u_rd: true,
+                u_wr: true,
+                tls,
+            }));
+            self.relay_handshake(slot);
+            return;
+        }
+        self.establish(slot, target, upstream, addr, started, Vec::new(), None);
+    }
+
+    /// Write our CONNECT to the relay and read its answer.
+    fn relay_handshake(&mut self, slot: u32) {
+        let Some(conn) = self.conn_at(slot) else {
+            return;
+        };
+        let State::Relaying(r) = &mut conn.state else {
+            return;
+        };
+        if r.tls.is_some() {
+            self.relay_handshake_tls(slot);
+            return;
+        }
+        let req = r.target.relay_request.as_deref().unwrap_or_default();
+        while r.sent < req.len() && r.u_wr {
+            match sys::send(r.upstream.as_fd(), &req[r.sent..], false) {
+                Ok(n) => r.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => r.u_wr = false,
+                Err(e) => {
+                    let a = r.target.authority.clone();
+                    let detail = format!("relay proxy {}: {e}", r.addr);
+                    self.fail(
+                        slot,
+                        Some(&a),
+                        ErrorKind::RelayRefused,
+                        Status::BadGateway,
+                        &detail,
+                    );
+                    return;
+                }
+            }
+        }
+        let mut closed = false;
+        while r.u_rd && r.answer.len() < relay::MAX_ANSWER + 1 {
+            let old = r.answer.len();
+            r.answer.resize(old + 4096, 0);
+            match sys::recv(r.upstream.as_fd(), &mut r.answer[old..]) {
+                Ok(0) => {
+                    r.answer.truncate(old);
+                    closed = true;
+                    break;
+                }
+                Ok(n) => r.answer.truncate(old + n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    r.answer.truncate(old);
+                    r.u_rd = false;
+                }
+                Err(_) => {
+                    r.answer.truncate(old);
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        self.relay_answer(slot, closed);
+    }
+
+    /// The same over TLS: finish the handshake, send the CONNECT inside it, read the answer.
+    fn relay_handshake_tls(&mut self, slot: u32) {
+        let Some(conn) = self.conn_at(slot) else {
+            return;
+        };
+        let State::Relaying(r) = &mut conn.state else {
+            return;
+        };
+        let Some(tls) = r.tls.as_mut() else {
+            return;
+        };
+        let mut step = || -> io::Result<bool> {
+            tls.io(r.upstream.as_fd(), &mut r.u_rd, &mut r.u_wr)?;
+            if !tls.is_handshaking() && r.sent == 0 {
+                let req = r.target.relay_request.as_deref().unwrap_or_default();
+                tls.send_plain(req)?;
+                r.sent = req.len();
+                tls.io(r.upstream.as_fd(), &mut r.u_rd, &mut r.u_wr)?;
+            }
+            tls.recv_plain(&mut r.answer, relay::MAX_ANSWER + 1)
+        };
+        match step() {
+            Ok(closed) => self.relay_answer(slot, closed),
+            Err(e) => {
+                let a = r.target.authority.clone();
+                let detail = format!("TLS with the relay proxy {} failed: {e}", r.addr);
+                self.fail(
+                    slot,
+                    Some(&a),
+                    ErrorKind::RelayRefused,
+                    Status::BadGateway,
+                    &detail,
+                );
+            }
+        }
+    }
+
+    /// Act on what the relay has answered so far; `closed` means its stream ended.
+    fn relay_answer(&mut self, slot: u32, closed: bool) {
+        let Some(conn) = self.conn_at(slot) else {
+            return;
+        };
+        let State::Relaying(r) = &mut conn.state else {
+            return;
+        };
+        let parsed = relay::parse_answer(&r.answer);
+        let a = r.target.authority.clone();
+        let at = r.addr;
+        match parsed {
+            Ok(None) if closed => self.fail(
+                slot,
+                Some(&a),
+                ErrorKind::RelayRefused,
+                Status::BadGateway,
+                &format!("relay proxy {at} closed the connection without answering"),
+            ),
+            Ok(None) => {}
+            Err(why) => self.fail(
+                slot,
+                Some(&a),
+                ErrorKind::RelayRefused,
+                Status::BadGateway,
+                &format!("relay proxy {at}: {why}"),
+            ),
+            Ok(Some(ans)) if ans.status == 200 => {
+                let State::Relaying(r) =
+                    std::mem::replace(&mut conn.state, State::Lingering { discarded: 0 })
+                else {
+                    return;
+                };
+                let Relaying {
+                    target,
+                    upstream,
+                    addr,
+                    started,
+                    answer,
+                    tls,
+                    ..
+                } = *r;
+                let rest = answer.get(ans.head_len..).unwrap_or_default().to_vec();
+                match tls {
+                    Some(leg) => {
+                        self.establish_tls(slot, target, upstream, addr, started, leg, rest)
+                    }
+                    None => self.establish(slot, target, upstream, addr, started, rest, None),
+                }
+            }
+            Ok(Some(ans)) if ans.status == 407 => self.fail(
+                slot,
+                Some(&a),
+                ErrorKind::RelayAuth,
+                Status::BadGateway,
+                &format!(
+                    "relay proxy rejected the credentials ({} {})",
+                    ans.status, ans.reason
+                ),
+            ),
+            Ok(Some(ans)) => self.fail(
+                slot,
+                Some(&a),
+                ErrorKind::RelayRefused,
+                Status::BadGateway,
+                &format!("relay proxy answered {} {}", ans.status, ans.reason),
+            ),
+        }
+    }
+
+    /// The upstream (or the relay's tunnel) is up: answer `200` and start relaying. `from_up` is
+    /// data the upstream already sent (after a relay's answer), delivered after the `200`.
+    #[allow(clippy::too_many_arguments)]
+    fn establish(
+        &mut self,
+        slot: u32,
+        mut target: Target,
+        upstream: OwnedFd,
+        addr: SocketAddr,
+        started: Instant,
+        from_up: Vec<u8>,
+        tls: Option<Box<TlsLeg>>,
+    ) {
+        if self.conn_at(slot).is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let early = std::mem::take(&mut target.early);
+        let tls_settings = Arc::clone(&self.settings.load().tls);
+        let hello_timeout = tls_settings.hello_timeout;
+        let mut inspect = Inspector::new(tls_settings, &target.authority.host).map(|inspector| {
+            Box::new(Inspection {
+                inspector,
+                started: now,
+                deadline: now + hello_timeout,
+                held: Vec::new(),
+                following: false,
+            })
+        });
+        // Early client bytes are held for the inspector, or go first to the upstream.
+        let early = match inspect.as_mut() {
+            Some(ins) => {
+                if !early.is_empty() {
+                    ins.inspector.client_bytes(&early);
+                    ins.held = early;
+                }
+                Vec::new()
+            }
+            None => early,
+        };
+        let Some(conn) = self
+            .slots
+            .get_mut(slot as usize)
+            .and_then(|s| s.conn.as_mut())
+        else {
+            return;
+        };
+        // Through a TLS leg, the leg carries the 200 and the early data; the flows stay empty.
+        let mut tls = tls;
+        let (up, down) = match tls.as_mut() {
+            Some(leg) => {
+                if leg.forward_up(&early, &self.shard.bytes_upstream).is_err() {
+                    self.close(slot, Close::Quiet);
+                    return;
+                }
+                (Flow::default(), Flow::default())
+            }
+            None => (
+                Flow::with_pending(early),
+                Flow::with_answer(Status::Established.bytes(), from_up),
+            ),
+        };
         let peer = conn.peer;
         let target_s = target.authority.to_string();
+        let via = if target.relay_request.is_some() {
+            "relay"
+        } else {
+            "direct"
+        };
         info!(
             event_id = events::INFO,
             client = %peer,
             target = %target_s,
             address = %addr,
+            via = via,
             connect_ms = now.duration_since(started).as_secs_f64() * 1e3,
             "tunnel established"
         );
@@ -843,10 +1235,12 @@ impl Worker {
             upstream,
             target: target_s,
             addr,
-            u_rd: false,
+            u_rd: true,
             u_wr: true,
-            up: Flow::with_pending(target.early),
-            down: Flow::with_answer(Status::Established.bytes()),
+            up,
+            down,
+            tls,
+            inspect,
             started: now,
             last_activity: now,
         }));
@@ -855,62 +1249,319 @@ impl Worker {
         let idle = conn.limits.idle_timeout;
         self.shard.tunnels_active.fetch_add(1, Relaxed);
         let gen = self.gen_of(slot);
-        self.timers.push(Reverse((now + idle, slot, gen)));
+        self.timers
+            .push(Reverse((now + idle.min(hello_timeout), slot, gen)));
         self.pump(slot);
+    }
+
+    /// Through an `https://` relay: the tunnel copies through the TLS leg.
+    #[allow(clippy::too_many_arguments)]
+    fn establish_tls(
+        &mut self,
+        slot: u32,
+        target: Target,
+        upstream: OwnedFd,
+        addr: SocketAddr,
+        started: Instant,
+        mut leg: Box<TlsLeg>,
+        from_relay: Vec<u8>,
+    ) {
+        leg.start_tunnel(Status::Established.bytes(), &from_relay);
+        self.establish(slot, target, upstream, addr, started, Vec::new(), Some(leg));
     }
 
     fn pump(&mut self, slot: u32) {
         let gen = self.gen_of(slot);
-        let Some(s) = self.slots.get_mut(slot as usize) else {
-            return;
+        let inspecting_hello = match self.conn_at(slot).map(|c| &c.state) {
+            Some(State::Tunnel(t)) => t.inspect.as_ref().is_some_and(|i| !i.following),
+            _ => return,
         };
-        let Some(conn) = s.conn.as_mut() else {
+        if inspecting_hello {
+            match self.inspect_hello(slot) {
+                Hello::Relay => {}
+                Hello::Wait | Hello::Closed => return,
+            }
+        }
+        let Some(conn) = self
+            .slots
+            .get_mut(slot as usize)
+            .and_then(|s| s.conn.as_mut())
+        else {
             return;
         };
         let State::Tunnel(t) = &mut conn.state else {
             return;
         };
-        let mut cx = Cx {
-            pool: &mut self.pool,
-            scratch: &mut self.scratch,
-            splice: conn.splice,
-            shard: &self.shard,
-            moved: false,
+        let Tunnel {
+            upstream,
+            u_rd,
+            u_wr,
+            up,
+            down,
+            tls,
+            inspect,
+            last_activity,
+            ..
+        } = &mut **t;
+        // While the handshake is followed, every chunk passes the inspector first. Both taps
+        // share the inspector through a RefCell: they are called one after the other, never
+        // at once.
+        let cell = inspect
+            .as_mut()
+            .map(|ins| std::cell::RefCell::new(&mut ins.inspector));
+        let mut tap_up = |b: &[u8]| {
+            cell.as_ref()
+                .is_none_or(|c| !matches!(c.borrow_mut().client_bytes(b), Verdict::Deny(_)))
         };
-        let up = t.up.pump(
-            conn.client.as_fd(),
-            t.upstream.as_fd(),
-            &mut conn.c_rd,
-            &mut t.u_wr,
-            &self.shard.bytes_upstream,
-            TURN_BUDGET,
-            &mut cx,
-        );
-        let down = match up {
-            Ok(_) => t.down.pump(
-                t.upstream.as_fd(),
+        let mut tap_down = |b: &[u8]| {
+            cell.as_ref()
+                .is_none_or(|c| !matches!(c.borrow_mut().server_bytes(b), Verdict::Deny(_)))
+        };
+        let following = cell.is_some();
+        // (done, more) or an I/O error.
+        let result: io::Result<(bool, bool)> = if let Some(leg) = tls.as_mut() {
+            let turn = leg.pump(
                 conn.client.as_fd(),
-                &mut t.u_rd,
+                upstream.as_fd(),
+                &mut conn.c_rd,
                 &mut conn.c_wr,
+                u_rd,
+                u_wr,
+                &mut self.scratch,
+                &self.shard.bytes_upstream,
                 &self.shard.bytes_downstream,
+                following.then_some(&mut tap_up as Tap<'_>),
+                following.then_some(&mut tap_down as Tap<'_>),
+            );
+            turn.map(|turn| {
+                if turn.moved {
+                    *last_activity = Instant::now();
+                }
+                (turn.done, turn.more)
+            })
+        } else {
+            let mut cx = Cx {
+                pool: &mut self.pool,
+                scratch: &mut self.scratch,
+                splice: conn.splice,
+                shard: &self.shard,
+                moved: false,
+            };
+            let a = up.pump(
+                conn.client.as_fd(),
+                upstream.as_fd(),
+                &mut conn.c_rd,
+                u_wr,
+                &self.shard.bytes_upstream,
                 TURN_BUDGET,
                 &mut cx,
-            ),
-            Err(_) => Ok(Pumped::Blocked),
+                following.then_some(&mut tap_up as Tap<'_>),
+            );
+            let b = match a {
+                Ok(_) => down.pump(
+                    upstream.as_fd(),
+                    conn.client.as_fd(),
+                    u_rd,
+                    &mut conn.c_wr,
+                    &self.shard.bytes_downstream,
+                    TURN_BUDGET,
+                    &mut cx,
+                    following.then_some(&mut tap_down as Tap<'_>),
+                ),
+                Err(_) => Ok(Pumped::Blocked),
+            };
+            if cx.moved {
+                *last_activity = Instant::now();
+            }
+            match (a, b) {
+                (Err(e), _) | (_, Err(e)) => Err(e),
+                (Ok(a), Ok(b)) => Ok((
+                    a == Pumped::Done && b == Pumped::Done,
+                    a == Pumped::Budget || b == Pumped::Budget,
+                )),
+            }
         };
-        if cx.moved {
-            t.last_activity = Instant::now();
+        if following && self.inspection_verdict(slot) {
+            return;
         }
-        match (up, down) {
-            (Err(_), _) | (_, Err(_)) => {
+        match result {
+            Err(_) => {
                 self.shard.error(ErrorKind::TunnelIo);
                 self.close(slot, Close::Tunnel("reset"));
             }
-            (Ok(Pumped::Done), Ok(Pumped::Done)) => self.close(slot, Close::Tunnel("closed")),
-            (Ok(a), Ok(b)) => {
-                if a == Pumped::Budget || b == Pumped::Budget {
-                    self.runnable.push_back((slot, gen));
+            Ok((true, _)) => self.close(slot, Close::Tunnel("closed")),
+            Ok((false, true)) => self.runnable.push_back((slot, gen)),
+            Ok((false, false)) => {}
+        }
+    }
+
+    /// The hello phase: deliver the `200`, read the client's bytes into the inspection buffer and
+    /// feed them to the inspector; forward nothing until the ClientHello is judged.
+    fn inspect_hello(&mut self, slot: u32) -> Hello {
+        let Some(conn) = self
+            .slots
+            .get_mut(slot as usize)
+            .and_then(|s| s.conn.as_mut())
+        else {
+            return Hello::Closed;
+        };
+        let State::Tunnel(t) = &mut conn.state else {
+            return Hello::Closed;
+        };
+        let Tunnel {
+            upstream,
+            up,
+            down,
+            tls,
+            inspect,
+            ..
+        } = &mut **t;
+        let Some(ins) = inspect.as_mut() else {
+            return Hello::Relay;
+        };
+        // The 200 goes out; nothing is read from the upstream yet.
+        let flushed = match tls.as_mut() {
+            Some(leg) => leg.flush_down(
+                conn.client.as_fd(),
+                &mut conn.c_wr,
+                &self.shard.bytes_downstream,
+            ),
+            None => {
+                let mut cx = Cx {
+                    pool: &mut self.pool,
+                    scratch: &mut self.scratch,
+                    splice: false,
+                    shard: &self.shard,
+                    moved: false,
+                };
+                let mut never = false;
+                down.pump(
+                    upstream.as_fd(),
+                    conn.client.as_fd(),
+                    &mut never,
+                    &mut conn.c_wr,
+                    &self.shard.bytes_downstream,
+                    0,
+                    &mut cx,
+                    None,
+                )
+                .map(drop)
+            }
+        };
+        let mut closed = flushed.is_err();
+        let mut verdict = ins.inspector.verdict();
+        while !closed && verdict == Verdict::NeedMore && conn.c_rd {
+            match sys::recv(conn.client.as_fd(), &mut self.scratch) {
+                Ok(0) => closed = true,
+                Ok(n) => {
+                    ins.held.extend_from_slice(&self.scratch[..n]);
+                    verdict = ins.inspector.client_bytes(&self.scratch[..n]);
                 }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.c_rd = false,
+                Err(_) => closed = true,
+            }
+        }
+        match verdict {
+            Verdict::NeedMore if closed => {
+                self.close(slot, Close::Tunnel("client closed before its TLS hello"));
+                Hello::Closed
+            }
+            Verdict::NeedMore => Hello::Wait,
+            Verdict::Deny(_) => {
+                let _ = self.inspection_verdict(slot);
+                Hello::Closed
+            }
+            Verdict::Allow { .. } | Verdict::Following => {
+                // The held bytes go upstream unchanged, before anything else.
+                let held = std::mem::take(&mut ins.held);
+                ins.following = true;
+                let forwarded = match tls.as_mut() {
+                    Some(leg) => leg.forward_up(&held, &self.shard.bytes_upstream),
+                    None => {
+                        *up = Flow::with_pending(held);
+                        Ok(())
+                    }
+                };
+                if forwarded.is_err() {
+                    self.shard.error(ErrorKind::TunnelIo);
+                    self.close(slot, Close::Tunnel("reset"));
+                    return Hello::Closed;
+                }
+                if self.inspection_verdict(slot) {
+                    return Hello::Closed;
+                }
+                Hello::Relay
+            }
+        }
+    }
+
+    /// Act on a final verdict: log and count an allowed session and end the inspection, or
+    /// refuse the tunnel. Returns true if the tunnel was closed.
+    fn inspection_verdict(&mut self, slot: u32) -> bool {
+        let Some(conn) = self
+            .slots
+            .get_mut(slot as usize)
+            .and_then(|s| s.conn.as_mut())
+        else {
+            return true;
+        };
+        let peer = conn.peer;
+        let State::Tunnel(t) = &mut conn.state else {
+            return true;
+        };
+        let Some(ins) = t.inspect.as_ref() else {
+            return false;
+        };
+        match ins.inspector.verdict() {
+            Verdict::NeedMore | Verdict::Following => false,
+            Verdict::Allow { version, sni, cert } => {
+                let took = ins.started.elapsed();
+                t.inspect = None;
+                if let Some(i) = TLS_VERSIONS.iter().position(|v| *v == version.as_str()) {
+                    self.shard.tls_verified[i].fetch_add(1, Relaxed);
+                }
+                self.shard.tls_inspect.observe(took);
+                let cert = match cert {
+                    CertCheck::NotRequired => "not required".to_owned(),
+                    CertCheck::Subject(s) => s,
+                    CertCheck::Tls13Policy => {
+                        "TLS 1.3: allowed by tls13_client_certificate".to_owned()
+                    }
+                };
+                info!(
+                    event_id = events::TLS_VERIFIED,
+                    client = %peer,
+                    target = %t.target,
+                    version = version.as_str(),
+                    sni = sni.as_deref().unwrap_or(""),
+                    client_certificate = %cert,
+                    inspect_ms = took.as_secs_f64() * 1e3,
+                    "TLS session verified"
+                );
+                false
+            }
+            Verdict::Deny(reason) => {
+                let took = ins.started.elapsed();
+                self.shard.tls_inspect.observe(took);
+                self.shard.reject(tls_reject(&reason));
+                let version = match &reason {
+                    TlsReason::TlsVersion(v) => v.as_str(),
+                    _ => "",
+                };
+                let policy = matches!(reason, TlsReason::ClientCertTls13)
+                    .then_some("tls13_client_certificate: deny")
+                    .unwrap_or("");
+                warn!(
+                    event_id = reason.event_id(),
+                    client = %peer,
+                    target = %t.target,
+                    reason = reason.label(),
+                    version = version,
+                    policy = policy,
+                    "{reason}"
+                );
+                self.close(slot, Close::Tunnel(reason.label()));
+                true
             }
         }
     }
@@ -1015,18 +1666,7 @@ impl Worker {
                 sent: 0,
             },
         );
-        if let State::Connecting(c) = old {
-            if let Some(up) = c.upstream {
-                self.driver.deregister(
-                    up.as_raw_fd(),
-                    Key::Conn {
-                        slot,
-                        gen,
-                        side: Side::Upstream,
-                    },
-                );
-            }
-        }
+        self.drop_upstream(slot, gen, old);
         let deadline = Instant::now() + LINGER;
         if let Some(conn) = self.conn_at(slot) {
             conn.deadline = deadline;
@@ -1102,7 +1742,10 @@ impl Worker {
                 continue;
             };
             let due = match &conn.state {
-                State::Tunnel(t) => t.last_activity + conn.limits.idle_timeout,
+                State::Tunnel(t) => {
+                    let idle = t.last_activity + conn.limits.idle_timeout;
+                    t.inspect.as_ref().map_or(idle, |i| idle.min(i.deadline))
+                }
                 _ => conn.deadline,
             };
             if due > now {
@@ -1135,6 +1778,17 @@ impl Worker {
                     "resolver did not answer in time",
                 )
             }
+            State::Relaying(r) => {
+                let a = r.target.authority.clone();
+                let detail = format!("relay proxy {} did not answer in time", r.addr);
+                self.fail(
+                    slot,
+                    Some(&a),
+                    ErrorKind::ConnectTimeout,
+                    Status::GatewayTimeout,
+                    &detail,
+                )
+            }
             State::Connecting(c) => {
                 let a = c.target.authority.clone();
                 let addr = c.addr.to_string();
@@ -1146,7 +1800,27 @@ impl Worker {
                     &addr,
                 )
             }
-            State::Tunnel(_) => self.close(slot, Close::Tunnel("idle_timeout")),
+            State::Tunnel(t) => match t.inspect.as_ref() {
+                Some(ins) if Instant::now() >= ins.deadline => {
+                    let (peer, target) = (conn.peer, t.target.clone());
+                    let stage = if ins.following {
+                        "handshake"
+                    } else {
+                        "ClientHello"
+                    };
+                    self.shard.reject(Reject::TlsParse);
+                    warn!(
+                        event_id = events::TLS_PARSE,
+                        client = %peer,
+                        target = %target,
+                        reason = "tls_parse",
+                        detail = "hello_timeout",
+                        "TLS {stage} not complete within tls.hello_timeout"
+                    );
+                    self.close(slot, Close::Tunnel("hello_timeout"));
+                }
+                _ => self.close(slot, Close::Tunnel("idle_timeout")),
+            },
             State::Refusing { .. } | State::Lingering { .. } => self.close(slot, Close::Quiet),
         }
     }
@@ -1215,25 +1889,45 @@ impl Worker {
                     target = %t.target,
                     address = %t.addr,
                     reason = reason,
-                    bytes_up = t.up.bytes,
-                    bytes_down = t.down.bytes,
+                    bytes_up = t.tls.as_ref().map_or(t.up.bytes, |l| l.bytes_up),
+                    bytes_down = t.tls.as_ref().map_or(t.down.bytes, |l| l.bytes_down),
                     duration_ms = lived.as_millis() as u64,
                     "tunnel closed"
                 );
             }
-            State::Connecting(c) => {
-                if let Some(up) = c.upstream {
-                    self.driver.deregister(
-                        up.as_raw_fd(),
-                        Key::Conn {
-                            slot,
-                            gen,
-                            side: Side::Upstream,
-                        },
-                    );
-                }
-            }
-            _ => {}
+            other => self.drop_upstream(slot, gen, other),
+        }
+    }
+}
+
+fn tls_reject(reason: &TlsReason) -> Reject {
+    match reason {
+        TlsReason::TlsVersion(_) => Reject::TlsVersion,
+        TlsReason::Parse(_) => Reject::TlsParse,
+        TlsReason::SniMissing => Reject::SniMissing,
+        TlsReason::SniMismatch { .. } => Reject::SniMismatch,
+        TlsReason::ClientCert { .. }
+        | TlsReason::ClientCertMissing
+        | TlsReason::ClientCertTls13 => Reject::ClientCert,
+    }
+}
+
+impl Worker {
+    /// Stop watching the upstream socket of a connection that never became a tunnel; the fd
+    /// closes when `state` drops.
+    fn drop_upstream(&mut self, slot: u32, gen: u32, state: State) {
+        let fd = match &state {
+            State::Connecting(c) => c.upstream.as_ref().map(|u| u.as_raw_fd()),
+            State::Relaying(r) => Some(r.upstream.as_raw_fd()),
+            _ => None,
+        };
+        if let Some(fd) = fd {
+            let key = Key::Conn {
+                slot,
+                gen,
+                side: Side::Upstream,
+            };
+            self.driver.deregister(fd, key);
         }
     }
 }

@@ -6,3 +6,4 @@
 
 pub mod connect;
 pub mod response;
+pub mod tls;

@@ -186,6 +186,11 @@ pub struct Config {
     /// `limits:` entries, `(key, value)`; values that are not plain integers are quoted.
     pub limits: Vec<(String, String)>,
     pub nameservers: Vec<String>,
+    /// Extra top-level YAML appended verbatim (sections the builder has no method for).
+    pub extra: String,
+    /// `tls:` section; `None` renders `tls: {inspect: false}` so tests that move plain bytes
+    /// through tunnels are not refused by TLS inspection.
+    pub tls: Option<String>,
 }
 
 impl Default for Config {
@@ -225,6 +230,8 @@ impl Config {
             allowed_destination_networks: Vec::new(),
             limits: Vec::new(),
             nameservers: Vec::new(),
+            extra: String::new(),
+            tls: None,
         }
     }
 
@@ -361,7 +368,34 @@ impl Config {
             writeln!(y, "resolver:").unwrap();
             writeln!(y, "  nameservers: {}", list(&self.nameservers)).unwrap();
         }
+        match &self.tls {
+            Some(t) => y.push_str(t),
+            None => y.push_str("tls:\n  inspect: false\n"),
+        }
+        y.push_str(&self.extra);
         y
+    }
+
+    /// Turn TLS inspection on with the given `tls:` keys (YAML lines without indentation,
+    /// e.g. `["min_version: \"1.2\""]`); the other keys keep their defaults.
+    pub fn inspect_tls(mut self, keys: &[&str]) -> Self {
+        let mut t = String::from("tls:\n  inspect: true\n");
+        for k in keys {
+            t.push_str("  ");
+            t.push_str(k);
+            t.push('\n');
+        }
+        self.tls = Some(t);
+        self
+    }
+
+    /// Append raw top-level YAML, e.g. a `relay_proxy:` section.
+    pub fn raw(mut self, yaml: &str) -> Self {
+        self.extra.push_str(yaml);
+        if !self.extra.ends_with('\n') {
+            self.extra.push('\n');
+        }
+        self
     }
 }
 
