@@ -325,14 +325,7 @@ impl UringDriver {
                         rearm.push(key);
                     }
                     let mask = if res >= 0 { res as u32 } else { POLL_MASK };
-                    let bad = mask & (libc::POLLERR | libc::POLLHUP) as u32 != 0;
-                    out.push(Event::Ready {
-                        slot,
-                        gen,
-                        side,
-                        readable: bad || mask & (libc::POLLIN | libc::POLLRDHUP) as u32 != 0,
-                        writable: bad || mask & libc::POLLOUT as u32 != 0,
-                    });
+                    out.push(ready(slot, gen, side, mask));
                 }
                 Key::Wake => {
                     sys::eventfd_drain(self.wake.as_fd());
@@ -361,6 +354,18 @@ impl UringDriver {
             }
         }
         Ok(())
+    }
+}
+
+/// A readiness event from a poll(2)-style mask (`EPOLL*` and `POLL*` bits have the same values).
+fn ready(slot: u32, gen: u32, side: Side, mask: u32) -> Event {
+    let bad = mask & (libc::POLLERR | libc::POLLHUP) as u32 != 0;
+    Event::Ready {
+        slot,
+        gen,
+        side,
+        readable: bad || mask & (libc::POLLIN | libc::POLLRDHUP) as u32 != 0,
+        writable: bad || mask & libc::POLLOUT as u32 != 0,
     }
 }
 
@@ -463,16 +468,7 @@ impl EpollDriver {
             let bits = ev.events;
             match Key::decode(ev.u64) {
                 Key::Listener(i) => out.push(Event::ListenerReady { listener: i }),
-                Key::Conn { slot, gen, side } => {
-                    let bad = bits & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
-                    out.push(Event::Ready {
-                        slot,
-                        gen,
-                        side,
-                        readable: bad || bits & (libc::EPOLLIN | libc::EPOLLRDHUP) as u32 != 0,
-                        writable: bad || bits & libc::EPOLLOUT as u32 != 0,
-                    });
-                }
+                Key::Conn { slot, gen, side } => out.push(ready(slot, gen, side, bits)),
                 Key::Wake => {
                     sys::eventfd_drain(self.wake.as_fd());
                     out.push(Event::Wake);
@@ -487,6 +483,15 @@ impl EpollDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn epoll_and_poll_bits_agree() {
+        assert_eq!(libc::EPOLLIN, libc::POLLIN.into());
+        assert_eq!(libc::EPOLLOUT, libc::POLLOUT.into());
+        assert_eq!(libc::EPOLLERR, libc::POLLERR.into());
+        assert_eq!(libc::EPOLLHUP, libc::POLLHUP.into());
+        assert_eq!(libc::EPOLLRDHUP, libc::POLLRDHUP.into());
+    }
 
     #[test]
     fn keys_round_trip() {

@@ -1601,7 +1601,7 @@ impl Worker {
         self.start_refusal(slot, Status::Forbidden);
     }
 
-    /// A client request refused before any upstream contact (events 104 and 400).
+    /// A client request refused before any upstream contact (event 104).
     fn refuse(
         &mut self,
         slot: u32,
@@ -1611,20 +1611,8 @@ impl Worker {
         target: Option<&Authority>,
     ) {
         self.shard.reject(reject);
-        if let Some(conn) = self.conn_at(slot) {
-            let peer = conn.peer;
-            let target = target.map(|t| t.to_string()).unwrap_or_default();
-            warn!(
-                event_id = events::NOT_CONNECT,
-                client = %peer,
-                target = %target,
-                reason = reject.as_str(),
-                detail = detail,
-                status = status.code(),
-                "request refused"
-            );
-        }
-        self.start_refusal(slot, status);
+        let why = (events::NOT_CONNECT, reject.as_str(), "request refused");
+        self.log_and_answer(slot, why, detail, target, status);
     }
 
     /// A network failure on the way to the upstream (event 403).
@@ -1637,17 +1625,31 @@ impl Worker {
         detail: &str,
     ) {
         self.shard.error(kind);
+        let why = (events::NETWORK_ERROR, kind.as_str(), "upstream not reached");
+        self.log_and_answer(slot, why, detail, target, status);
+    }
+
+    /// The one decision event of a refused request — `(event_id, reason label, message)` —
+    /// then the answer.
+    fn log_and_answer(
+        &mut self,
+        slot: u32,
+        (event_id, reason, message): (u16, &str, &str),
+        detail: &str,
+        target: Option<&Authority>,
+        status: Status,
+    ) {
         if let Some(conn) = self.conn_at(slot) {
             let peer = conn.peer;
             let target = target.map(|t| t.to_string()).unwrap_or_default();
             warn!(
-                event_id = events::NETWORK_ERROR,
+                event_id = event_id,
                 client = %peer,
                 target = %target,
-                reason = kind.as_str(),
+                reason = reason,
                 detail = detail,
                 status = status.code(),
-                "upstream not reached"
+                "{message}"
             );
         }
         self.start_refusal(slot, status);
