@@ -161,7 +161,10 @@ fn curl_through_gateway_and_squid_reaches_tls_upstream() {
     let dir = TempDir::new("relay-curl");
     let pw = password_file(&dir, PASSWORD);
     let relay = relay_yaml(&squid.url(), Some(&pw));
-    let Some(gw) = gateway(tls.port(), &relay, |c| c.allow_host(TLS_NAME)) else {
+    // TLS inspection on: the hello is judged on the gateway, then relayed through Squid.
+    let Some(gw) = gateway(tls.port(), &relay, |c| {
+        c.allow_host(TLS_NAME).inspect_tls(&[])
+    }) else {
         return;
     };
     let proxy = format!("http://127.0.0.1:{}", gw.addr().port());
@@ -196,6 +199,8 @@ fn curl_through_gateway_and_squid_reaches_tls_upstream() {
         "tunnel established",
     );
     assert_eq!(field_str(&ev, "via").as_deref(), Some("relay"));
+    let verified = gw.expect_event(107, |_| true, Duration::from_secs(5), "TLS verified");
+    assert_eq!(field_str(&verified, "sni").as_deref(), Some(TLS_NAME));
     // Squid writes the access log entry when the tunnel ends.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut log = String::new();
@@ -561,8 +566,18 @@ fn https_relay_carries_curl_and_exact_bytes() {
     ) else {
         return;
     };
-    // curl over HTTPS, through the gateway, TLS to the relay, Squid, to the TLS upstream.
-    let proxy = format!("http://127.0.0.1:{}", gw.addr().port());
+    // curl over HTTPS, through the gateway (inspecting the hello), TLS to the relay, Squid, to
+    // the TLS upstream.
+    let Some(inspecting) = Gateway::start(
+        Config::new()
+            .allow_host(TLS_NAME)
+            .port(tls.port())
+            .raw(&relay)
+            .inspect_tls(&[]),
+    ) else {
+        return;
+    };
+    let proxy = format!("http://127.0.0.1:{}", inspecting.addr().port());
     let url = format!("https://{TLS_NAME}:{}/", tls.port());
     let cert = tls.cert().to_str().unwrap().to_string();
     let out = Command::new("curl")
@@ -584,8 +599,9 @@ fn https_relay_carries_curl_and_exact_bytes() {
         "curl through an https relay failed: {:?} {}\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr),
-        gw.log_dump()
+        inspecting.log_dump()
     );
+    inspecting.expect_event(107, |_| true, Duration::from_secs(5), "TLS verified");
     // 16 MiB byte-exact through the TLS leg.
     let mut s = open_tunnel(gw.addr(), &format!("{NAME}:{}", sink.port()));
     let sent = send_pattern(&mut s, N, 5).expect("send");
