@@ -6,13 +6,17 @@
 //!   `run` go through the same parser; every error names the key, the line and what was expected.
 //! - [`policy`]: the allowlist (exact names and `*.` wildcards), port set, static host overrides and
 //!   the private-destination guard, bundled as an immutable [`policy::Policy`] snapshot.
-//! - [`proto`]: sans-IO protocol pieces: the CONNECT head parser, the canned responses, and the
-//!   TLS handshake inspector (version, SNI, client certificate) that never decrypts anything.
+//! - [`proto`]: sans-IO protocol pieces: the CONNECT head parser and the canned responses.
 //! - [`relay`]: the relay (upstream) proxy: settings, the CONNECT sent to it, its answer.
 //! - [`resolve`]: the asynchronous, caching resolver that runs off the workers.
 //! - [`engine`]: one worker thread per core, each with its own driver (io_uring or epoll),
 //!   listeners, connection table, timers, and the splice data path with its pipe pool.
-//! - [`control`]: everything off the data path: signals, drain, `/metrics`, `/healthz`, `/readyz`.
+//! - [`control`]: everything off the data path: signals, drain, live reload (SIGHUP and inotify),
+//!   sd_notify, `/metrics`, `/healthz`, `/readyz`.
+//! - [`admin`]: the admin CLI (`config`, `allowed-host`, `allowed-client-cert`, `relay-proxy`,
+//!   `init`): surgical, validated, atomic edits of the YAML file, then a reload of the service.
+//! - [`presets`]: cloud endpoint presets (Azure public, US Government, China) expanded into
+//!   allowlist entries, each citing its source.
 //! - [`settings`]: the per-connection configuration snapshot (policy, limits) behind `ArcSwap`.
 //! - [`metrics`]: metric names and per-worker shards, summed at scrape time.
 //! - [`events`]: the gateway's numeric event IDs and the reason enums used as metric labels.
@@ -25,12 +29,14 @@
 //! - No `IORING_OP_SPLICE` is ever issued: io_uring only reports readiness, and `splice(2)` runs
 //!   non-blocking on the worker thread.
 
+pub mod admin;
 pub mod config;
 pub mod control;
 pub mod engine;
 pub mod events;
 pub mod metrics;
 pub mod policy;
+pub mod presets;
 pub mod proto;
 pub mod relay;
 pub mod resolve;

@@ -1,4 +1,6 @@
-//! The `splicegate` command: `run`, `check-config`.
+//! The `splicegate` command: `run`, `check-config`, `default-config`, and the admin commands
+//! (`config`, `allowed-host`, `allowed-client-cert`, `relay-proxy`, `init`; see
+//! [`splicegate::admin`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 use splicegate::config::Config;
-use splicegate::{control, events};
+use splicegate::{admin, control, events};
 
 #[derive(Parser)]
 #[command(name = "splicegate", version, about = "Zero-copy HTTP CONNECT gateway")]
@@ -25,11 +27,20 @@ enum Command {
     Run {
         #[arg(long, env = "SPLICEGATE_CONFIG")]
         config: Option<PathBuf>,
+        /// Write the process id to this file (for `splicegate config set` and friends to signal
+        /// a gateway that systemd does not manage); removed at exit.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        /// Do not watch the configuration file for changes (SIGHUP still reloads).
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Validate a configuration file and print the effective policy.
     CheckConfig { path: PathBuf },
     /// Print the embedded default configuration.
     DefaultConfig,
+    #[command(flatten)]
+    Admin(Box<admin::AdminCommand>),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -43,7 +54,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            pid_file,
+            no_watch,
+        } => {
             let cfg = match &config {
                 Some(p) => Config::from_file(p),
                 None => Ok(Config::embedded_default()),
@@ -56,7 +71,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match control::run(cfg, config) {
+            let opts = control::RunOptions {
+                config_path: config,
+                pid_file,
+                watch: !no_watch,
+            };
+            match control::run(cfg, opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(event_id = events::INTERNAL_ERROR, "cannot serve: {e}");
@@ -80,6 +100,7 @@ fn main() -> ExitCode {
             print!("{}", splicegate::config::DEFAULT_YAML);
             ExitCode::SUCCESS
         }
+        Command::Admin(cmd) => ExitCode::from(admin::run(*cmd)),
     }
 }
 
@@ -107,7 +128,13 @@ fn init_logging(format: Option<LogFormat>) {
                 use tracing_subscriber::util::SubscriberInitExt;
                 tracing_subscriber::registry()
                     .with(filter)
-                    .with(layer.with_syslog_identifier("splicegate".into()))
+                    // No field prefix: the event ID is the journal field EVENT_ID
+                    // (`journalctl -u splicegate EVENT_ID=401`).
+                    .with(
+                        layer
+                            .with_syslog_identifier("splicegate".into())
+                            .with_field_prefix(None),
+                    )
                     .init();
             }
             Err(e) => {

@@ -3,6 +3,10 @@
 //! Each worker owns one [`Shard`] and is its only writer: counters are relaxed atomics that no
 //! other thread writes, so the data path never contends on a cache line. The control thread reads
 //! all shards when `/metrics` is scraped and encodes the sums with `prometheus-client`.
+//!
+//! The shard list grows when a reload starts a new engine (new `listen` or `workers`): the old
+//! engine's shards stay listed while its workers drain, and once they have exited their counts
+//! are folded into one `retired` shard, so every counter keeps summing across engines.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -32,6 +36,8 @@ pub const TLS_VERIFIED: &str = "splicegate_tls_sessions_verified";
 pub const TLS_INSPECT: &str = "splicegate_tls_inspect_seconds";
 pub const DRAINING: &str = "splicegate_draining";
 pub const ENGINE: &str = "splicegate_engine";
+pub const CONFIG_RELOADS: &str = "splicegate_config_reloads";
+pub const ENGINES_RETIRING: &str = "splicegate_engines_retiring";
 
 /// Upper bounds (seconds) of the tunnel duration histogram.
 const TUNNEL_BUCKETS: [f64; 12] = [
@@ -77,6 +83,15 @@ impl Histogram {
         self.counts[i].fetch_add(1, Relaxed);
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         self.sum_nanos.fetch_add(nanos, Relaxed);
+    }
+
+    /// Add `other`'s counts into this histogram (same bounds).
+    fn absorb(&self, other: &Histogram) {
+        for (c, o) in self.counts.iter().zip(&other.counts) {
+            c.fetch_add(o.load(Relaxed), Relaxed);
+        }
+        self.sum_nanos
+            .fetch_add(other.sum_nanos.load(Relaxed), Relaxed);
     }
 }
 
@@ -139,6 +154,32 @@ impl Shard {
         }
     }
 
+    /// Add a finished worker's counts into this shard (the `retired` accumulator). Gauges are
+    /// added too: a finished worker's are zero unless it was stopped with connections open.
+    pub fn absorb(&self, other: &Shard) {
+        let add_i = |a: &AtomicI64, b: &AtomicI64| a.fetch_add(b.load(Relaxed), Relaxed);
+        let add_u = |a: &AtomicU64, b: &AtomicU64| a.fetch_add(b.load(Relaxed), Relaxed);
+        add_i(&self.active_connections, &other.active_connections);
+        add_i(&self.tunnels_active, &other.tunnels_active);
+        add_i(&self.pipes_in_use, &other.pipes_in_use);
+        add_u(&self.connect_requests, &other.connect_requests);
+        add_u(&self.bytes_upstream, &other.bytes_upstream);
+        add_u(&self.bytes_downstream, &other.bytes_downstream);
+        add_u(&self.copy_fallbacks, &other.copy_fallbacks);
+        for (a, b) in self.rejections.iter().zip(&other.rejections) {
+            add_u(a, b);
+        }
+        for (a, b) in self.errors.iter().zip(&other.errors) {
+            add_u(a, b);
+        }
+        for (a, b) in self.tls_verified.iter().zip(&other.tls_verified) {
+            add_u(a, b);
+        }
+        self.tunnel_duration.absorb(&other.tunnel_duration);
+        self.upstream_connect.absorb(&other.upstream_connect);
+        self.tls_inspect.absorb(&other.tls_inspect);
+    }
+
     pub fn client_closed(&self, ip: IpAddr) {
         if let Ok(mut m) = self.clients.lock() {
             if let Some(n) = m.get_mut(&ip) {
@@ -151,22 +192,74 @@ impl Shard {
     }
 }
 
-/// Process-wide state the control plane reports alongside the shards.
+/// Process-wide state the control plane reports alongside the shards. Written by the control
+/// thread only.
 #[derive(Debug, Default)]
 pub struct Status {
     pub draining: AtomicBool,
     pub listening: AtomicBool,
+    /// Reloads applied (`splicegate_config_reloads_total{result="ok"}`).
+    pub reloads_ok: AtomicU64,
+    /// Reloads refused: the file could not be read, did not validate, or could not be applied.
+    pub reloads_failed: AtomicU64,
+    /// Engines replaced by a reload whose workers are still draining their tunnels.
+    pub engines_retiring: AtomicI64,
 }
 
 /// All shards plus process status; registered as a collector.
+///
+/// `shards` is written by the control thread when an engine starts or its workers finish, and
+/// read at scrape time; workers hold their own `Arc<Shard>` and never take this lock.
 #[derive(Debug)]
 pub struct Metrics {
-    pub shards: Vec<Arc<Shard>>,
+    pub shards: Mutex<Vec<Arc<Shard>>>,
+    /// Counts of shards whose workers have exited, folded together by [`Metrics::retire`].
+    pub retired: Arc<Shard>,
     pub status: Arc<Status>,
-    pub engine: &'static str,
+    /// The driver kind of the current engine (`uring` or `epoll`); replaced on reload.
+    pub engine: Mutex<&'static str>,
 }
 
 impl Metrics {
+    pub fn new(shards: Vec<Arc<Shard>>, status: Arc<Status>, engine: &'static str) -> Metrics {
+        Metrics {
+            shards: Mutex::new(shards),
+            retired: Arc::new(Shard::default()),
+            status,
+            engine: Mutex::new(engine),
+        }
+    }
+
+    /// Publish a new engine's shards (and its driver kind) next to the ones still draining.
+    pub fn add_engine(&self, shards: &[Arc<Shard>], engine: &'static str) {
+        if let Ok(mut v) = self.shards.lock() {
+            v.extend(shards.iter().cloned());
+        }
+        if let Ok(mut e) = self.engine.lock() {
+            *e = engine;
+        }
+    }
+
+    /// Fold the shards of an engine whose workers have all exited into `retired`.
+    pub fn retire(&self, shards: &[Arc<Shard>]) {
+        if let Ok(mut v) = self.shards.lock() {
+            v.retain(|s| !shards.iter().any(|r| Arc::ptr_eq(r, s)));
+            for s in shards {
+                self.retired.absorb(s);
+            }
+        }
+    }
+
+    /// The shards to sum: every listed shard plus the retired totals.
+    fn snapshot(&self) -> Vec<Arc<Shard>> {
+        let mut v = match self.shards.lock() {
+            Ok(v) => v.clone(),
+            Err(e) => e.into_inner().clone(),
+        };
+        v.push(Arc::clone(&self.retired));
+        v
+    }
+
     pub fn registry(self: &Arc<Self>) -> Registry {
         let mut r = Registry::default();
         r.register_collector(Box::new(Arc::clone(self)));
@@ -179,24 +272,24 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry())?;
         Ok(out)
     }
+}
 
-    fn sum_i(&self, f: impl Fn(&Shard) -> &AtomicI64) -> i64 {
-        self.shards.iter().map(|s| f(s).load(Relaxed)).sum()
-    }
+fn sum_i(shards: &[Arc<Shard>], f: impl Fn(&Shard) -> &AtomicI64) -> i64 {
+    shards.iter().map(|s| f(s).load(Relaxed)).sum()
+}
 
-    fn sum_u(&self, f: impl Fn(&Shard) -> &AtomicU64) -> u64 {
-        self.shards.iter().map(|s| f(s).load(Relaxed)).sum()
-    }
+fn sum_u(shards: &[Arc<Shard>], f: impl Fn(&Shard) -> &AtomicU64) -> u64 {
+    shards.iter().map(|s| f(s).load(Relaxed)).sum()
+}
 
-    fn distinct_clients(&self) -> i64 {
-        let mut all = std::collections::HashSet::new();
-        for s in &self.shards {
-            if let Ok(m) = s.clients.lock() {
-                all.extend(m.keys().copied());
-            }
+fn distinct_clients(shards: &[Arc<Shard>]) -> i64 {
+    let mut all = std::collections::HashSet::new();
+    for s in shards {
+        if let Ok(m) = s.clients.lock() {
+            all.extend(m.keys().copied());
         }
-        i64::try_from(all.len()).unwrap_or(i64::MAX)
     }
+    i64::try_from(all.len()).unwrap_or(i64::MAX)
 }
 
 fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
@@ -242,42 +335,43 @@ fn histogram(
 
 impl Collector for Metrics {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let sh = &self.shards;
+        let snapshot = self.snapshot();
+        let sh = &snapshot[..];
         gauge(
             &mut enc,
             ACTIVE_CLIENT_CONNECTIONS,
             "Open client TCP connections (the old 'Active Client Connection').",
-            self.sum_i(|s| &s.active_connections),
+            sum_i(sh, |s| &s.active_connections),
         )?;
         gauge(
             &mut enc,
             CONNECTED_CLIENTS,
             "Distinct client addresses with an open connection (the old 'Connected Client').",
-            self.distinct_clients(),
+            distinct_clients(sh),
         )?;
         gauge(
             &mut enc,
             TUNNELS_ACTIVE,
             "Established tunnels.",
-            self.sum_i(|s| &s.tunnels_active),
+            sum_i(sh, |s| &s.tunnels_active),
         )?;
         gauge(
             &mut enc,
             PIPES_IN_USE,
             "Pipes held by tunnels with bytes in flight (splice data path).",
-            self.sum_i(|s| &s.pipes_in_use),
+            sum_i(sh, |s| &s.pipes_in_use),
         )?;
         counter(
             &mut enc,
             CONNECT_REQUESTS,
             "CONNECT requests parsed.",
-            self.sum_u(|s| &s.connect_requests),
+            sum_u(sh, |s| &s.connect_requests),
         )?;
         counter(
             &mut enc,
             COPY_FALLBACKS,
             "Transfers that fell back from splice to copying (no pipe available).",
-            self.sum_u(|s| &s.copy_fallbacks),
+            sum_u(sh, |s| &s.copy_fallbacks),
         )?;
         {
             let mut m = enc.encode_descriptor(
@@ -287,8 +381,8 @@ impl Collector for Metrics {
                 MetricType::Counter,
             )?;
             for (dir, v) in [
-                ("upstream", self.sum_u(|s| &s.bytes_upstream)),
-                ("downstream", self.sum_u(|s| &s.bytes_downstream)),
+                ("upstream", sum_u(sh, |s| &s.bytes_upstream)),
+                ("downstream", sum_u(sh, |s| &s.bytes_downstream)),
             ] {
                 let labels = [("direction", dir)];
                 m.encode_family(&labels)?
@@ -303,7 +397,7 @@ impl Collector for Metrics {
                 MetricType::Counter,
             )?;
             for r in Reject::ALL {
-                let v = self.sum_u(|s| &s.rejections[r.index()]);
+                let v = sum_u(sh, |s| &s.rejections[r.index()]);
                 let labels = [("reason", r.as_str())];
                 m.encode_family(&labels)?
                     .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
@@ -317,7 +411,7 @@ impl Collector for Metrics {
                 MetricType::Counter,
             )?;
             for k in ErrorKind::ALL {
-                let v = self.sum_u(|s| &s.errors[k.index()]);
+                let v = sum_u(sh, |s| &s.errors[k.index()]);
                 let labels = [("kind", k.as_str())];
                 m.encode_family(&labels)?
                     .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
@@ -345,7 +439,7 @@ impl Collector for Metrics {
                 MetricType::Counter,
             )?;
             for (i, v) in TLS_VERSIONS.iter().enumerate() {
-                let n = self.sum_u(|s| &s.tls_verified[i]);
+                let n = sum_u(sh, |s| &s.tls_verified[i]);
                 let labels = [("version", *v)];
                 m.encode_family(&labels)?
                     .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
@@ -371,12 +465,38 @@ impl Collector for Metrics {
                 None,
                 MetricType::Gauge,
             )?;
+            let current = match self.engine.lock() {
+                Ok(e) => *e,
+                Err(e) => *e.into_inner(),
+            };
             for kind in ["uring", "epoll"] {
                 let labels = [("kind", kind)];
                 m.encode_family(&labels)?
-                    .encode_gauge(&i64::from(kind == self.engine))?;
+                    .encode_gauge(&i64::from(kind == current))?;
             }
         }
+        {
+            let mut m = enc.encode_descriptor(
+                CONFIG_RELOADS,
+                "Configuration reloads (SIGHUP or a change of the file), by result.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (result, v) in [
+                ("ok", self.status.reloads_ok.load(Relaxed)),
+                ("failed", self.status.reloads_failed.load(Relaxed)),
+            ] {
+                let labels = [("result", result)];
+                m.encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+            }
+        }
+        gauge(
+            &mut enc,
+            ENGINES_RETIRING,
+            "Engines replaced by a reload (new listen or workers) still draining their tunnels.",
+            self.status.engines_retiring.load(Relaxed),
+        )?;
         Ok(())
     }
 }
@@ -396,11 +516,7 @@ mod tests {
             s.tunnel_duration.observe(Duration::from_millis(200));
             s.client_opened("127.0.0.1".parse().unwrap());
         }
-        let m = Arc::new(Metrics {
-            shards,
-            status: Arc::new(Status::default()),
-            engine: "epoll",
-        });
+        let m = Arc::new(Metrics::new(shards, Arc::new(Status::default()), "epoll"));
         let text = m.render().unwrap();
         assert!(
             text.contains("splicegate_connect_requests_total 6"),
@@ -413,6 +529,34 @@ mod tests {
         assert!(text.contains("splicegate_tunnel_duration_seconds_bucket{le=\"0.5\"} 3"));
         assert!(text.contains("splicegate_tunnel_duration_seconds_count 3"));
         assert!(text.contains("splicegate_engine{kind=\"epoll\"} 1"));
+    }
+
+    #[test]
+    fn retired_shards_keep_counting() {
+        let old: Vec<Arc<Shard>> = (0..2).map(|_| Arc::new(Shard::default())).collect();
+        let m = Arc::new(Metrics::new(
+            old.clone(),
+            Arc::new(Status::default()),
+            "uring",
+        ));
+        for s in &old {
+            s.bytes_downstream.fetch_add(10, Relaxed);
+            s.tunnel_duration.observe(Duration::from_secs(2));
+        }
+        let new: Vec<Arc<Shard>> = (0..3).map(|_| Arc::new(Shard::default())).collect();
+        new[0].bytes_downstream.fetch_add(5, Relaxed);
+        m.add_engine(&new, "epoll");
+        m.status.reloads_ok.fetch_add(1, Relaxed);
+        let text = m.render().unwrap();
+        assert!(text.contains("splicegate_bytes_total{direction=\"downstream\"} 25"));
+        assert!(text.contains("splicegate_engine{kind=\"epoll\"} 1"));
+        assert!(text.contains("splicegate_config_reloads_total{result=\"ok\"} 1"));
+        m.retire(&old);
+        assert_eq!(m.shards.lock().unwrap().len(), 3);
+        let text = m.render().unwrap();
+        assert!(text.contains("splicegate_bytes_total{direction=\"downstream\"} 25"));
+        assert!(text.contains("splicegate_tunnel_duration_seconds_count 2"));
+        assert!(text.contains("splicegate_config_reloads_total{result=\"failed\"} 0"));
     }
 
     #[test]

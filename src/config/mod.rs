@@ -21,6 +21,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::policy::HostPattern;
+use crate::presets::{Cloud, Preset, PresetHost, Region, WorkspaceId};
 use crate::proto::tls::{Tls13Policy, TlsVersion};
 
 pub use duration::{format_duration, parse_duration, DurationError, MAX_DURATION};
@@ -65,8 +66,12 @@ pub struct Config {
     pub data_path: DataPath,
     /// Destination ports a client may CONNECT to; never empty, never 0.
     pub allowed_ports: Vec<u16>,
-    /// Host allowlist; never empty.
+    /// Host allowlist, never empty: the file's `allowed_hosts` (the first `local_hosts`
+    /// entries), then the patterns the presets expand to that are not already listed.
     pub allowed_hosts: Vec<HostPattern>,
+    /// How many leading `allowed_hosts` entries are local (from `allowed_hosts:` or the
+    /// built-in default) rather than from `presets`.
+    pub local_hosts: usize,
     /// Static name -> addresses overrides consulted instead of DNS; keys are normalised.
     pub hosts: Vec<(String, Vec<IpAddr>)>,
     /// Turns the private-destination guard off entirely.
@@ -78,6 +83,16 @@ pub struct Config {
     pub tls: TlsSettings,
     /// Open tunnels through this relay (upstream) proxy; `None` = connect directly.
     pub relay_proxy: Option<crate::relay::RelaySettings>,
+    /// `cloud:`: which Azure cloud's suffixes the presets use.
+    pub cloud: Cloud,
+    /// `presets:`: endpoint presets expanded into the allowlist.
+    pub presets: Vec<Preset>,
+    /// `workspaces:`: Log Analytics workspace IDs filled into the presets.
+    pub workspaces: Vec<WorkspaceId>,
+    /// `regions:`: Azure regions filled into region-scoped preset entries.
+    pub regions: Vec<Region>,
+    /// The presets expanded, each with its origin; also appended to `allowed_hosts`.
+    pub preset_hosts: Vec<PresetHost>,
 }
 
 /// `engine:`: the I/O driver.
@@ -241,6 +256,12 @@ impl Default for Config {
             resolver: ResolverSettings::default(),
             tls: TlsSettings::default(),
             relay_proxy: None,
+            local_hosts: DEFAULT_ALLOWED_HOSTS.len(),
+            cloud: Cloud::Public,
+            presets: Vec::new(),
+            workspaces: Vec::new(),
+            regions: Vec::new(),
+            preset_hosts: Vec::new(),
         }
     }
 }
@@ -312,13 +333,42 @@ impl Config {
             "allowed_ports: {}",
             list(self.allowed_ports.iter().map(ToString::to_string).collect())
         );
+        let local = self.local_hosts.min(self.allowed_hosts.len());
+        let _ = writeln!(out, "allowed_hosts: {local} pattern(s)");
+        for pattern in &self.allowed_hosts[..local] {
+            let _ = writeln!(out, "  - {pattern}");
+        }
+        let _ = writeln!(out, "cloud: {}", self.cloud);
         let _ = writeln!(
             out,
-            "allowed_hosts: {} pattern(s)",
-            self.allowed_hosts.len()
+            "presets: {}",
+            list(self.presets.iter().map(ToString::to_string).collect())
         );
-        for pattern in &self.allowed_hosts {
-            let _ = writeln!(out, "  - {pattern}");
+        let _ = writeln!(
+            out,
+            "workspaces: {}",
+            list(self.workspaces.iter().map(ToString::to_string).collect())
+        );
+        let _ = writeln!(
+            out,
+            "regions: {}",
+            list(self.regions.iter().map(ToString::to_string).collect())
+        );
+        if !self.preset_hosts.is_empty() {
+            let _ = writeln!(
+                out,
+                "hosts from presets: {} pattern(s), also allowed",
+                self.preset_hosts.len()
+            );
+            let width = self
+                .preset_hosts
+                .iter()
+                .map(|h| h.pattern.len())
+                .max()
+                .unwrap_or(0);
+            for h in &self.preset_hosts {
+                let _ = writeln!(out, "  - {:width$}  [{}] {}", h.pattern, h.origin(), h.why);
+            }
         }
         let _ = writeln!(out, "hosts: {} override(s)", self.hosts.len());
         for (name, addrs) in &self.hosts {
@@ -1452,6 +1502,95 @@ mod tests {
         assert!(
             s.contains("  inspect: false (plain CONNECT tunnels, no TLS checks)\n"),
             "{s}"
+        );
+    }
+
+    #[test]
+    fn presets_expand_into_the_allowlist() {
+        let ws = "5E1F3A52-7B1D-4C2E-9A0B-1234567890AB";
+        let cfg = ok(&format!(
+            "cloud: usgov\npresets: [azure-monitor-agent]\nworkspaces: [\"{ws}\"]\n\
+             regions: [usgovvirginia]\n"
+        ));
+        assert_eq!(cfg.cloud, Cloud::UsGov);
+        assert_eq!(cfg.local_hosts, 0, "presets replace the built-in list");
+        let hosts: Vec<String> = cfg.allowed_hosts.iter().map(ToString::to_string).collect();
+        assert!(hosts.contains(&"global.handler.control.monitor.azure.us".to_owned()));
+        assert!(hosts.contains(&format!("{}.ods.opinsights.azure.us", ws.to_lowercase())));
+        assert!(hosts.contains(&"usgovvirginia.handler.control.monitor.azure.us".to_owned()));
+        assert_eq!(cfg.preset_hosts.len(), cfg.allowed_hosts.len());
+        let summary = cfg.summary();
+        assert!(summary.contains("cloud: usgov"), "{summary}");
+        assert!(
+            summary.contains("[preset azure-monitor-agent]"),
+            "{summary}"
+        );
+
+        // Local entries come first and stay distinguishable.
+        let cfg = ok("presets: [log-analytics-agent]\nallowed_hosts: [a.example, \"*.blob.core.windows.net\"]\n");
+        assert_eq!(cfg.local_hosts, 2);
+        let hosts: Vec<String> = cfg.allowed_hosts.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            hosts,
+            [
+                "a.example",
+                "*.blob.core.windows.net",
+                "*.ods.opinsights.azure.com",
+                "*.oms.opinsights.azure.com",
+                "*.azure-automation.net",
+            ]
+        );
+        // An empty local list is fine with presets.
+        assert_eq!(
+            ok("presets: [azure-monitor-agent]\nallowed_hosts: []\n").local_hosts,
+            0
+        );
+    }
+
+    #[test]
+    fn preset_keys_are_validated() {
+        bad("cloud: mars\n", "cloud", 1, &["\"usgov\""]);
+        bad(
+            "presets:\n  - azure-monitor-agent\n  - oms\n",
+            "presets[1]",
+            3,
+            &["azure-monitor-agent"],
+        );
+        bad(
+            "presets: [azure-monitor-agent]\nworkspaces: [\"1234\"]\n",
+            "workspaces[0]",
+            2,
+            &["GUID"],
+        );
+        let eleven: Vec<String> = (0..11)
+            .map(|i| format!("\"00000000-0000-4000-8000-0000000000{i:02}\""))
+            .collect();
+        bad(
+            &format!(
+                "presets: [azure-monitor-agent]\nworkspaces: [{}]\n",
+                eleven.join(", ")
+            ),
+            "workspaces",
+            2,
+            &["at most 10"],
+        );
+        bad(
+            "presets: [azure-monitor-agent]\nregions: [\"West Europe\"]\n",
+            "regions[0]",
+            2,
+            &["westeurope"],
+        );
+        bad(
+            "workspaces: [\"5e1f3a52-7b1d-4c2e-9a0b-1234567890ab\"]\n",
+            "workspaces",
+            1,
+            &["presets"],
+        );
+        bad(
+            "presets: []\nallowed_hosts: []\n",
+            "allowed_hosts",
+            2,
+            &["empty"],
         );
     }
 }

@@ -136,6 +136,14 @@ pub(super) struct RawConfig {
     pub tls: Option<RawTls>,
     #[serde(default)]
     pub relay_proxy: Option<RawRelay>,
+    #[serde(default, deserialize_with = "present")]
+    pub cloud: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub presets: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub workspaces: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub regions: Field,
 }
 
 /// `relay_proxy:`.

@@ -18,6 +18,7 @@ use super::error::Problem;
 use super::raw::{Node, RawConfig, RawLimits, RawRelay, RawResolver, RawTls};
 use super::{Config, DataPath, EngineKind, Limits, ResolverSettings, TlsSettings, MAX_WORKERS};
 use crate::policy::{normalize_host, HostPattern};
+use crate::presets::{self, Cloud, Preset, Region, WorkspaceId, MAX_WORKSPACES};
 use crate::proto::tls::{normalize_subject, Tls13Policy, TlsVersion};
 use crate::relay::{self, RelaySettings};
 use std::path::PathBuf;
@@ -30,6 +31,15 @@ const EXPECT_PORTS: &str = "a list of port numbers from 1 to 65535, such as [443
 const EXPECT_PORT: &str = "a port number from 1 to 65535";
 const EXPECT_HOSTS_LIST: &str =
     "a list of host patterns such as \"example.com\" or \"*.example.com\"";
+const EXPECT_PRESETS: &str = "a list of presets such as [azure-monitor-agent]";
+const EXPECT_PRESET: &str = "one of azure-monitor-agent, log-analytics-agent, \
+    automation-hybrid-worker, azure-arc-connected-machine";
+const EXPECT_WORKSPACES: &str = "a list of Log Analytics workspace IDs (GUIDs)";
+const EXPECT_WORKSPACE: &str =
+    "a workspace ID, a GUID such as \"5e1f3a52-7b1d-4c2e-9a0b-1234567890ab\"";
+const EXPECT_REGIONS: &str = "a list of Azure regions such as [westeurope, eastus2]";
+const EXPECT_REGION: &str =
+    "an Azure region's name in lower case without spaces, such as westeurope";
 const EXPECT_PATTERN: &str = "a host pattern such as \"example.com\" or \"*.example.com\"";
 const EXPECT_OVERRIDES: &str =
     "a mapping of host names to lists of IP addresses, such as `example.com: [\"192.0.2.10\"]`";
@@ -58,7 +68,42 @@ const EXPECT_NAMESERVER: &str =
 pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     let mut c = Checker::default();
     let defaults = Config::default();
-    let cfg = Config {
+    let cloud = c
+        .choice(
+            "cloud",
+            raw.cloud.as_ref(),
+            &[
+                ("public", Cloud::Public),
+                ("usgov", Cloud::UsGov),
+                ("china", Cloud::China),
+            ],
+        )
+        .unwrap_or_default();
+    let preset_list = c.presets(raw.presets.as_ref()).unwrap_or_default();
+    let workspaces = c.workspaces(raw.workspaces.as_ref()).unwrap_or_default();
+    let regions = c.regions(raw.regions.as_ref()).unwrap_or_default();
+    if preset_list.is_empty() {
+        for (key, node, used) in [
+            (
+                "workspaces",
+                raw.workspaces.as_ref(),
+                !workspaces.is_empty(),
+            ),
+            ("regions", raw.regions.as_ref(), !regions.is_empty()),
+        ] {
+            if let (Some(node), true) = (node, used) {
+                c.report(
+                    key,
+                    node,
+                    format!(
+                        "{key} are only used by presets; add one to `presets` \
+                         (azure-monitor-agent, log-analytics-agent, automation-hybrid-worker)"
+                    ),
+                );
+            }
+        }
+    }
+    let mut cfg = Config {
         listen: c.listen(raw.listen.as_ref()).unwrap_or(defaults.listen),
         metrics_listen: c
             .metrics_listen(raw.metrics_listen.as_ref())
@@ -93,9 +138,14 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         allowed_ports: c
             .allowed_ports(raw.allowed_ports.as_ref())
             .unwrap_or(defaults.allowed_ports),
-        allowed_hosts: c
-            .allowed_hosts(raw.allowed_hosts.as_ref())
-            .unwrap_or(defaults.allowed_hosts),
+        // With presets, a file without `allowed_hosts` allows only what the presets expand to.
+        allowed_hosts: match raw.allowed_hosts.as_ref() {
+            None if !preset_list.is_empty() => Vec::new(),
+            at => c
+                .allowed_hosts(at, !preset_list.is_empty())
+                .unwrap_or(defaults.allowed_hosts),
+        },
+        local_hosts: 0,
         hosts: c.hosts(raw.hosts.as_ref()).unwrap_or(defaults.hosts),
         allow_private_destinations: c
             .boolean(
@@ -110,7 +160,21 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         resolver: c.resolver(raw.resolver.unwrap_or_default()),
         tls: c.tls(raw.tls.unwrap_or_default()),
         relay_proxy: raw.relay_proxy.and_then(|r| c.relay(r)),
+        preset_hosts: presets::expand(cloud, &preset_list, &workspaces, &regions),
+        cloud,
+        presets: preset_list,
+        workspaces,
+        regions,
     };
+    cfg.local_hosts = cfg.allowed_hosts.len();
+    let mut seen: HashSet<HostPattern> = cfg.allowed_hosts.iter().cloned().collect();
+    for h in &cfg.preset_hosts {
+        if let Ok(p) = HostPattern::parse(&h.pattern) {
+            if seen.insert(p.clone()) {
+                cfg.allowed_hosts.push(p);
+            }
+        }
+    }
     // Port 0 (an ephemeral port, as tests use) never collides.
     let clash = |m: &SocketAddr| m.port() != 0 && cfg.listen.contains(m);
     if let Some(metrics) = cfg.metrics_listen.filter(clash) {
@@ -352,9 +416,113 @@ impl Checker {
         ok.then_some(out)
     }
 
-    fn allowed_hosts(&mut self, at: Option<&Spanned<Node>>) -> Option<Vec<HostPattern>> {
+    /// `presets:` entries, each a known preset name; duplicates are dropped.
+    fn presets(&mut self, at: Option<&Spanned<Node>>) -> Option<Vec<Preset>> {
+        let at = at?;
+        let items = self.list("presets", at, EXPECT_PRESETS, true)?;
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let key = format!("presets[{i}]");
+            let Some(text) = self.string(&key, item, EXPECT_PRESET) else {
+                ok = false;
+                continue;
+            };
+            match Preset::parse(text) {
+                Some(p) if !out.contains(&p) => out.push(p),
+                Some(_) => {}
+                None => {
+                    ok = false;
+                    self.report(
+                        &key,
+                        item,
+                        format!("unknown preset {text:?}; expected {EXPECT_PRESET}"),
+                    );
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// `workspaces:`: up to [`MAX_WORKSPACES`] GUIDs.
+    fn workspaces(&mut self, at: Option<&Spanned<Node>>) -> Option<Vec<WorkspaceId>> {
+        let at = at?;
+        let items = self.list("workspaces", at, EXPECT_WORKSPACES, true)?;
+        if items.len() > MAX_WORKSPACES {
+            self.report(
+                "workspaces",
+                at,
+                format!(
+                    "at most {MAX_WORKSPACES} workspaces (the Azure Monitor agent reports to up to \
+                     ten through a gateway), found {}",
+                    items.len()
+                ),
+            );
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let key = format!("workspaces[{i}]");
+            let Some(text) = self.string(&key, item, EXPECT_WORKSPACE) else {
+                ok = false;
+                continue;
+            };
+            match WorkspaceId::parse(text) {
+                Some(w) if !out.contains(&w) => out.push(w),
+                Some(_) => {}
+                None => {
+                    ok = false;
+                    self.report(
+                        &key,
+                        item,
+                        format!("{text:?} is not a workspace ID; expected {EXPECT_WORKSPACE}"),
+                    );
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// `regions:`: Azure region names.
+    fn regions(&mut self, at: Option<&Spanned<Node>>) -> Option<Vec<Region>> {
+        let at = at?;
+        let items = self.list("regions", at, EXPECT_REGIONS, true)?;
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let key = format!("regions[{i}]");
+            let Some(text) = self.string(&key, item, EXPECT_REGION) else {
+                ok = false;
+                continue;
+            };
+            match Region::parse(text) {
+                Some(r) if !out.contains(&r) => out.push(r),
+                Some(_) => {}
+                None => {
+                    ok = false;
+                    self.report(
+                        &key,
+                        item,
+                        format!("{text:?} is not a region name; expected {EXPECT_REGION}"),
+                    );
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// `allowed_hosts:`; an empty list is an error unless presets supply hosts.
+    fn allowed_hosts(
+        &mut self,
+        at: Option<&Spanned<Node>>,
+        may_be_empty: bool,
+    ) -> Option<Vec<HostPattern>> {
         let at = at?;
         let items = self.list("allowed_hosts", at, EXPECT_HOSTS_LIST, false)?;
+        if items.is_empty() && may_be_empty {
+            return Some(Vec::new());
+        }
         if items.is_empty() {
             self.report(
                 "allowed_hosts",

@@ -12,25 +12,33 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::metrics::Metrics;
+use crate::relay::RelayHost;
+use crate::settings::Shared;
 
 const MAX_REQUEST: usize = 8192;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const RELAY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serve until the listener fails.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, current: Shared) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let m = Arc::clone(&metrics);
+        let c = Arc::clone(&current);
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, m)).await;
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, m, c)).await;
         });
     }
 }
 
-async fn handle(mut stream: TcpStream, metrics: Arc<Metrics>) -> std::io::Result<()> {
+async fn handle(
+    mut stream: TcpStream,
+    metrics: Arc<Metrics>,
+    current: Shared,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
@@ -71,11 +79,37 @@ async fn handle(mut stream: TcpStream, metrics: Arc<Metrics>) -> std::io::Result
                 respond(&mut stream, 503, "text/plain", b"draining\n").await
             } else if !s.listening.load(Relaxed) {
                 respond(&mut stream, 503, "text/plain", b"starting\n").await
+            } else if let Err(why) = relay_reachable(&current).await {
+                respond(&mut stream, 503, "text/plain", why.as_bytes()).await
             } else {
                 respond(&mut stream, 200, "text/plain", b"ready\n").await
             }
         }
         _ => respond(&mut stream, 404, "text/plain", b"not found\n").await,
+    }
+}
+
+/// With `relay_proxy.health_check`, readiness also means the relay accepts a TCP connection
+/// (within [`RELAY_CHECK_TIMEOUT`]): a gateway whose relay is down tells its load balancer.
+async fn relay_reachable(current: &Shared) -> Result<(), String> {
+    let settings = current.load_full();
+    let Some(relay) = settings.relay.as_ref().filter(|r| r.health_check) else {
+        return Ok(());
+    };
+    let target = match &relay.host {
+        RelayHost::Ip(ip) => std::net::SocketAddr::new(*ip, relay.port).to_string(),
+        RelayHost::Name(n) => format!("{n}:{}", relay.port),
+    };
+    match tokio::time::timeout(RELAY_CHECK_TIMEOUT, TcpStream::connect(&target)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!(
+            "relay proxy {} unreachable: {e}\n",
+            relay.address()
+        )),
+        Err(_) => Err(format!(
+            "relay proxy {} did not accept within {RELAY_CHECK_TIMEOUT:?}\n",
+            relay.address()
+        )),
     }
 }
 

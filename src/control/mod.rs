@@ -1,34 +1,85 @@
-//! The control plane, off the data path: start-up, signals, drain, reload and the HTTP endpoint.
+//! The control plane, off the data path: start-up, signals, reload, drain, systemd notifications
+//! and the HTTP endpoint.
 //!
 //! [`run`] binds everything before it announces event 101, so a bad address or a port in use
 //! fails the start with a non-zero exit instead of a half-running service. It then runs a small
-//! tokio runtime on the main thread for signals, the resolver and `/metrics`; workers never touch
-//! that runtime.
+//! tokio runtime on the main thread for signals, the config-file watch, the resolver and
+//! `/metrics`; workers never touch that runtime.
+//!
+//! # Reload
+//! SIGHUP, or a change of the configuration file seen by [`watch::Watcher`], re-reads the file.
+//! A file that does not validate is refused (event 401) and the old configuration keeps serving.
+//! Otherwise a new [`Settings`] snapshot is stored into the shared `ArcSwap`: workers use it for
+//! new connections, open tunnels keep theirs. When `listen`, `workers` or `engine` changed, a new
+//! [`Engine`] starts first (its `SO_REUSEPORT` listeners bind while the old ones are still open,
+//! so no connection is refused in between); the old engine is then retired: it stops accepting
+//! and its tunnels run to their natural end. Retired engines are reaped once their workers have
+//! exited; SIGTERM drains all of them with the real `drain_timeout`. Every reload logs event 100
+//! with what changed and counts in `splicegate_config_reloads_total{result}`.
 
+pub mod diff;
 pub mod http;
+pub mod notify;
+pub mod pidfile;
+pub mod watch;
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::engine::{self, Engine};
+use crate::engine::{self, Choice, Engine};
 use crate::events;
 use crate::metrics::{Metrics, Shard, Status};
 use crate::resolve::Resolver;
 use crate::settings::{self, Settings};
+use notify::Notifier;
+use pidfile::PidFile;
+use watch::Watcher;
 
 /// fds kept back from the tunnel estimate for listeners, rings, the resolver and logging.
 const FD_RESERVE: u64 = 128;
+/// Pause between retiring an engine and arming its successor's accepts (see
+/// [`Control::switch_engine`]).
+const RETIRE_GRACE: Duration = Duration::from_millis(50);
+/// How often retired engines are checked for having finished.
+const REAP_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Serve `cfg` until SIGTERM/SIGINT and a drain. `path` is where the config came from (`None`
-/// for the embedded default), re-read on SIGHUP.
-pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
+/// Options of `splicegate run` beyond the configuration.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// Where the configuration came from (`None`: the embedded default); re-read on reload.
+    pub config_path: Option<PathBuf>,
+    /// Write the process id here once serving; removed at exit.
+    pub pid_file: Option<PathBuf>,
+    /// Watch the configuration file with inotify (on by default).
+    pub watch: bool,
+}
+
+/// The engine accepting new connections, with what it was started from.
+struct Serving {
+    engine: Engine,
+    shards: Vec<Arc<Shard>>,
+    bound: Vec<SocketAddr>,
+    choice: Choice,
+    workers: usize,
+}
+
+/// An engine replaced by a reload, draining its tunnels.
+struct Retiring {
+    engine: Engine,
+    shards: Vec<Arc<Shard>>,
+    since: Instant,
+}
+
+/// Serve `cfg` until SIGTERM/SIGINT and a drain.
+pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     engine::sys::ignore_sigpipe();
     match engine::sys::raise_nofile_limit() {
         Ok(n) => info!(
@@ -39,44 +90,17 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         ),
         Err(e) => warn!(event_id = events::INFO, error = %e, "cannot raise RLIMIT_NOFILE"),
     }
-    let choice = engine::choose(cfg.engine)?;
-    let workers = if cfg.workers == 0 {
-        engine::sys::online_cpus()
-    } else {
-        cfg.workers
-    };
-    let (listeners, warnings) =
-        engine::bind_listeners(&cfg.listen, workers).map_err(|e| e.to_string())?;
-    for w in warnings {
-        warn!(event_id = events::INFO, "{w}");
-    }
-    let bound = listeners.bound.clone();
+    let notifier = Notifier::from_env();
     let metrics_listener = match cfg.metrics_listen {
-        Some(a) => Some(
-            std::net::TcpListener::bind(a)
-                .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                .map_err(|e| format!("cannot listen on metrics_listen {a}: {e}"))?,
-        ),
+        Some(a) => Some(bind_metrics(a)?),
         None => None,
     };
-    let metrics_addr = match &metrics_listener {
-        Some(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        None => "disabled".to_string(),
-    };
-
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("splicegate-control")
         .build()
         .map_err(|e| format!("cannot start the control runtime: {e}"))?;
 
-    let shards: Vec<Arc<Shard>> = (0..workers).map(|_| Arc::new(Shard::default())).collect();
-    let status = Arc::new(Status::default());
-    let metrics = Arc::new(Metrics {
-        shards: shards.clone(),
-        status: Arc::clone(&status),
-        engine: choice.kind(),
-    });
     let current = settings::shared(&cfg);
     let (resolver, resolver_warning) =
         Resolver::start(&cfg.resolver, cfg.limits.resolve_timeout, rt.handle());
@@ -86,6 +110,14 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
             "{w}; names without a static `hosts:` entry will fail to resolve"
         );
     }
+    let serving = start_engine(&cfg, &current, &resolver)?;
+    let status = Arc::new(Status::default());
+    let metrics = Arc::new(Metrics::new(
+        serving.shards.clone(),
+        Arc::clone(&status),
+        serving.choice.kind(),
+    ));
+
     // Signal handlers and the HTTP endpoint are in place before event 101 announces the start:
     // a SIGTERM right after start-up must drain, not kill.
     let guard = rt.enter();
@@ -96,94 +128,591 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
     );
     let (mut term, mut int, mut hup) = match signals {
         (Ok(t), Ok(i), Ok(h)) => (t, i, h),
-        _ => return Err("cannot install signal handlers".into()),
+        _ => {
+            serving.engine.stop();
+            serving.engine.join();
+            return Err("cannot install signal handlers".into());
+        }
     };
-    if let Some(l) = metrics_listener {
-        let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
-        tokio::spawn(http::serve(l, Arc::clone(&metrics)));
-    }
+    let (metrics_task, metrics_addr) = match metrics_listener {
+        Some(l) => {
+            let addr = l.local_addr().ok();
+            (Some(spawn_metrics(l, &metrics, &current)?), addr)
+        }
+        None => (None, None),
+    };
+    let mut watcher = match (&opts.config_path, opts.watch) {
+        (Some(p), true) => match Watcher::new(p) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(
+                    event_id = events::INFO,
+                    path = %p.display(),
+                    error = %e,
+                    "cannot watch the configuration file; reload with SIGHUP"
+                );
+                None
+            }
+        },
+        _ => None,
+    };
     drop(guard);
-    let engine = Engine::start(&choice, listeners, Arc::clone(&current), resolver, &shards)
-        .map_err(|e| e.to_string())?;
     status.listening.store(true, Relaxed);
+    let pid_file = match &opts.pid_file {
+        Some(p) => match PidFile::create(p) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                serving.engine.stop();
+                serving.engine.join();
+                return Err(format!("cannot write the pid file {}: {e}", p.display()));
+            }
+        },
+        None => None,
+    };
 
-    let listen_list = bound
-        .iter()
-        .map(|a| a.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
     info!(
         event_id = events::STARTED,
-        listen = %listen_list,
-        metrics_listen = %metrics_addr,
-        engine = choice.kind(),
-        engine_reason = %choice.why,
-        workers = workers,
+        listen = %addr_list(&serving.bound),
+        metrics_listen = %metrics_addr.map_or_else(|| "disabled".to_owned(), |a| a.to_string()),
+        engine = serving.choice.kind(),
+        engine_reason = %serving.choice.why,
+        workers = serving.workers,
         data_path = cfg.data_path.as_str(),
+        config = %opts.config_path.as_deref().map_or_else(|| "embedded default".into(), |p| p.display().to_string()),
+        watch = watcher.as_ref().map_or_else(|| "off".into(), |w| w.dir().display().to_string()),
+        pid_file = %pid_file.as_ref().map_or_else(|| "none".into(), |p| p.path().display().to_string()),
         version = env!("CARGO_PKG_VERSION"),
         "splicegate started"
     );
+    let mut control = Control {
+        cfg,
+        source: opts
+            .config_path
+            .as_deref()
+            .and_then(|p| std::fs::read(p).ok()),
+        path: opts.config_path.clone(),
+        current,
+        resolver,
+        serving,
+        retiring: Vec::new(),
+        metrics,
+        status: Arc::clone(&status),
+        metrics_task,
+        metrics_addr,
+        notifier,
+    };
+    control.notifier.ready(&control.status_line());
+    let watchdog = control.notifier.watchdog_interval();
+    if let Some(every) = watchdog {
+        info!(
+            event_id = events::INFO,
+            interval_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX),
+            "systemd watchdog enabled"
+        );
+    }
 
-    let drain_timeout = cfg.limits.drain_timeout;
     let result = rt.block_on(async move {
+        let mut reap = tokio::time::interval(REAP_INTERVAL);
+        let mut dog = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         let how = loop {
             tokio::select! {
                 _ = term.recv() => break "SIGTERM",
                 _ = int.recv() => break "SIGINT",
-                _ = hup.recv() => reload(path.as_deref(), &current),
+                _ = hup.recv() => control.reload(Trigger::Signal),
+                r = next_change(&mut watcher) => match r {
+                    Ok(()) => control.reload(Trigger::File),
+                    Err(e) => {
+                        warn!(
+                            event_id = events::INFO,
+                            error = %e,
+                            "configuration file watch failed; reload with SIGHUP"
+                        );
+                        watcher = None;
+                    }
+                },
+                _ = reap.tick() => control.reap(),
+                _ = dog.tick(), if watchdog.is_some() => {
+                    // Only while every worker is alive: a dead worker should get a restart.
+                    if control.serving.engine.all_alive() {
+                        control.notifier.watchdog();
+                    }
+                }
             }
         };
+        control.shutdown(how, &mut int).await;
+        Ok::<(), String>(())
+    });
+    drop(pid_file);
+    info!(event_id = events::STOPPED, "splicegate stopped");
+    result
+}
+
+/// What started a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    Signal,
+    File,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Signal => "SIGHUP",
+            Trigger::File => "file change",
+        }
+    }
+}
+
+/// Everything the control loop owns between events.
+struct Control {
+    /// The configuration in force.
+    cfg: Config,
+    /// The file's bytes when `cfg` was loaded: a file event that left them unchanged (our own
+    /// rename after a SIGHUP already applied it, a `touch`) is not a reload.
+    source: Option<Vec<u8>>,
+    path: Option<PathBuf>,
+    current: settings::Shared,
+    resolver: Resolver,
+    serving: Serving,
+    retiring: Vec<Retiring>,
+    metrics: Arc<Metrics>,
+    status: Arc<Status>,
+    metrics_task: Option<JoinHandle<()>>,
+    metrics_addr: Option<SocketAddr>,
+    notifier: Notifier,
+}
+
+impl Control {
+    fn status_line(&self) -> String {
+        let mut s = format!(
+            "serving on {} ({}, {} workers)",
+            addr_list(&self.serving.bound),
+            self.serving.choice.kind(),
+            self.serving.workers
+        );
+        let reloads = self.status.reloads_ok.load(Relaxed);
+        if reloads > 0 {
+            s.push_str(&format!("; {reloads} reload(s)"));
+        }
+        let failed = self.status.reloads_failed.load(Relaxed);
+        if failed > 0 {
+            s.push_str(&format!("; {failed} refused"));
+        }
+        if !self.retiring.is_empty() {
+            s.push_str(&format!("; {} old engine(s) draining", self.retiring.len()));
+        }
+        s
+    }
+
+    /// Re-read the file and apply it, or refuse it and keep the old configuration.
+    fn reload(&mut self, trigger: Trigger) {
+        let Some(path) = self.path.clone() else {
+            info!(
+                event_id = events::INFO,
+                "SIGHUP: running on the embedded default config, nothing to reload"
+            );
+            return;
+        };
+        let bytes = std::fs::read(&path);
+        if trigger == Trigger::File {
+            match &bytes {
+                Ok(b) if self.source.as_deref() == Some(b.as_slice()) => return,
+                // Removed or unreadable for a moment (an editor's save dance): wait for the next
+                // event rather than refusing a file that is about to come back.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                _ => {}
+            }
+        }
+        self.notifier.reloading();
+        let outcome = match bytes {
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+            Ok(b) => {
+                let parsed = std::str::from_utf8(&b)
+                    .map_err(|e| format!("{}: not UTF-8: {e}", path.display()))
+                    .and_then(|text| {
+                        Config::from_yaml(text).map_err(|e| {
+                            // Attach the path, as `from_file` would.
+                            match e {
+                                crate::config::ConfigError::Invalid { problems, .. } => {
+                                    crate::config::ConfigError::Invalid {
+                                        path: Some(path.clone()),
+                                        problems,
+                                    }
+                                    .to_string()
+                                }
+                                other => other.to_string(),
+                            }
+                        })
+                    });
+                parsed.and_then(|cfg| self.apply(cfg, b, &path, trigger))
+            }
+        };
+        if let Err(e) = outcome {
+            self.status.reloads_failed.fetch_add(1, Relaxed);
+            error!(
+                event_id = events::BAD_CONFIG,
+                path = %path.display(),
+                trigger = trigger.as_str(),
+                error = %e,
+                "configuration reload refused; the previous configuration stays in force"
+            );
+        }
+        self.notifier.ready(&self.status_line());
+    }
+
+    /// Apply a validated configuration: move the metrics endpoint and start a new engine if
+    /// needed (either failing leaves everything as it was), then publish the new settings and
+    /// retire the old engine.
+    fn apply(
+        &mut self,
+        cfg: Config,
+        source: Vec<u8>,
+        path: &Path,
+        trigger: Trigger,
+    ) -> Result<(), String> {
+        let changes = diff::diff(&self.cfg, &cfg);
+        let new_metrics = match (changes.metrics_listen, cfg.metrics_listen) {
+            (true, Some(a)) => {
+                let l = bind_metrics(a)?;
+                let addr = l.local_addr().ok();
+                Some((Some(l), addr))
+            }
+            (true, None) => Some((None, None)),
+            (false, _) => None,
+        };
+        let settings = Arc::new(Settings::new(&cfg));
+        let prepared = if changes.engine {
+            // The old engine's sockets move to the new one for every address that stays, so
+            // no socket with clients in its accept queue is closed by the reload.
+            let inherited = self.serving.engine.take_listeners();
+            let old = (&self.cfg, &self.serving.bound[..]);
+            Some(prepare_engine(&cfg, Some(old), inherited)?)
+        } else {
+            None
+        };
+        if let Some(p) = prepared {
+            self.switch_engine(p)?;
+        }
+        // Committed from here on.
+        self.current.store(settings);
+        if let Some((listener, addr)) = new_metrics {
+            if let Some(task) = self.metrics_task.take() {
+                task.abort();
+            }
+            self.metrics_task = match listener
+                .map(|l| spawn_metrics(l, &self.metrics, &self.current))
+            {
+                Some(Ok(task)) => Some(task),
+                Some(Err(e)) => {
+                    error!(event_id = events::INTERNAL_ERROR, error = %e, "cannot serve /metrics");
+                    None
+                }
+                None => None,
+            };
+            self.metrics_addr = addr;
+        }
+        self.status.reloads_ok.fetch_add(1, Relaxed);
+        info!(
+            event_id = events::INFO,
+            path = %path.display(),
+            trigger = trigger.as_str(),
+            changes = %changes.summary(),
+            listen = %addr_list(&self.serving.bound),
+            metrics_listen = %self.metrics_addr.map_or_else(|| "disabled".to_owned(), |a| a.to_string()),
+            engine = self.serving.choice.kind(),
+            workers = self.serving.workers,
+            engines_retiring = self.retiring.len(),
+            "configuration reloaded: the new configuration applies to new connections; open tunnels are untouched"
+        );
+        if !changes.need_restart.is_empty() {
+            warn!(
+                event_id = events::INFO,
+                keys = %changes.need_restart.join(", "),
+                "these settings take effect at the next restart"
+            );
+        }
+        self.cfg = cfg;
+        self.source = Some(source);
+        Ok(())
+    }
+
+    /// Retire the serving engine and launch `next` in its place.
+    ///
+    /// The old workers are told to stop accepting before the new ones arm their accepts: an
+    /// io_uring accept wakes only one waiter, and a waiter being cancelled can swallow the wakeup
+    /// and leave a client in the queue. Clients that arrive in between wait in the accept queues
+    /// of the handed-over sockets, which never close. Should the new engine fail to start, one
+    /// with the previous `listen`/`workers` takes over (on fresh sockets) and the reload fails.
+    fn switch_engine(&mut self, next: Prepared) -> Result<(), String> {
+        self.serving.engine.retire();
+        // Workers do not acknowledge a drain; give a busy one a moment to act on it before new
+        // accepts are armed on the same sockets (clients meanwhile wait in the accept queues).
+        std::thread::sleep(RETIRE_GRACE);
+        let (next, failed) = match launch_engine(next, &self.current, &self.resolver) {
+            Ok(n) => (n, None),
+            Err(e) => {
+                error!(
+                    event_id = events::INTERNAL_ERROR,
+                    error = %e,
+                    "cannot start the new engine; restarting the previous listeners and workers"
+                );
+                let old = (&self.cfg, &self.serving.bound[..]);
+                let again = prepare_engine(&self.cfg, Some(old), Vec::new())
+                    .and_then(|p| launch_engine(p, &self.current, &self.resolver));
+                match again {
+                    Ok(n) => (n, Some(e)),
+                    Err(e2) => {
+                        self.status.listening.store(false, Relaxed);
+                        return Err(format!(
+                            "cannot start the new engine ({e}) nor the previous one ({e2}):                              not accepting connections"
+                        ));
+                    }
+                }
+            }
+        };
+        self.metrics.add_engine(&next.shards, next.choice.kind());
+        let old = std::mem::replace(&mut self.serving, next);
+        self.retiring.push(Retiring {
+            engine: old.engine,
+            shards: old.shards,
+            since: Instant::now(),
+        });
+        self.status
+            .engines_retiring
+            .store(self.retiring.len() as i64, Relaxed);
+        match failed {
+            Some(e) => Err(format!("cannot start the new engine: {e}")),
+            None => Ok(()),
+        }
+    }
+
+    /// Join retired engines whose workers have all exited.
+    fn reap(&mut self) {
+        if self.retiring.is_empty() {
+            return;
+        }
+        let (done, live): (Vec<Retiring>, Vec<Retiring>) = std::mem::take(&mut self.retiring)
+            .into_iter()
+            .partition(|r| r.engine.finished());
+        self.retiring = live;
+        for r in done {
+            r.engine.join();
+            self.metrics.retire(&r.shards);
+            info!(
+                event_id = events::INFO,
+                drained_s = r.since.elapsed().as_secs_f64(),
+                engines_retiring = self.retiring.len(),
+                "a replaced engine finished its last tunnel"
+            );
+        }
+        self.status
+            .engines_retiring
+            .store(self.retiring.len() as i64, Relaxed);
+        self.notifier.status(&self.status_line());
+    }
+
+    /// SIGTERM/SIGINT: stop accepting everywhere, drain every engine within `drain_timeout`.
+    async fn shutdown(self, how: &str, int: &mut tokio::signal::unix::Signal) {
+        let Control {
+            cfg,
+            serving,
+            retiring,
+            status,
+            metrics,
+            notifier,
+            ..
+        } = self;
+        let drain_timeout = cfg.limits.drain_timeout;
         status.draining.store(true, Relaxed);
+        notifier.stopping(&format!(
+            "draining open tunnels for up to {}",
+            crate::config::format_duration(drain_timeout)
+        ));
         let deadline = Instant::now() + drain_timeout;
         info!(
             event_id = events::INFO,
             signal = how,
             drain_timeout_s = drain_timeout.as_secs_f64(),
+            engines = 1 + retiring.len(),
             "stopping: listeners closed, draining open tunnels"
         );
-        engine.drain(deadline);
+        let mut engines: Vec<(Engine, Vec<Arc<Shard>>)> = vec![(serving.engine, serving.shards)];
+        engines.extend(retiring.into_iter().map(|r| (r.engine, r.shards)));
+        for (e, _) in &engines {
+            e.drain(deadline);
+        }
         // Workers close what is left at the deadline; give them a moment past it.
         let hard = deadline + Duration::from_secs(2);
-        while !engine.finished() && Instant::now() < hard {
+        let all_done = |v: &[(Engine, Vec<Arc<Shard>>)]| v.iter().all(|(e, _)| e.finished());
+        while !all_done(&engines) && Instant::now() < hard {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                _ = int.recv() => engine.stop(),
+                _ = int.recv() => for (e, _) in &engines { e.stop() },
             }
         }
-        if !engine.finished() {
-            engine.stop();
+        for (e, shards) in engines {
+            if !e.finished() {
+                e.stop();
+            }
+            e.join();
+            metrics.retire(&shards);
         }
-        engine.join();
-        Ok::<(), String>(())
-    });
-    info!(event_id = events::STOPPED, "splicegate stopped");
-    result
+    }
 }
 
-/// SIGHUP: re-read the file and swap the policy for new connections. Open tunnels are untouched;
-/// a file that does not validate is refused and the old policy keeps serving.
-fn reload(path: Option<&std::path::Path>, current: &ArcSwap<Settings>) {
-    let Some(path) = path else {
-        info!(
-            event_id = events::INFO,
-            "SIGHUP: running on the embedded default config, nothing to reload"
-        );
-        return;
+async fn next_change(w: &mut Option<Watcher>) -> std::io::Result<()> {
+    match w {
+        Some(w) => w.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// An engine bound but not started.
+struct Prepared {
+    choice: Choice,
+    workers: usize,
+    listeners: engine::Listeners,
+}
+
+/// Pick the driver, bind the listeners and start the workers for `cfg`.
+fn start_engine(
+    cfg: &Config,
+    current: &settings::Shared,
+    resolver: &Resolver,
+) -> Result<Serving, String> {
+    launch_engine(prepare_engine(cfg, None, Vec::new())?, current, resolver)
+}
+
+/// Pick the driver and bind the listeners for `cfg`. With `old` (the configuration and bound
+/// addresses being replaced), a listen entry with port 0 that is also in the old configuration
+/// keeps the port it was given, so a reload does not move it; addresses found in `inherited`
+/// (the old engine's sockets) reuse those sockets.
+fn prepare_engine(
+    cfg: &Config,
+    old: Option<(&Config, &[SocketAddr])>,
+    inherited: Vec<engine::Handover>,
+) -> Result<Prepared, String> {
+    let choice = engine::choose(cfg.engine)?;
+    let workers = if cfg.workers == 0 {
+        engine::sys::online_cpus()
+    } else {
+        cfg.workers
     };
-    match Config::from_file(path) {
-        Ok(cfg) => {
-            current.store(Arc::new(Settings::new(&cfg)));
-            info!(
-                event_id = events::INFO,
-                path = %path.display(),
-                "configuration reloaded: the new policy applies to new connections"
-            );
-        }
-        Err(e) => error!(
-            event_id = events::BAD_CONFIG,
-            path = %path.display(),
-            error = %e,
-            "configuration reload refused; the previous configuration stays in force"
-        ),
+    let listen = match old {
+        Some((old_cfg, old_bound)) => keep_ephemeral_ports(&cfg.listen, &old_cfg.listen, old_bound),
+        None => cfg.listen.clone(),
+    };
+    let (listeners, warnings) =
+        engine::bind_listeners_from(&listen, workers, inherited).map_err(|e| e.to_string())?;
+    for w in warnings {
+        warn!(event_id = events::INFO, "{w}");
+    }
+    Ok(Prepared {
+        choice,
+        workers,
+        listeners,
+    })
+}
+
+/// Start the workers of a prepared engine.
+fn launch_engine(
+    p: Prepared,
+    current: &settings::Shared,
+    resolver: &Resolver,
+) -> Result<Serving, String> {
+    let bound = p.listeners.bound.clone();
+    let shards: Vec<Arc<Shard>> = (0..p.workers).map(|_| Arc::new(Shard::default())).collect();
+    let engine = Engine::start(
+        &p.choice,
+        p.listeners,
+        Arc::clone(current),
+        resolver.clone(),
+        &shards,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(Serving {
+        engine,
+        shards,
+        bound,
+        choice: p.choice,
+        workers: p.workers,
+    })
+}
+
+/// `new` with each port-0 entry that also appears in `old` replaced by the address it was bound
+/// to (`old_bound`, matched by IP in order).
+fn keep_ephemeral_ports(
+    new: &[SocketAddr],
+    old: &[SocketAddr],
+    old_bound: &[SocketAddr],
+) -> Vec<SocketAddr> {
+    let mut used = vec![false; old_bound.len()];
+    new.iter()
+        .map(|a| {
+            if a.port() != 0 || !old.contains(a) {
+                return *a;
+            }
+            let hit = old_bound
+                .iter()
+                .enumerate()
+                .find(|(i, b)| !used[*i] && b.ip() == a.ip() && !old.contains(b));
+            match hit {
+                Some((i, b)) => {
+                    used[i] = true;
+                    *b
+                }
+                None => *a,
+            }
+        })
+        .collect()
+}
+
+fn bind_metrics(a: SocketAddr) -> Result<std::net::TcpListener, String> {
+    std::net::TcpListener::bind(a)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| format!("cannot listen on metrics_listen {a}: {e}"))
+}
+
+/// Serve `/metrics` on `l`. Must be called inside the runtime.
+fn spawn_metrics(
+    l: std::net::TcpListener,
+    metrics: &Arc<Metrics>,
+    current: &settings::Shared,
+) -> Result<JoinHandle<()>, String> {
+    let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
+    Ok(tokio::spawn(http::serve(
+        l,
+        Arc::clone(metrics),
+        Arc::clone(current),
+    )))
+}
+
+fn addr_list(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ephemeral_ports_survive_a_reload() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let old = [a("127.0.0.1:0")];
+        let bound = [a("127.0.0.1:40001")];
+        let new = [a("127.0.0.1:0"), a("127.0.0.1:0"), a("127.0.0.1:9000")];
+        assert_eq!(
+            keep_ephemeral_ports(&new, &old, &bound),
+            vec![a("127.0.0.1:40001"), a("127.0.0.1:0"), a("127.0.0.1:9000")]
+        );
+        // Not in the old config: a fresh port.
+        assert_eq!(
+            keep_ephemeral_ports(&[a("[::1]:0")], &old, &bound),
+            vec![a("[::1]:0")]
+        );
     }
 }

@@ -17,9 +17,9 @@ pub mod worker;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -29,6 +29,9 @@ use crate::resolve::{ReplyTo, Resolver};
 use crate::settings::Shared;
 use driver::{Driver, EpollDriver, UringDriver};
 use worker::{Command, Worker, WorkerSetup};
+
+/// The drain "deadline" of a retired engine: ten years, i.e. none.
+const RETIRE_DEADLINE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// Which driver the workers run on, and why.
 #[derive(Debug, Clone)]
@@ -76,10 +79,22 @@ pub fn choose(kind: EngineKind) -> Result<Choice, String> {
     }
 }
 
-/// Listener sockets: `per_worker[w]` holds worker `w`'s socket for each bound address.
+/// Listener sockets: `per_worker[w]` holds worker `w`'s sockets (at least one per bound
+/// address).
 pub struct Listeners {
     pub per_worker: Vec<Vec<OwnedFd>>,
     pub bound: Vec<SocketAddr>,
+    /// A duplicate of every socket, by address, kept by the [`Engine`] so a reload can hand the
+    /// open sockets to the next engine (see [`Engine::take_listeners`]).
+    pub handover: Vec<Handover>,
+}
+
+/// The listening sockets of one address, passed from a retiring engine to its successor: the
+/// sockets never close, so no connection waiting in an accept queue is reset by a reload.
+#[derive(Debug)]
+pub struct Handover {
+    pub addr: SocketAddr,
+    pub sockets: Vec<OwnedFd>,
 }
 
 /// Bind every address once per worker with `SO_REUSEPORT`. A port of 0 is resolved by the first
@@ -89,10 +104,54 @@ pub fn bind_listeners(
     addrs: &[SocketAddr],
     workers: usize,
 ) -> io::Result<(Listeners, Vec<String>)> {
+    bind_listeners_from(addrs, workers, Vec::new())
+}
+
+/// Like [`bind_listeners`], but an address found in `inherited` reuses those open sockets
+/// (spread over the workers; a worker left without one gets a new `SO_REUSEPORT` socket). The
+/// inherited sockets of addresses no longer listed are closed when `inherited` is dropped.
+pub fn bind_listeners_from(
+    addrs: &[SocketAddr],
+    workers: usize,
+    mut inherited: Vec<Handover>,
+) -> io::Result<(Listeners, Vec<String>)> {
     let mut per_worker: Vec<Vec<OwnedFd>> = (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
+    let mut handover = Vec::new();
     let mut warnings = Vec::new();
     for addr in addrs {
+        if let Some(i) = inherited
+            .iter()
+            .position(|h| h.addr == *addr && addr.port() != 0)
+        {
+            let h = inherited.swap_remove(i);
+            let mut dups = Vec::new();
+            let mut served = vec![false; workers];
+            for (k, sock) in h.sockets.into_iter().enumerate() {
+                dups.push(sock.try_clone()?);
+                per_worker[k % workers].push(sock);
+                served[k % workers] = true;
+            }
+            let unserved = per_worker
+                .iter_mut()
+                .zip(&served)
+                .filter(|(_, s)| !**s)
+                .map(|(w, _)| w);
+            for w in unserved {
+                let s = bind_one(*addr).map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+                })?;
+                let fd = OwnedFd::from(s);
+                dups.push(fd.try_clone()?);
+                w.push(fd);
+            }
+            bound.push(*addr);
+            handover.push(Handover {
+                addr: *addr,
+                sockets: dups,
+            });
+            continue;
+        }
         let first = match bind_one(*addr) {
             Ok(s) => s,
             Err(e)
@@ -119,18 +178,33 @@ pub fn bind_listeners(
             .local_addr()?
             .as_socket()
             .ok_or_else(|| io::Error::other("listener has no socket address"))?;
-        per_worker[0].push(OwnedFd::from(first));
+        let first = OwnedFd::from(first);
+        let mut dups = vec![first.try_clone()?];
+        per_worker[0].push(first);
         for w in per_worker.iter_mut().skip(1) {
             let s = bind_one(local)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {local}: {e}")))?;
-            w.push(OwnedFd::from(s));
+            let fd = OwnedFd::from(s);
+            dups.push(fd.try_clone()?);
+            w.push(fd);
         }
         bound.push(local);
+        handover.push(Handover {
+            addr: local,
+            sockets: dups,
+        });
     }
     if bound.is_empty() {
         return Err(io::Error::other("no listen address could be bound"));
     }
-    Ok((Listeners { per_worker, bound }, warnings))
+    Ok((
+        Listeners {
+            per_worker,
+            bound,
+            handover,
+        },
+        warnings,
+    ))
 }
 
 fn bind_one(addr: SocketAddr) -> io::Result<Socket> {
@@ -158,6 +232,9 @@ struct Handle {
 /// The running workers.
 pub struct Engine {
     workers: Vec<Handle>,
+    /// Duplicates of the workers' listening sockets, until [`Engine::take_listeners`] hands them
+    /// to a successor or a drain drops them (so the sockets close and new clients are refused).
+    handover: Mutex<Vec<Handover>>,
 }
 
 impl Engine {
@@ -171,6 +248,7 @@ impl Engine {
         shards: &[Arc<Shard>],
     ) -> io::Result<Engine> {
         let n = listeners.per_worker.len();
+        let handover = Mutex::new(listeners.handover);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
         let mut workers = Vec::with_capacity(n);
         for (id, fds) in listeners.per_worker.into_iter().enumerate() {
@@ -208,7 +286,10 @@ impl Engine {
             match ready_rx.recv() {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
-                    let engine = Engine { workers };
+                    let engine = Engine {
+                        workers,
+                        handover: Mutex::new(Vec::new()),
+                    };
                     engine.stop();
                     engine.join();
                     return Err(io::Error::other(e));
@@ -216,7 +297,7 @@ impl Engine {
                 Err(_) => return Err(io::Error::other("a worker exited during start-up")),
             }
         }
-        Ok(Engine { workers })
+        Ok(Engine { workers, handover })
     }
 
     fn send(&self, make: impl Fn() -> Command) {
@@ -228,12 +309,45 @@ impl Engine {
 
     /// Stop accepting everywhere; workers exit when empty or at `deadline`.
     pub fn drain(&self, deadline: Instant) {
+        self.drop_listeners();
         self.send(|| Command::Drain { deadline });
+    }
+
+    /// The listening sockets, for the engine that replaces this one (call before
+    /// [`Engine::retire`]). The workers keep accepting on them until they retire.
+    pub fn take_listeners(&self) -> Vec<Handover> {
+        match self.handover.lock() {
+            Ok(mut h) => std::mem::take(&mut *h),
+            Err(e) => std::mem::take(&mut *e.into_inner()),
+        }
+    }
+
+    fn drop_listeners(&self) {
+        drop(self.take_listeners());
+    }
+
+    /// Stop accepting and let every open tunnel run to its own end (or its idle timeout): for
+    /// the engine a reload replaced because `listen`, `workers` or `engine` changed. A later
+    /// [`Engine::drain`] (SIGTERM) replaces the open-ended deadline with the real one.
+    pub fn retire(&self) {
+        let now = Instant::now();
+        let far = now
+            .checked_add(RETIRE_DEADLINE)
+            .or_else(|| now.checked_add(Duration::from_secs(86_400)))
+            .unwrap_or(now);
+        self.drain(far);
     }
 
     /// Close everything now.
     pub fn stop(&self) {
+        self.drop_listeners();
         self.send(|| Command::Stop);
+    }
+
+    /// True while no worker thread has exited (the systemd watchdog is fed only then: a worker
+    /// that died on an error should get the service restarted).
+    pub fn all_alive(&self) -> bool {
+        self.workers.iter().all(|w| !w.thread.is_finished())
     }
 
     /// True once every worker thread has exited.

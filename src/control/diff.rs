@@ -1,0 +1,244 @@
+//! What a reload changed: a short, human-readable account for event 100.
+//!
+//! Pure: compares two validated configurations. Host patterns and ports are listed as added and
+//! removed; scalar settings as `key: old -> new`. Keys this module does not itemise (settings
+//! added to the configuration later) still show up as "other settings changed", so a reload never
+//! claims "no changes" when something did change.
+
+use std::collections::BTreeSet;
+use std::fmt::Display;
+
+use crate::config::{format_duration, Config};
+
+/// The changes between two configurations, one entry per item.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub items: Vec<String>,
+    /// `listen`, `workers` or `engine` changed: a new engine must take over.
+    pub engine: bool,
+    /// `metrics_listen` changed: the HTTP endpoint moves.
+    pub metrics_listen: bool,
+    /// Changes that only a restart applies (the resolver is started once).
+    pub need_restart: Vec<String>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// `"hosts +a.example -b.example; workers 2 -> 4"`, or `"no changes"`.
+    pub fn summary(&self) -> String {
+        if self.items.is_empty() {
+            "no changes".to_owned()
+        } else {
+            self.items.join("; ")
+        }
+    }
+}
+
+/// Compare `old` with `new`.
+pub fn diff(old: &Config, new: &Config) -> Changes {
+    let mut c = Changes::default();
+    set_diff(
+        &mut c.items,
+        "allowed_hosts",
+        old.allowed_hosts.iter().map(ToString::to_string),
+        new.allowed_hosts.iter().map(ToString::to_string),
+    );
+    set_diff(
+        &mut c.items,
+        "allowed_ports",
+        old.allowed_ports.iter().map(ToString::to_string),
+        new.allowed_ports.iter().map(ToString::to_string),
+    );
+    if old.listen != new.listen {
+        c.engine = true;
+        c.items.push(format!(
+            "listen {} -> {}",
+            list(&old.listen),
+            list(&new.listen)
+        ));
+    }
+    if old.workers != new.workers {
+        c.engine = true;
+        scalar(&mut c.items, "workers", old.workers, new.workers);
+    }
+    if old.engine != new.engine {
+        c.engine = true;
+        scalar(
+            &mut c.items,
+            "engine",
+            old.engine.as_str(),
+            new.engine.as_str(),
+        );
+    }
+    if old.metrics_listen != new.metrics_listen {
+        c.metrics_listen = true;
+        let show = |a: Option<std::net::SocketAddr>| a.map_or("null".to_owned(), |a| a.to_string());
+        scalar(
+            &mut c.items,
+            "metrics_listen",
+            show(old.metrics_listen),
+            show(new.metrics_listen),
+        );
+    }
+    if old.data_path != new.data_path {
+        scalar(
+            &mut c.items,
+            "data_path",
+            old.data_path.as_str(),
+            new.data_path.as_str(),
+        );
+    }
+    set_diff(
+        &mut c.items,
+        "hosts",
+        old.hosts.iter().map(|(n, a)| format!("{n}={}", list(a))),
+        new.hosts.iter().map(|(n, a)| format!("{n}={}", list(a))),
+    );
+    if old.allow_private_destinations != new.allow_private_destinations {
+        scalar(
+            &mut c.items,
+            "allow_private_destinations",
+            old.allow_private_destinations,
+            new.allow_private_destinations,
+        );
+    }
+    set_diff(
+        &mut c.items,
+        "allowed_destination_networks",
+        old.allowed_destination_networks
+            .iter()
+            .map(ToString::to_string),
+        new.allowed_destination_networks
+            .iter()
+            .map(ToString::to_string),
+    );
+    let (o, n) = (&old.limits, &new.limits);
+    for (key, a, b) in [
+        ("max_connections", o.max_connections, n.max_connections),
+        ("max_header_bytes", o.max_header_bytes, n.max_header_bytes),
+        ("max_pipes", o.max_pipes, n.max_pipes),
+        ("pipe_size", o.pipe_size, n.pipe_size),
+    ] {
+        if a != b {
+            scalar(&mut c.items, &format!("limits.{key}"), a, b);
+        }
+    }
+    for (key, a, b) in [
+        ("header_timeout", o.header_timeout, n.header_timeout),
+        ("connect_timeout", o.connect_timeout, n.connect_timeout),
+        ("idle_timeout", o.idle_timeout, n.idle_timeout),
+        ("drain_timeout", o.drain_timeout, n.drain_timeout),
+        ("resolve_timeout", o.resolve_timeout, n.resolve_timeout),
+    ] {
+        if a != b {
+            scalar(
+                &mut c.items,
+                &format!("limits.{key}"),
+                format_duration(a),
+                format_duration(b),
+            );
+        }
+    }
+    if o.resolve_timeout != n.resolve_timeout {
+        c.need_restart.push("limits.resolve_timeout".to_owned());
+    }
+    if old.resolver != new.resolver {
+        c.items.push("resolver changed".to_owned());
+        c.need_restart.push("resolver".to_owned());
+    }
+    if old.tls != new.tls {
+        c.items.push("tls changed".to_owned());
+    }
+    if old.relay_proxy != new.relay_proxy {
+        c.items.push(match (&old.relay_proxy, &new.relay_proxy) {
+            (None, Some(_)) => "relay_proxy set".to_owned(),
+            (Some(_), None) => "relay_proxy cleared".to_owned(),
+            _ => "relay_proxy changed".to_owned(),
+        });
+    }
+    if c.items.is_empty() && old != new {
+        c.items.push("other settings changed".to_owned());
+    }
+    c
+}
+
+fn list<T: Display>(items: &[T]) -> String {
+    let v: Vec<String> = items.iter().map(ToString::to_string).collect();
+    format!("[{}]", v.join(", "))
+}
+
+fn scalar(out: &mut Vec<String>, key: &str, old: impl Display, new: impl Display) {
+    out.push(format!("{key} {old} -> {new}"));
+}
+
+fn set_diff(
+    out: &mut Vec<String>,
+    key: &str,
+    old: impl Iterator<Item = String>,
+    new: impl Iterator<Item = String>,
+) {
+    let old: BTreeSet<String> = old.collect();
+    let new: BTreeSet<String> = new.collect();
+    let mut parts: Vec<String> = new.difference(&old).map(|s| format!("+{s}")).collect();
+    parts.extend(old.difference(&new).map(|s| format!("-{s}")));
+    if !parts.is_empty() {
+        out.push(format!("{key} {}", parts.join(" ")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(yaml: &str) -> Config {
+        Config::from_yaml(yaml).unwrap()
+    }
+
+    #[test]
+    fn identical_configs_have_no_changes() {
+        let a = cfg("allowed_hosts: [a.example]\n");
+        let c = diff(&a, &a.clone());
+        assert!(c.is_empty());
+        assert_eq!(c.summary(), "no changes");
+        assert!(!c.engine);
+    }
+
+    #[test]
+    fn hosts_ports_limits_and_engine_changes_are_itemised() {
+        let a = cfg(
+            "allowed_hosts: [a.example, b.example]\nallowed_ports: [443]\nworkers: 2\n\
+             limits:\n  idle_timeout: 15m\n",
+        );
+        let b = cfg(
+            "allowed_hosts: [a.example, \"*.c.example\"]\nallowed_ports: [443, 8443]\n\
+             workers: 4\nlimits:\n  idle_timeout: 5m\n",
+        );
+        let c = diff(&a, &b);
+        let s = c.summary();
+        assert!(s.contains("allowed_hosts +*.c.example -b.example"), "{s}");
+        assert!(s.contains("allowed_ports +8443"), "{s}");
+        assert!(s.contains("workers 2 -> 4"), "{s}");
+        assert!(s.contains("limits.idle_timeout 15m -> 5m"), "{s}");
+        assert!(c.engine);
+        assert!(!c.metrics_listen);
+    }
+
+    #[test]
+    fn listen_and_resolver_changes() {
+        let a = cfg("listen: [\"127.0.0.1:8080\"]\n");
+        let b = cfg(
+            "listen: [\"127.0.0.1:8080\", \"127.0.0.1:8081\"]\nresolver:\n  cache_size: 10\n\
+             metrics_listen: null\n",
+        );
+        let c = diff(&a, &b);
+        assert!(c.engine);
+        assert!(c.metrics_listen);
+        assert_eq!(c.need_restart, vec!["resolver".to_owned()]);
+        assert!(c
+            .summary()
+            .contains("listen [127.0.0.1:8080] -> [127.0.0.1:8080, 127.0.0.1:8081]"));
+    }
+}

@@ -1,0 +1,429 @@
+//! Live reload: SIGHUP and file changes under load, refused configs, listen/workers changes that
+//! keep tunnels up, systemd notifications and the pid file.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+use support::*;
+
+const UP: &str = "up.splicegate.test";
+const PROBE: &str = "probe.splicegate.test";
+const OK: &str = "splicegate_config_reloads_total{result=\"ok\"}";
+const FAILED: &str = "splicegate_config_reloads_total{result=\"failed\"}";
+
+/// Replace the file atomically (temporary file + rename), as `splicegate config set` does.
+fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The status of a CONNECT to the probe host through `addr`.
+fn probe_status(addr: SocketAddr, port: u16) -> u16 {
+    let (_s, r) = connect_request(addr, &format!("{PROBE}:{port}"));
+    r.status
+}
+
+/// Tunnels that echo pattern data in a loop until stopped, each byte checked.
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<Result<u64, String>>>,
+}
+
+impl Load {
+    /// `tunnels` tunnels to `target` through `addr`, spread over `threads` threads.
+    fn start(addr: SocketAddr, target: &str, tunnels: usize, threads: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let per = tunnels / threads;
+        let mut handles = Vec::new();
+        for t in 0..threads {
+            let mut streams: Vec<TcpStream> = (0..per).map(|_| open_tunnel(addr, target)).collect();
+            let stop = Arc::clone(&stop);
+            handles.push(thread::spawn(move || {
+                let mut moved = 0u64;
+                let mut round = 0u64;
+                let mut back = vec![0u8; 32 * 1024];
+                loop {
+                    let last = stop.load(Ordering::Relaxed);
+                    for (i, s) in streams.iter_mut().enumerate() {
+                        let seed = (t as u64) << 40 | (i as u64) << 20 | round;
+                        let n = 1024 + (seed.wrapping_mul(7919) % (31 * 1024)) as usize;
+                        let data = Pattern::bytes(seed, n);
+                        s.write_all(&data)
+                            .map_err(|e| format!("tunnel {t}/{i}: write: {e}"))?;
+                        s.read_exact(&mut back[..n])
+                            .map_err(|e| format!("tunnel {t}/{i}: read: {e}"))?;
+                        if back[..n] != data[..] {
+                            return Err(format!("tunnel {t}/{i}: echoed bytes differ"));
+                        }
+                        moved += n as u64;
+                    }
+                    round += 1;
+                    if last {
+                        break;
+                    }
+                }
+                // Close cleanly: half-close, expect the echo side to close too.
+                for (i, s) in streams.iter_mut().enumerate() {
+                    s.shutdown(std::net::Shutdown::Write)
+                        .map_err(|e| format!("tunnel {t}/{i}: shutdown: {e}"))?;
+                    let mut rest = Vec::new();
+                    s.read_to_end(&mut rest)
+                        .map_err(|e| format!("tunnel {t}/{i}: close: {e}"))?;
+                    if !rest.is_empty() {
+                        return Err(format!("tunnel {t}/{i}: {} stray bytes", rest.len()));
+                    }
+                }
+                Ok(moved)
+            }));
+        }
+        Load {
+            stop,
+            threads: handles,
+        }
+    }
+
+    /// Stop, and return the bytes moved by every tunnel; panics on any tunnel's error.
+    fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = 0;
+        let mut errors = Vec::new();
+        for h in self.threads {
+            match h.join() {
+                Ok(Ok(n)) => total += n,
+                Ok(Err(e)) => errors.push(e),
+                Err(_) => errors.push("a load thread panicked".into()),
+            }
+        }
+        assert!(
+            errors.is_empty(),
+            "tunnels dropped or corrupted: {errors:?}"
+        );
+        total
+    }
+}
+
+/// New tunnels opened and closed back to back, to catch any connection refused or reset while
+/// listeners are handed over.
+struct Churn {
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<(u64, Vec<String>)>,
+}
+
+impl Churn {
+    fn start(addr: SocketAddr, target: &str) -> Churn {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let target = target.to_owned();
+        let thread = thread::spawn(move || {
+            let mut opened = 0;
+            let mut failures = Vec::new();
+            while !flag.load(Ordering::Relaxed) && failures.len() < 10 {
+                let r = (|| -> std::io::Result<()> {
+                    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    s.write_all(connect_head(&target).as_bytes())?;
+                    let head = read_response_head(&mut s)?;
+                    if head.status != 200 {
+                        return Err(std::io::Error::other(format!("status {}", head.status)));
+                    }
+                    s.write_all(b"ping")?;
+                    let mut b = [0u8; 4];
+                    s.read_exact(&mut b)?;
+                    Ok(())
+                })();
+                match r {
+                    Ok(()) => opened += 1,
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            (opened, failures)
+        });
+        Churn { stop, thread }
+    }
+
+    fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .join()
+            .unwrap_or((0, vec!["churn thread panicked".into()]))
+    }
+}
+
+fn reload_event_with(gw: &Gateway, needle: &str) -> serde_json::Value {
+    gw.expect_event(
+        100,
+        |e| field_str(e, "changes").is_some_and(|c| c.contains(needle)),
+        Duration::from_secs(10),
+        &format!("reload with changes containing {needle:?}"),
+    )
+}
+
+#[test]
+fn allowlist_changes_under_load_drop_no_tunnel() {
+    let up = Upstream::echo();
+    let base = Config::new()
+        .upstream(UP, up.port())
+        .map_host(PROBE, "127.0.0.1");
+    let Some(gw) = Gateway::start(base.clone()) else {
+        return;
+    };
+    let target = format!("{UP}:{}", up.port());
+    assert_eq!(probe_status(gw.addr(), up.port()), 403);
+
+    let load = Load::start(gw.addr(), &target, 200, 20);
+    let mut expected_failed = 0.0;
+    for round in 1..=20u32 {
+        let marker = format!("h{round}.splicegate.test");
+        let mut cfg = base.clone().allow_host(&marker);
+        let probe_allowed = round % 2 == 1;
+        if probe_allowed {
+            cfg = cfg.allow_host(PROBE);
+        }
+        let text = cfg.render();
+        if round % 2 == 0 {
+            // A file change alone (an editor writing in place): the inotify watch reloads.
+            std::fs::write(gw.config_path(), &text).unwrap();
+        } else {
+            replace_file(gw.config_path(), &text);
+            gw.signal(libc::SIGHUP);
+        }
+        let ev = reload_event_with(&gw, &format!("+{marker}"));
+        assert_eq!(field_str(&ev, "level").as_deref(), Some("INFO"), "{ev}");
+        let want = if probe_allowed { 200 } else { 403 };
+        assert_eq!(
+            probe_status(gw.addr(), up.port()),
+            want,
+            "round {round}: the new allowlist must apply to new tunnels"
+        );
+        if round == 10 {
+            // A broken file: refused, the old configuration keeps serving.
+            replace_file(gw.config_path(), "workers: [not, a, number\n");
+            gw.signal(libc::SIGHUP);
+            gw.expect_event(401, |_| true, Duration::from_secs(10), "reload refused");
+            expected_failed = 1.0;
+            let failed = gw.wait_metric(FAILED, |v| v >= 1.0, Duration::from_secs(5));
+            assert!(failed >= 1.0, "failed reloads counted: {failed}");
+            assert_eq!(
+                probe_status(gw.addr(), up.port()),
+                403,
+                "old policy still in force"
+            );
+        }
+    }
+    let moved = load.finish();
+    assert!(moved > 200 * 1024, "load moved only {moved} bytes");
+    assert!(gw.metric_value(OK) >= 20.0, "{}", gw.metrics());
+    assert!(gw.metric_value(FAILED) >= expected_failed);
+    let bad = gw.events(401);
+    assert!(
+        bad.iter().all(|e| field_str(e, "error").is_some()),
+        "event 401 carries the errors: {bad:?}"
+    );
+    let active = gw.wait_metric(
+        "splicegate_tunnels_active",
+        |v| v == 0.0,
+        Duration::from_secs(10),
+    );
+    assert_eq!(active, 0.0, "{}", gw.metrics());
+}
+
+#[test]
+fn listen_and_workers_changes_keep_tunnels_up() {
+    let up = Upstream::echo();
+    let base = Config::new().upstream(UP, up.port()).workers(2);
+    let Some(gw) = Gateway::start(base.clone()) else {
+        return;
+    };
+    let target = format!("{UP}:{}", up.port());
+    let first = gw.addr();
+    let load = Load::start(first, &target, 40, 4);
+    let churn = Churn::start(first, &target);
+    let mut old = open_tunnel(first, &target);
+    echo_roundtrip(&mut old, b"before");
+
+    // Add a second listener: the first keeps its (ephemeral) port.
+    let cfg = base.clone().listen(&["127.0.0.1:0", "127.0.0.1:0"]);
+    replace_file(gw.config_path(), &cfg.render());
+    gw.signal(libc::SIGHUP);
+    let ev = reload_event_with(&gw, "listen ");
+    let listen: Vec<SocketAddr> = field_str(&ev, "listen")
+        .unwrap()
+        .split(',')
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert_eq!(listen.len(), 2, "{ev}");
+    assert_eq!(
+        listen[0], first,
+        "the unchanged listener keeps its port: {ev}"
+    );
+    let mut via_second = open_tunnel(listen[1], &target);
+    echo_roundtrip(&mut via_second, b"second listener");
+    let mut via_first = open_tunnel(first, &target);
+    echo_roundtrip(&mut via_first, b"first listener, new engine");
+    echo_roundtrip(&mut old, b"old tunnel on the retired engine");
+    assert_eq!(gw.metric_value("splicegate_engines_retiring"), 1.0);
+
+    // Change the worker count.
+    let cfg = cfg.workers(3);
+    replace_file(gw.config_path(), &cfg.render());
+    gw.signal(libc::SIGHUP);
+    let ev = reload_event_with(&gw, "workers 2 -> 3");
+    assert_eq!(field_u64(&ev, "workers"), Some(3), "{ev}");
+    let mut newest = open_tunnel(first, &target);
+    echo_roundtrip(&mut newest, b"three workers");
+    echo_roundtrip(&mut old, b"still up");
+    echo_roundtrip(&mut via_second, b"still up");
+
+    let moved = load.finish();
+    assert!(moved > 0);
+    let (opened, failures) = churn.finish();
+    assert!(opened > 10, "only {opened} new tunnels during the reloads");
+    assert!(
+        failures.is_empty(),
+        "new connections failed while engines were replaced: {failures:?}"
+    );
+    let bytes_before = gw.metric_value("splicegate_bytes_total");
+    for mut s in [old, via_second, via_first, newest] {
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_closes(&mut s, Duration::from_secs(5));
+    }
+    // The retired engines finish once their tunnels have closed; their counts stay.
+    let retiring = gw.wait_metric(
+        "splicegate_engines_retiring",
+        |v| v == 0.0,
+        Duration::from_secs(10),
+    );
+    assert_eq!(retiring, 0.0, "{}", gw.log_dump());
+    assert!(gw.metric_value("splicegate_bytes_total") >= bytes_before);
+    let active = gw.wait_metric(
+        "splicegate_tunnels_active",
+        |v| v == 0.0,
+        Duration::from_secs(10),
+    );
+    assert_eq!(active, 0.0);
+}
+
+#[test]
+fn reload_without_changes_and_unreadable_file() {
+    let Some(gw) = Gateway::start(Config::new()) else {
+        return;
+    };
+    gw.signal(libc::SIGHUP);
+    gw.expect_event(
+        100,
+        |e| field_str(e, "changes").as_deref() == Some("no changes"),
+        Duration::from_secs(5),
+        "a reload with no changes",
+    );
+    assert_eq!(
+        gw.wait_metric(OK, |v| v >= 1.0, Duration::from_secs(5)),
+        1.0
+    );
+    std::fs::remove_file(gw.config_path()).unwrap();
+    gw.signal(libc::SIGHUP);
+    let ev = gw.expect_event(
+        401,
+        |_| true,
+        Duration::from_secs(5),
+        "missing file refused",
+    );
+    assert!(
+        field_str(&ev, "error").unwrap().contains("cannot read"),
+        "{ev}"
+    );
+    assert_eq!(
+        gw.wait_metric(FAILED, |v| v >= 1.0, Duration::from_secs(5)),
+        1.0
+    );
+}
+
+/// A `splicegate run` child with systemd's notification environment.
+fn spawn_notified(cfg: &Config, dir: &TempDir, sock: &Path) -> std::process::Child {
+    let path = dir.write("splicegate.yaml", &cfg.render());
+    Command::new(bin())
+        .args(["run", "--log-format", "json", "--config"])
+        .arg(&path)
+        .arg("--pid-file")
+        .arg(dir.path().join("splicegate.pid"))
+        .env("NOTIFY_SOCKET", sock)
+        .env("WATCHDOG_USEC", "300000")
+        .env_remove("WATCHDOG_PID")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn splicegate")
+}
+
+/// Collect notification datagrams until `want` has been seen in `count` of them (or 10 s).
+fn wait_notify(rx: &UnixDatagram, seen: &mut Vec<String>, want: &str, count: usize) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 4096];
+    let hits = |seen: &[String]| seen.iter().filter(|m| m.lines().any(|l| l == want)).count();
+    while hits(seen) < count && Instant::now() < deadline {
+        if let Ok(n) = rx.recv(&mut buf) {
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    hits(seen) >= count
+}
+
+fn kill(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn systemd_notifications_and_pid_file() {
+    let dir = TempDir::new("notify");
+    let sock = dir.path().join("notify.sock");
+    let rx = UnixDatagram::bind(&sock).unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // The protocol does not depend on the engine; epoll runs everywhere.
+    let mut cfg = Config::new();
+    cfg.engine = "epoll".into();
+    let mut child = spawn_notified(&cfg, &dir, &sock);
+    let mut seen = Vec::new();
+    let pid_file = dir.path().join("splicegate.pid");
+
+    let ready = wait_notify(&rx, &mut seen, "READY=1", 1);
+    let status = seen.iter().any(|m| m.contains("STATUS=serving on"));
+    let watchdog = wait_notify(&rx, &mut seen, "WATCHDOG=1", 2);
+    let pid_text = std::fs::read_to_string(&pid_file).unwrap_or_default();
+    kill(child.id(), "HUP");
+    let reloading = wait_notify(&rx, &mut seen, "RELOADING=1", 1);
+    let monotonic = seen
+        .iter()
+        .any(|m| m.contains("RELOADING=1") && m.contains("MONOTONIC_USEC="));
+    let ready_again = wait_notify(&rx, &mut seen, "READY=1", 2);
+    kill(child.id(), "TERM");
+    let stopping = wait_notify(&rx, &mut seen, "STOPPING=1", 1);
+    let exit = child.wait().unwrap();
+
+    assert!(ready, "READY=1 after start: {seen:?}");
+    assert!(status, "STATUS= line: {seen:?}");
+    assert!(watchdog, "WATCHDOG=1 every WATCHDOG_USEC/2: {seen:?}");
+    assert_eq!(pid_text.trim(), child.id().to_string(), "pid file content");
+    assert!(
+        reloading && monotonic,
+        "RELOADING=1 + MONOTONIC_USEC: {seen:?}"
+    );
+    assert!(ready_again, "READY=1 after the reload: {seen:?}");
+    assert!(stopping, "STOPPING=1 at drain: {seen:?}");
+    assert!(exit.success(), "{exit:?}");
+    assert!(!pid_file.exists(), "the pid file is removed at exit");
+}
