@@ -19,24 +19,29 @@ phase() {
     echo "=================================================================="
 }
 
-phase "1/4 test dependencies (scripts/install-test-deps.sh)"
+phase "1/5 test dependencies (scripts/install-test-deps.sh)"
 if ! bash scripts/install-test-deps.sh; then
     echo "test.sh: installing test dependencies failed" >&2
     exit 1
 fi
 
-phase "2/4 cargo build --all-targets"
+phase "2/5 cargo build --all-targets"
 if ! cargo build --all-targets; then
     echo "test.sh: build failed" >&2
     exit 1
 fi
 
-phase "3/4 cargo test (unit + integration + doc), engine uring"
+phase "3/5 cargo test (unit + integration + doc), engine uring"
 if ! SPLICEGATE_TEST_ENGINE=uring cargo test --no-fail-fast -- --test-threads="$TEST_THREADS"; then
     failed+=("cargo test (uring)")
 fi
 
-phase "4/4 integration tests again, engine epoll"
+phase "4/5 the Debian package test (slow; #[ignore]d in plain cargo test)"
+if ! cargo test --test package -- --ignored --test-threads=1; then
+    failed+=("package test")
+fi
+
+phase "5/5 integration tests again, engine epoll"
 if ! SPLICEGATE_TEST_ENGINE=epoll cargo test --no-fail-fast --test '*' -- --test-threads="$TEST_THREADS"; then
     failed+=("integration tests (epoll)")
 fi

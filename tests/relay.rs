@@ -647,3 +647,38 @@ fn https_relay_with_an_untrusted_certificate_is_502() {
     );
     up.assert_untouched("untrusted relay");
 }
+
+#[test]
+fn readyz_checks_the_relay_when_asked() {
+    let up = Upstream::echo();
+    let Some(squid) = Squid::start(&[up.port()]) else {
+        return;
+    };
+    let check = |address: &str| {
+        format!(
+            "relay_proxy:\n  address: {}\n  health_check: true\n",
+            yq(address)
+        )
+    };
+    let Some(gw) = gateway(up.port(), &check(&squid.url()), |c| c) else {
+        return;
+    };
+    assert_eq!(gw.readyz().expect("readyz"), 200, "relay up: ready");
+    drop(gw);
+
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let Some(gw) = gateway(up.port(), &check(&dead), |c| c) else {
+        return;
+    };
+    let (code, body) = gw.metrics_get("/readyz").expect("readyz");
+    assert_eq!(code, 503, "relay down: not ready ({body})");
+    assert!(body.contains("relay proxy"), "{body}");
+    assert_eq!(gw.healthz().expect("healthz"), 200, "still alive");
+    drop(gw);
+
+    // Without health_check a dead relay does not make the gateway unready.
+    let Some(gw) = gateway(up.port(), &relay_yaml(&dead, None), |c| c) else {
+        return;
+    };
+    assert_eq!(gw.readyz().expect("readyz"), 200);
+}

@@ -494,9 +494,8 @@ impl Worker {
             Some(p) => p,
             None => return, // already disconnected
         };
-        if self.drain_deadline.is_some() {
-            return;
-        }
+        // A connection accepted just as the drain began (an io_uring accept that completed
+        // before its cancellation) is served like any other: its client is already connected.
         let current = self.settings.load();
         let limits = current.limits.clone();
         let splice = current.data_path == DataPath::Splice;
