@@ -46,10 +46,12 @@ pub enum Reject {
     SniMissing,
     SniMismatch,
     ClientCert,
+    ClientAuth,
+    ClientNetwork,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 13] = [
+    pub const ALL: [Reject; 15] = [
         Reject::HostNotAllowed,
         Reject::PortNotAllowed,
         Reject::PrivateDestination,
@@ -63,6 +65,8 @@ impl Reject {
         Reject::SniMissing,
         Reject::SniMismatch,
         Reject::ClientCert,
+        Reject::ClientAuth,
+        Reject::ClientNetwork,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +84,8 @@ impl Reject {
             Reject::SniMissing => "sni_missing",
             Reject::SniMismatch => "sni_mismatch",
             Reject::ClientCert => "client_cert",
+            Reject::ClientAuth => "client_auth",
+            Reject::ClientNetwork => "client_network",
         }
     }
 

@@ -4,10 +4,14 @@
 //! # Layout
 //! - [`config`]: YAML -> raw serde structs -> a validated [`config::Config`]. `check-config` and
 //!   `run` go through the same parser; every error names the key, the line and what was expected.
-//! - [`policy`]: the allowlist (exact names and `*.` wildcards), port set, static host overrides and
+//! - [`policy`]: the allowlist (exact names and `*.` wildcards, each with its own ports or the
+//!   global ones; per-user extras), client networks, static host overrides and
 //!   the private-destination guard, bundled as an immutable [`policy::Policy`] snapshot.
-//! - [`proto`]: sans-IO protocol pieces: the CONNECT head parser and the canned responses.
+//! - [`proto`]: sans-IO protocol pieces: the CONNECT head parser, the canned responses, and the
+//!   TLS handshake inspector (version, SNI, client certificate) that never decrypts anything.
 //! - [`relay`]: the relay (upstream) proxy: settings, the CONNECT sent to it, its answer.
+//! - [`auth`]: client proxy authentication: the users file, Basic credentials, the verifier
+//!   threads that check password hashes off the workers.
 //! - [`resolve`]: the asynchronous, caching resolver that runs off the workers.
 //! - [`engine`]: one worker thread per core, each with its own driver (io_uring or epoll),
 //!   listeners, connection table, timers, and the splice data path with its pipe pool.
@@ -30,6 +34,7 @@
 //!   non-blocking on the worker thread.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod control;
 pub mod engine;

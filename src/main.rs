@@ -41,6 +41,20 @@ enum Command {
     DefaultConfig,
     #[command(flatten)]
     Admin(Box<admin::AdminCommand>),
+    /// Manage the users file for client proxy authentication (`client_auth.users_file`).
+    User {
+        #[command(subcommand)]
+        cmd: admin::users::UserCommand,
+        /// The users file to edit.
+        #[arg(long, global = true, default_value = admin::users::DEFAULT_USERS_FILE)]
+        users_file: PathBuf,
+        /// Pid file of a running gateway to signal after an edit.
+        #[arg(long, global = true, default_value = admin::DEFAULT_PID_FILE)]
+        pid_file: PathBuf,
+        /// Machine-readable output.
+        #[arg(long, global = true)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -101,6 +115,12 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Admin(cmd) => ExitCode::from(admin::run(*cmd)),
+        Command::User {
+            cmd,
+            users_file,
+            pid_file,
+            json,
+        } => ExitCode::from(admin::users::run(cmd, &users_file, &pid_file, json)),
     }
 }
 

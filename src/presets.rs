@@ -9,10 +9,16 @@
 //! suffixes: Azure public `.com`/`.net`, Azure Government `.us`/`usgovcloudapi.net`, Azure operated
 //! by 21Vianet `.cn`/`chinacloudapi.cn`.
 //!
+//! Some endpoints need ports other than 443: a preset entry may then carry its own ports, in
+//! the syntax of `allowed_hosts` (`*.cloudapp.net:443,9354,30000-30199`); an entry without ports
+//! uses `allowed_ports`.
+//!
 //! Pure: parsing and expansion only; `config` validates the keys and [`expand`] runs once per
-//! load, so the policy sees plain host patterns.
+//! load, so the policy sees plain [`HostEntry`] values, the same type as `allowed_hosts`.
 
 use std::fmt;
+
+use crate::policy::HostEntry;
 
 /// Most workspaces a gateway may serve: the Azure Monitor agent multihomes to up to ten.
 pub const MAX_WORKSPACES: usize = 10;
@@ -96,14 +102,18 @@ pub enum Preset {
     LogAnalyticsAgent,
     AutomationHybridWorker,
     AzureArcConnectedMachine,
+    /// System Center Operations Manager management servers and consoles integrated with Log
+    /// Analytics (the 2016 and 2018 gateway documents).
+    OperationsManager,
 }
 
 impl Preset {
-    pub const ALL: [Preset; 4] = [
+    pub const ALL: [Preset; 5] = [
         Preset::AzureMonitorAgent,
         Preset::LogAnalyticsAgent,
         Preset::AutomationHybridWorker,
         Preset::AzureArcConnectedMachine,
+        Preset::OperationsManager,
     ];
 
     pub fn parse(s: &str) -> Option<Preset> {
@@ -116,6 +126,7 @@ impl Preset {
             Preset::LogAnalyticsAgent => "log-analytics-agent",
             Preset::AutomationHybridWorker => "automation-hybrid-worker",
             Preset::AzureArcConnectedMachine => "azure-arc-connected-machine",
+            Preset::OperationsManager => "operations-manager",
         }
     }
 }
@@ -214,11 +225,12 @@ const AUTOMATION_REGION_CODES: [(&str, &str); 15] = [
     ("northcentralus", "ncus"),
 ];
 
-/// One expanded host pattern and where it came from.
+/// One expanded allowlist entry and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresetHost {
-    /// A host pattern (`exact.name` or `*.suffix`), lowercase.
-    pub pattern: String,
+    /// A host pattern (`exact.name` or `*.suffix`), with its own ports when the source
+    /// names ports other than 443.
+    pub entry: HostEntry,
     /// The preset that asked for it.
     pub preset: Preset,
     /// What it is for, and the source document.
@@ -229,7 +241,8 @@ impl PresetHost {
     /// `preset azure-monitor-agent`, or `preset azure-monitor-agent, workspace <id>` for an
     /// entry made from a workspace ID — how `allowed-host list` marks it.
     pub fn origin(&self) -> String {
-        let workspace = self.pattern.split('.').next().and_then(WorkspaceId::parse);
+        let pattern = self.entry.pattern().to_string();
+        let workspace = pattern.split('.').next().and_then(WorkspaceId::parse);
         match workspace {
             Some(w) => format!("preset {}, workspace {w}", self.preset),
             None => format!("preset {}", self.preset),
@@ -248,24 +261,45 @@ impl PresetHost {
 // - Automation: MicrosoftDocs/azure-docs articles/automation/automation-network-configuration.md
 //   and articles/automation/how-to/automation-region-dns-records.md.
 // - Arc: MicrosoftDocs/azure-docs articles/azure-arc/servers/includes/network-requirements.md.
+// - Operations Manager and the Hybrid Runbook Worker's `*.cloudapp.net` ports: "Configure proxy
+//   and firewall settings in Log Analytics" (2016), azure-docs
+//   articles/log-analytics/log-analytics-proxy-firewall.md, kept in
+//   ../shared/reference/proxy-firewall-settings.md (tables "Management server resource", "OMS
+//   and Operations Manager console resource", "Agent resource", section "Azure Automation
+//   Hybrid Runbook Worker"); and "Connect computers using the OMS Gateway" (2018),
+//   log-analytics-oms-gateway.md, kept in ../shared/reference/oms-gateway-2018.md (Operations
+//   Manager 2012 SP1 UR7 to 1801 management groups through the gateway).
 
 /// Expand `presets` for `cloud`, filling `<workspace-id>` and `<region>` from `workspaces` and
-/// `regions`. The result has no duplicates (first occurrence wins) and keeps preset order.
+/// `regions`. The result has no duplicate entries (first occurrence wins) and keeps preset
+/// order; the same pattern may appear with different ports (the policy unites them).
 pub fn expand(
     cloud: Cloud,
     presets: &[Preset],
     workspaces: &[WorkspaceId],
     regions: &[Region],
 ) -> Vec<PresetHost> {
+    expand_checked(cloud, presets, workspaces, regions).0
+}
+
+/// [`expand`], plus the entries that did not parse (none: a unit test proves it for every
+/// cloud and preset).
+fn expand_checked(
+    cloud: Cloud,
+    presets: &[Preset],
+    workspaces: &[WorkspaceId],
+    regions: &[Region],
+) -> (Vec<PresetHost>, Vec<String>) {
     let mut out: Vec<PresetHost> = Vec::new();
+    let mut rejected: Vec<String> = Vec::new();
     for &preset in presets {
-        let mut add = |pattern: String, why: &'static str| {
-            if !out.iter().any(|h| h.pattern == pattern) {
-                out.push(PresetHost {
-                    pattern,
-                    preset,
-                    why,
-                });
+        let mut add = |text: String, why: &'static str| {
+            let Ok(entry) = HostEntry::parse(&text) else {
+                rejected.push(text);
+                return;
+            };
+            if !out.iter().any(|h| h.entry == entry) {
+                out.push(PresetHost { entry, preset, why });
             }
         };
         let per_ws = |label: &str| -> Vec<String> {
@@ -346,6 +380,14 @@ pub fn expand(
                 // AUTO_DOC: agent service `<workspaceId>.agentsvc.azure-automation.net`.
                 for h in per_ws(&format!("agentsvc.{}", cloud.automation())) {
                     add(h, "Automation agent service, per workspace; source: automation-network-configuration.md");
+                }
+                // PROXY_2016, "Azure Automation Hybrid Runbook Worker": outbound to
+                // `*.cloudapp.net` on 443, 9354 and 30000-30199 (Azure public cloud).
+                if cloud == Cloud::Public {
+                    add(
+                        "*.cloudapp.net:443,9354,30000-30199".into(),
+                        "Hybrid Runbook Worker (ports 443, 9354, 30000-30199); source: proxy-firewall-settings.md (2016), section Azure Automation Hybrid Runbook Worker",
+                    );
                 }
                 // AUTO_DOC region DNS records (legacy, still functional) and the gateway
                 // article's examples we-jobruntimedata-prod-su1 / ncus-agentservice-prod-1.
@@ -444,9 +486,52 @@ pub fn expand(
                     "extension downloads; source: network-requirements.md",
                 );
             }
+            Preset::OperationsManager => {
+                // PROXY_2016, "Management server resource" table (all port 443) and "Agent
+                // resource" table; oms-gateway-2018.md: management groups send their data
+                // through the gateway. Port 443 = the global allowed_ports (default [443]).
+                add(
+                    format!("*.ods.opinsights.{az}"),
+                    "management server and agents, Log Analytics ingestion (443); source: proxy-firewall-settings.md (2016), management server and agent tables",
+                );
+                add(
+                    format!("*.oms.opinsights.{az}"),
+                    "agents (443); source: proxy-firewall-settings.md (2016), agent table",
+                );
+                add(
+                    format!("*.{}", cloud.blob()),
+                    "management server and agents, Azure Storage (443); source: proxy-firewall-settings.md (2016), management server and agent tables",
+                );
+                // The Advisor and Access Control endpoints exist in the public cloud only.
+                if cloud == Cloud::Public {
+                    for h in [
+                        "service.systemcenteradvisor.com",
+                        "data.systemcenteradvisor.com",
+                        "scadvisor.accesscontrol.windows.net",
+                        "scadvisorservice.accesscontrol.windows.net",
+                    ] {
+                        add(
+                            h.into(),
+                            "management server (443); source: proxy-firewall-settings.md (2016), management server table",
+                        );
+                    }
+                    // Listed on 443 for the management server and on 80 and 443 for the
+                    // consoles: one entry with both.
+                    add(
+                        "*.systemcenteradvisor.com:80,443".into(),
+                        "management server (443) and Operations Manager console (80, 443); source: proxy-firewall-settings.md (2016), management server and console tables",
+                    );
+                    for h in ["*.live.com", "*.microsoftonline.com", "login.windows.net"] {
+                        add(
+                            format!("{h}:80,443"),
+                            "OMS and Operations Manager console (80, 443); source: proxy-firewall-settings.md (2016), console table",
+                        );
+                    }
+                }
+            }
         }
     }
-    out
+    (out, rejected)
 }
 
 #[cfg(test)]
@@ -455,8 +540,8 @@ mod tests {
 
     const WS: &str = "1D2C3B4A-0000-4000-8000-00000000ABCD";
 
-    fn patterns(v: &[PresetHost]) -> Vec<&str> {
-        v.iter().map(|h| h.pattern.as_str()).collect()
+    fn patterns(v: &[PresetHost]) -> Vec<String> {
+        v.iter().map(|h| h.entry.to_string()).collect()
     }
 
     #[test]
@@ -524,8 +609,12 @@ mod tests {
             ]
         );
         let v = expand(Cloud::China, &[Preset::AzureMonitorAgent], &[], &[]);
-        assert!(patterns(&v).contains(&"global.handler.control.monitor.azure.cn"));
-        assert!(patterns(&v).contains(&"*.ods.opinsights.azure.cn"));
+        assert!(patterns(&v)
+            .iter()
+            .any(|p| p == "global.handler.control.monitor.azure.cn"));
+        assert!(patterns(&v)
+            .iter()
+            .any(|p| p == "*.ods.opinsights.azure.cn"));
     }
 
     #[test]
@@ -575,11 +664,24 @@ mod tests {
         let ws = [WorkspaceId::parse(WS).unwrap()];
         let v = expand(Cloud::Public, &[Preset::AutomationHybridWorker], &ws, &rg);
         let p = patterns(&v);
-        assert!(p.contains(&"*.azure-automation.net"));
-        assert!(p.contains(&"1d2c3b4a-0000-4000-8000-00000000abcd.agentsvc.azure-automation.net"));
-        assert!(p.contains(&"we-jobruntimedata-prod-su1.azure-automation.net"));
-        assert!(p.contains(&"ncus-agentservice-prod-1.azure-automation.net"));
-        assert!(p.contains(&"stzn-agentservice-prod-su1.azure-automation.net"));
+        for want in [
+            "*.azure-automation.net",
+            "1d2c3b4a-0000-4000-8000-00000000abcd.agentsvc.azure-automation.net",
+            "we-jobruntimedata-prod-su1.azure-automation.net",
+            "ncus-agentservice-prod-1.azure-automation.net",
+            "stzn-agentservice-prod-su1.azure-automation.net",
+            "*.cloudapp.net:443,9354,30000-30199",
+        ] {
+            assert!(p.iter().any(|h| h == want), "{want} missing from {p:?}");
+        }
+        let worker = v
+            .iter()
+            .find(|h| h.entry.pattern().to_string() == "*.cloudapp.net")
+            .map(|h| h.why);
+        assert!(
+            worker.is_some_and(|w| w.contains("source: proxy-firewall-settings.md")),
+            "{worker:?}"
+        );
         let v = expand(Cloud::UsGov, &[Preset::AutomationHybridWorker], &[], &rg);
         assert_eq!(
             patterns(&v),
@@ -603,9 +705,46 @@ mod tests {
         // The shared entry is attributed to the first preset that asked for it.
         let ods = v
             .iter()
-            .find(|h| h.pattern == "*.ods.opinsights.azure.com")
+            .find(|h| h.entry.to_string() == "*.ods.opinsights.azure.com")
             .unwrap();
         assert_eq!(ods.preset, Preset::AzureMonitorAgent);
+    }
+
+    #[test]
+    fn operations_manager_matches_the_2016_tables() {
+        let v = expand(Cloud::Public, &[Preset::OperationsManager], &[], &[]);
+        assert_eq!(
+            patterns(&v),
+            [
+                "*.ods.opinsights.azure.com",
+                "*.oms.opinsights.azure.com",
+                "*.blob.core.windows.net",
+                "service.systemcenteradvisor.com",
+                "data.systemcenteradvisor.com",
+                "scadvisor.accesscontrol.windows.net",
+                "scadvisorservice.accesscontrol.windows.net",
+                "*.systemcenteradvisor.com:80,443",
+                "*.live.com:80,443",
+                "*.microsoftonline.com:80,443",
+                "login.windows.net:80,443",
+            ]
+        );
+        assert!(v
+            .iter()
+            .all(|h| h.why.contains("source: proxy-firewall-settings.md (2016)")));
+        assert_eq!(
+            Preset::parse("operations-manager"),
+            Some(Preset::OperationsManager)
+        );
+        let v = expand(Cloud::UsGov, &[Preset::OperationsManager], &[], &[]);
+        assert_eq!(
+            patterns(&v),
+            [
+                "*.ods.opinsights.azure.us",
+                "*.oms.opinsights.azure.us",
+                "*.blob.core.usgovcloudapi.net",
+            ]
+        );
     }
 
     #[test]
@@ -613,11 +752,14 @@ mod tests {
         let ws = [WorkspaceId::parse(WS).unwrap()];
         let rg = [Region::parse("eastus2").unwrap()];
         for cloud in Cloud::ALL {
-            for h in expand(cloud, &Preset::ALL, &ws, &rg) {
-                assert!(
-                    crate::policy::HostPattern::parse(&h.pattern).is_ok(),
+            let (hosts, rejected) = expand_checked(cloud, &Preset::ALL, &ws, &rg);
+            assert_eq!(rejected, Vec::<String>::new(), "{cloud}");
+            for h in hosts {
+                assert_eq!(
+                    HostEntry::parse(&h.entry.to_string()).as_ref(),
+                    Ok(&h.entry),
                     "{cloud}: {}",
-                    h.pattern
+                    h.entry
                 );
             }
         }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::auth::{Auth, Users};
 use crate::config::{Config, DataPath, Limits, TlsSettings};
 use crate::policy::Policy;
 use crate::relay::{self, RelaySettings, Scheme};
@@ -22,6 +23,9 @@ pub struct Settings {
     pub data_path: DataPath,
     /// TLS inspection of each tunnel's handshake.
     pub tls: Arc<TlsSettings>,
+    /// Client proxy authentication (`client_auth`); a reload builds a new table, which also
+    /// invalidates the workers' caches of accepted credentials.
+    pub auth: Option<Arc<Auth>>,
     /// Open tunnels through this relay proxy instead of directly.
     pub relay: Option<RelaySettings>,
     /// For an `https://` relay: the TLS client configuration and the name to verify.
@@ -35,6 +39,16 @@ impl Settings {
             limits: cfg.limits.clone(),
             data_path: cfg.data_path,
             tls: Arc::new(cfg.tls.clone()),
+            auth: cfg.client_auth.as_ref().map(|c| {
+                Arc::new(Auth::new(
+                    // The file was parsed by the config's validation; if it has changed into
+                    // something unreadable since, nobody logs in (fail closed).
+                    Users::load(&c.users_file).unwrap_or_default(),
+                    c.realm.clone(),
+                    c.max_failures,
+                    c.failure_window,
+                ))
+            }),
             relay: cfg.relay_proxy.clone(),
             relay_tls: cfg
                 .relay_proxy

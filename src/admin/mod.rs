@@ -19,6 +19,7 @@
 pub mod file;
 pub mod output;
 pub mod service;
+pub mod users;
 pub mod yaml;
 
 use std::path::{Path, PathBuf};
@@ -26,7 +27,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 
 use crate::config::{Config, ConfigError, DEFAULT_YAML};
-use crate::policy::HostPattern;
+use crate::policy::HostEntry;
 use output::Json;
 use service::Reload;
 use yaml::{quote, Doc, Value};
@@ -583,6 +584,33 @@ fn list_yaml(v: &str) -> String {
     format!("[{}]", items.join(", "))
 }
 
+/// `allowed_hosts` as a comma-separated list: the commas inside an entry's port list
+/// (`*.cloudapp.net:443,9354,30000-30199`) stay with that entry, since a bare number or range is
+/// never a host pattern.
+fn host_list_yaml(v: &str) -> String {
+    let v = v.trim();
+    if v.starts_with('[') {
+        return v.to_owned();
+    }
+    let is_ports = |s: &str| {
+        !s.is_empty()
+            && s.split('-')
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let mut items: Vec<String> = Vec::new();
+    for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match items.last_mut() {
+            Some(last) if is_ports(item) && last.contains(':') => {
+                last.push(',');
+                last.push_str(item);
+            }
+            _ => items.push(item.to_owned()),
+        }
+    }
+    let quoted: Vec<String> = items.iter().map(|i| quote(i)).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
 fn config_set(common: &Common, key: &str, value: &str) -> Result<Report, Failure> {
     let resolved = resolve_key(key)?;
     let (label, edited) = match resolved {
@@ -626,6 +654,7 @@ fn config_set(common: &Common, key: &str, value: &str) -> Result<Report, Failure
             let dotted = path.join(".");
             let default = Doc::parse(DEFAULT_YAML).get(&parts);
             let yaml = match default {
+                Some(Value::Seq(_)) if parts == ["allowed_hosts"] => host_list_yaml(value),
                 Some(Value::Seq(_)) => list_yaml(value),
                 Some(Value::Map(children)) if !children.is_empty() => {
                     return Err(Failure::usage(format!(
@@ -664,18 +693,50 @@ fn config_set(common: &Common, key: &str, value: &str) -> Result<Report, Failure
 // allowed-host / allowed-client-cert
 // ---------------------------------------------------------------------------------------------
 
-/// Hosts that come from `presets:` and `workspaces:`, with where each comes from.
-fn preset_hosts(cfg: &Config) -> Vec<(String, String)> {
+/// Entries that come from `presets:` and `workspaces:`, with where each comes from.
+fn preset_hosts(cfg: &Config) -> Vec<(HostEntry, String)> {
     cfg.preset_hosts
         .iter()
-        .map(|h| (h.pattern.clone(), h.origin()))
+        .map(|h| (h.entry.clone(), h.origin()))
         .collect()
 }
 
-fn normalize_pattern(s: &str) -> Result<String, Failure> {
-    HostPattern::parse(s.trim())
-        .map(|p| p.to_string())
-        .map_err(|e| Failure::usage(format!("{s:?} is not a valid host pattern: {e}")))
+/// `HOST` or `HOST:PORTS`, as in `allowed_hosts`.
+fn parse_entry(s: &str) -> Result<HostEntry, Failure> {
+    HostEntry::parse(s.trim()).map_err(|e| {
+        Failure::usage(format!(
+            "{s:?} is not a valid host pattern: {e} (expected HOST or HOST:PORTS, as in \
+             \"*.example.com\" or \"*.cloudapp.net:443,9354,30000-30199\")"
+        ))
+    })
+}
+
+/// Whether the file's item `item` is what `remove` asked for: the same entry, or, when the
+/// request names no ports, any entry for the same pattern.
+fn entry_matches(item: &str, wanted: &HostEntry) -> bool {
+    match HostEntry::parse(item.trim()) {
+        Ok(e) if wanted.ports().is_none() => e.pattern() == wanted.pattern(),
+        Ok(e) => e == *wanted,
+        Err(_) => false,
+    }
+}
+
+/// `ports 443,9354` or `ports (global) 443` for one entry; `global` is `allowed_ports`.
+fn ports_column(entry: &str, cfg: Option<&Config>) -> String {
+    match (HostEntry::parse(entry.trim()), cfg) {
+        (Ok(e), Some(cfg)) => cfg.ports_text(&e),
+        (Ok(e), None) => e
+            .ports()
+            .map_or_else(|| "ports (global)".to_owned(), |p| format!("ports {p}")),
+        (Err(_), _) => "(invalid)".to_owned(),
+    }
+}
+
+/// The host part of an entry, for the first column of `list`.
+fn host_column(entry: &str) -> String {
+    HostEntry::parse(entry.trim())
+        .map(|e| e.pattern().to_string())
+        .unwrap_or_else(|_| entry.to_owned())
 }
 
 fn allowed_host(common: &Common, action: ListAction) -> Result<Report, Failure> {
@@ -707,17 +768,42 @@ fn allowed_host(common: &Common, action: ListAction) -> Result<Report, Failure> 
                     ""
                 }
             ));
+            let width = local
+                .iter()
+                .map(|h| host_column(h).len())
+                .max()
+                .unwrap_or(0);
             for h in &local {
-                out.push_str(&format!("  {h}\n"));
+                out.push_str(&format!(
+                    "  {:width$}  {}\n",
+                    host_column(h),
+                    ports_column(h, cfg.as_ref())
+                ));
             }
             if local.is_empty() {
                 out.push_str("  (none)\n");
             }
+            let presets: Vec<(String, String)> = presets
+                .iter()
+                .map(|(e, from)| (e.to_string(), from.clone()))
+                .collect();
             if !presets.is_empty() {
                 out.push_str("from presets and workspaces (change with `config set presets|workspaces|cloud|regions`):\n");
-                let width = presets.iter().map(|(h, _)| h.len()).max().unwrap_or(0);
-                for (h, from) in &presets {
-                    out.push_str(&format!("  {h:width$}  [{from}]\n"));
+                let width = presets
+                    .iter()
+                    .map(|(h, _)| host_column(h).len())
+                    .max()
+                    .unwrap_or(0);
+                let ports: Vec<String> = presets
+                    .iter()
+                    .map(|(h, _)| ports_column(h, cfg.as_ref()))
+                    .collect();
+                let ports_width = ports.iter().map(String::len).max().unwrap_or(0);
+                for ((h, from), ports) in presets.iter().zip(&ports) {
+                    out.push_str(&format!(
+                        "  {:width$}  {ports:ports_width$}  [{from}]\n",
+                        host_column(h)
+                    ));
                 }
             }
             Ok(Report {
@@ -740,7 +826,7 @@ fn allowed_host(common: &Common, action: ListAction) -> Result<Report, Failure> 
             })
         }
         ListAction::Add { value } => {
-            let host = normalize_pattern(&value)?;
+            let host = parse_entry(&value)?.to_string();
             let edited = edit(common, |doc, cfg| {
                 let with_presets = cfg.is_some_and(|c| !c.presets.is_empty());
                 match doc.get(&["allowed_hosts"]) {
@@ -749,10 +835,13 @@ fn allowed_host(common: &Common, action: ListAction) -> Result<Report, Failure> 
                         doc.set(&["allowed_hosts"], &format!("[{}]", quote(&host)))
                     }
                     Some(Value::Seq(items)) => {
-                        if items
-                            .iter()
-                            .any(|i| normalize_pattern(i).ok().as_deref() == Some(host.as_str()))
-                        {
+                        if items.iter().any(|i| {
+                            HostEntry::parse(i.trim())
+                                .ok()
+                                .map(|e| e.to_string())
+                                .as_deref()
+                                == Some(host.as_str())
+                        }) {
                             return Ok(());
                         }
                         doc.seq_push(&["allowed_hosts"], &quote(&host));
@@ -779,17 +868,16 @@ fn allowed_host(common: &Common, action: ListAction) -> Result<Report, Failure> 
             })
         }
         ListAction::Remove { value } => {
-            let host = normalize_pattern(&value)?;
+            let wanted = parse_entry(&value)?;
+            let host = wanted.to_string();
             let edited = edit(common, |doc, cfg| {
-                let removed = doc.seq_remove(&["allowed_hosts"], |i| {
-                    normalize_pattern(i).ok().as_deref() == Some(host.as_str())
-                });
+                let removed = doc.seq_remove(&["allowed_hosts"], |i| entry_matches(i, &wanted));
                 if removed == 0 {
                     let from_preset = cfg
                         .map(preset_hosts)
                         .unwrap_or_default()
                         .into_iter()
-                        .find(|(h, _)| *h == host);
+                        .find(|(e, _)| entry_matches(&e.to_string(), &wanted));
                     return Err(Failure::usage(match from_preset {
                         Some((_, from)) => format!(
                             "{host} is not a local entry: it comes from {from}; change `presets`/`workspaces` instead"
@@ -1106,6 +1194,11 @@ mod tests {
         assert_eq!(list_yaml("443, 8443"), "[443, 8443]");
         assert_eq!(list_yaml("a.example,*.b"), "[\"a.example\", \"*.b\"]");
         assert_eq!(list_yaml("[\"x\"]"), "[\"x\"]");
+        assert_eq!(
+            host_list_yaml("a.example, *.cloudapp.net:443,9354,30000-30199,b.example:80,443,c"),
+            "[\"a.example\", \"*.cloudapp.net:443,9354,30000-30199\", \"b.example:80,443\", \"c\"]"
+        );
+        assert_eq!(host_list_yaml("a,443"), "[\"a\", \"443\"]");
     }
 
     #[test]

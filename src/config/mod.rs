@@ -17,10 +17,10 @@ mod validate;
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::policy::HostPattern;
+use crate::policy::HostEntry;
 use crate::presets::{Cloud, Preset, PresetHost, Region, WorkspaceId};
 use crate::proto::tls::{Tls13Policy, TlsVersion};
 
@@ -67,8 +67,11 @@ pub struct Config {
     /// Destination ports a client may CONNECT to; never empty, never 0.
     pub allowed_ports: Vec<u16>,
     /// Host allowlist, never empty: the file's `allowed_hosts` (the first `local_hosts`
-    /// entries), then the patterns the presets expand to that are not already listed.
-    pub allowed_hosts: Vec<HostPattern>,
+    /// entries), then the entries the presets expand to that are not already listed. An entry
+    /// may carry its own ports (`"*.cloudapp.net:443,9354,30000-30199"`); one without uses
+    /// `allowed_ports`. The same pattern may appear more than once with different ports: the
+    /// policy unites them.
+    pub allowed_hosts: Vec<HostEntry>,
     /// How many leading `allowed_hosts` entries are local (from `allowed_hosts:` or the
     /// built-in default) rather than from `presets`.
     pub local_hosts: usize,
@@ -78,6 +81,10 @@ pub struct Config {
     pub allow_private_destinations: bool,
     /// Networks exempted from the private-destination guard.
     pub allowed_destination_networks: Vec<ipnet::IpNet>,
+    /// Networks clients may connect from; empty = any client.
+    pub allowed_client_networks: Vec<ipnet::IpNet>,
+    /// Client (proxy) authentication; `None` = none.
+    pub client_auth: Option<ClientAuthSettings>,
     pub limits: Limits,
     pub resolver: ResolverSettings,
     pub tls: TlsSettings,
@@ -93,6 +100,34 @@ pub struct Config {
     pub regions: Vec<Region>,
     /// The presets expanded, each with its origin; also appended to `allowed_hosts`.
     pub preset_hosts: Vec<PresetHost>,
+}
+
+/// `client_auth:`: Basic proxy authentication of clients. The users file's content is read by
+/// [`crate::auth`]; validation only proves it exists and is readable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientAuthSettings {
+    /// One `name:hash` per line (bcrypt `$2a$`/`$2b$`/`$2y$` or argon2 PHC strings).
+    pub users_file: PathBuf,
+    /// The `Proxy-Authenticate: Basic realm="..."` value: no `"`, `\` or control characters.
+    pub realm: String,
+    /// Failed logins per client address within `failure_window` before the address is refused
+    /// without checking; at least 1.
+    pub max_failures: u32,
+    /// The window over which failures are counted.
+    pub failure_window: Duration,
+    /// Per-user extra allowlist entries, as written (same syntax as `allowed_hosts`, already
+    /// proven to parse): `(user, entries)` in file order. [`crate::policy::Policy::new`]
+    /// parses them.
+    pub user_hosts: Vec<(String, Vec<String>)>,
+}
+
+impl ClientAuthSettings {
+    /// The default realm.
+    pub const DEFAULT_REALM: &'static str = "splicegate";
+    /// The default `max_failures`.
+    pub const DEFAULT_MAX_FAILURES: u32 = 5;
+    /// The default `failure_window`.
+    pub const DEFAULT_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 }
 
 /// `engine:`: the I/O driver.
@@ -247,11 +282,13 @@ impl Default for Config {
             allowed_ports: vec![443],
             allowed_hosts: DEFAULT_ALLOWED_HOSTS
                 .iter()
-                .filter_map(|p| HostPattern::parse(p).ok())
+                .filter_map(|p| HostEntry::parse(p).ok())
                 .collect(),
             hosts: Vec::new(),
             allow_private_destinations: false,
             allowed_destination_networks: Vec::new(),
+            allowed_client_networks: Vec::new(),
+            client_auth: None,
             limits: Limits::default(),
             resolver: ResolverSettings::default(),
             tls: TlsSettings::default(),
@@ -299,6 +336,19 @@ impl Config {
         Config::from_yaml(DEFAULT_YAML).unwrap_or_default()
     }
 
+    /// `ports 443,9354,30000-30199` for an entry with its own ports, `ports (global) 443` for
+    /// one on `allowed_ports`.
+    pub fn ports_text(&self, entry: &HostEntry) -> String {
+        match entry.ports() {
+            Some(ports) => format!("ports {ports}"),
+            None => {
+                let global: Vec<String> =
+                    self.allowed_ports.iter().map(ToString::to_string).collect();
+                format!("ports (global) {}", global.join(","))
+            }
+        }
+    }
+
     /// A human-readable account of the effective configuration, every key included, for
     /// `check-config`.
     pub fn summary(&self) -> String {
@@ -335,8 +385,15 @@ impl Config {
         );
         let local = self.local_hosts.min(self.allowed_hosts.len());
         let _ = writeln!(out, "allowed_hosts: {local} pattern(s)");
-        for pattern in &self.allowed_hosts[..local] {
-            let _ = writeln!(out, "  - {pattern}");
+        let local_hosts = &self.allowed_hosts[..local];
+        let width = local_hosts
+            .iter()
+            .map(|e| e.pattern().to_string().len())
+            .max()
+            .unwrap_or(0);
+        for entry in local_hosts {
+            let pattern = entry.pattern().to_string();
+            let _ = writeln!(out, "  - {pattern:width$}  {}", self.ports_text(entry));
         }
         let _ = writeln!(out, "cloud: {}", self.cloud);
         let _ = writeln!(
@@ -360,14 +417,20 @@ impl Config {
                 "hosts from presets: {} pattern(s), also allowed",
                 self.preset_hosts.len()
             );
-            let width = self
+            let rows: Vec<(String, String)> = self
                 .preset_hosts
                 .iter()
-                .map(|h| h.pattern.len())
-                .max()
-                .unwrap_or(0);
-            for h in &self.preset_hosts {
-                let _ = writeln!(out, "  - {:width$}  [{}] {}", h.pattern, h.origin(), h.why);
+                .map(|h| (h.entry.pattern().to_string(), self.ports_text(&h.entry)))
+                .collect();
+            let width = rows.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
+            let ports_width = rows.iter().map(|(_, p)| p.len()).max().unwrap_or(0);
+            for (h, (pattern, ports)) in self.preset_hosts.iter().zip(&rows) {
+                let _ = writeln!(
+                    out,
+                    "  - {pattern:width$}  {ports:ports_width$}  [{}] {}",
+                    h.origin(),
+                    h.why
+                );
             }
         }
         let _ = writeln!(out, "hosts: {} override(s)", self.hosts.len());
@@ -395,6 +458,62 @@ impl Config {
                     .collect()
             )
         );
+        let _ = writeln!(
+            out,
+            "allowed_client_networks: {}",
+            if self.allowed_client_networks.is_empty() {
+                "any (no restriction)".to_owned()
+            } else {
+                self.allowed_client_networks
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+        match &self.client_auth {
+            None => {
+                let _ = writeln!(out, "client_auth: none (no client authentication)");
+            }
+            Some(a) => {
+                let _ = writeln!(out, "client_auth:");
+                let _ = writeln!(
+                    out,
+                    "  users_file: {} (hashes not shown)",
+                    a.users_file.display()
+                );
+                let _ = writeln!(out, "  realm: {:?}", a.realm);
+                let _ = writeln!(out, "  max_failures: {}", a.max_failures);
+                let _ = writeln!(
+                    out,
+                    "  failure_window: {}",
+                    format_duration(a.failure_window)
+                );
+                if a.user_hosts.is_empty() {
+                    let _ = writeln!(out, "  user_hosts: none (every user sees the global list)");
+                } else {
+                    let _ = writeln!(out, "  user_hosts (in addition to the global list):");
+                    for (user, entries) in &a.user_hosts {
+                        let _ = writeln!(out, "    {user}:");
+                        for text in entries {
+                            match HostEntry::parse(text) {
+                                Ok(entry) => {
+                                    let _ = writeln!(
+                                        out,
+                                        "      - {}  {}",
+                                        entry.pattern(),
+                                        self.ports_text(&entry)
+                                    );
+                                }
+                                Err(_) => {
+                                    let _ = writeln!(out, "      - {text}");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
         let l = &self.limits;
         let _ = writeln!(out, "limits:");
         let _ = writeln!(out, "  max_connections: {}", l.max_connections);
@@ -576,6 +695,8 @@ mod tests {
             "hosts:",
             "allow_private_destinations:",
             "allowed_destination_networks:",
+            "allowed_client_networks:",
+            "client_auth:",
             "limits:",
             "resolver:",
         ];
@@ -797,18 +918,259 @@ mod tests {
             1,
             &["scheme"],
         );
-        bad(
-            "allowed_hosts: [\"example.com:443\"]\n",
-            "allowed_hosts[0]",
-            1,
-            &["allowed_ports"],
-        );
         bad("allowed_hosts: []\n", "allowed_hosts", 1, &["empty"]);
         bad(
             "allowed_hosts: example.com\n",
             "allowed_hosts",
             1,
             &["expected a list"],
+        );
+    }
+
+    #[test]
+    fn allowed_hosts_with_ports() {
+        let cfg = ok("allowed_ports: [443, 8443]\n\
+             allowed_hosts:\n\
+             \x20 - '*.CloudApp.net:30000-30199,443,9354'\n\
+             \x20 - login.windows.net:443,80,443\n\
+             \x20 - '[2001:db8::1]:443'\n\
+             \x20 - '2001:db8::2'\n\
+             \x20 - plain.example\n\
+             \x20 - plain.example\n\
+             \x20 - plain.example:8080\n");
+        let hosts: Vec<String> = cfg.allowed_hosts.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            hosts,
+            [
+                "*.cloudapp.net:443,9354,30000-30199",
+                "login.windows.net:80,443",
+                "[2001:db8::1]:443",
+                "2001:db8::2",
+                "plain.example",
+                "plain.example:8080",
+            ],
+            "exact repeats are dropped, the same pattern with other ports is kept"
+        );
+        let summary = cfg.summary();
+        for line in [
+            "  - *.cloudapp.net     ports 443,9354,30000-30199\n",
+            "  - login.windows.net  ports 80,443\n",
+            "  - 2001:db8::1        ports 443\n",
+            "  - 2001:db8::2        ports (global) 443,8443\n",
+            "  - plain.example      ports (global) 443,8443\n",
+            "  - plain.example      ports 8080\n",
+        ] {
+            assert!(summary.contains(line), "{line:?} missing from:\n{summary}");
+        }
+        for (entry, needle) in [
+            ("x:0", "out of range"),
+            ("x:70000", "out of range"),
+            ("x:443-80", "backwards"),
+            ("x:", "empty"),
+            ("x:https", "not a port number"),
+            ("a:b:443", "in brackets"),
+            ("[example.com]:443", "only an IPv6 address"),
+        ] {
+            bad(
+                &format!("workers: 1\nallowed_hosts:\n  - a.example\n  - {entry:?}\n"),
+                "allowed_hosts[1]",
+                4,
+                &[&format!("invalid host pattern {entry:?}"), needle],
+            );
+        }
+    }
+
+    #[test]
+    fn client_networks() {
+        let cfg = ok("allowed_client_networks: [10.0.0.0/8, 192.0.2.7, 'fd00::/8', 10.1.2.3/16]\n");
+        let nets: Vec<String> = cfg
+            .allowed_client_networks
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            nets,
+            ["10.0.0.0/8", "192.0.2.7/32", "fd00::/8", "10.1.0.0/16"]
+        );
+        assert!(cfg.summary().contains(
+            "allowed_client_networks: 10.0.0.0/8, 192.0.2.7/32, fd00::/8, 10.1.0.0/16\n"
+        ));
+        assert!(ok("allowed_client_networks:\n")
+            .allowed_client_networks
+            .is_empty());
+        assert!(Config::default()
+            .summary()
+            .contains("allowed_client_networks: any"));
+        bad(
+            "allowed_client_networks:\n  - 10.0.0.0/8\n  - 10.0.0.0/33\n",
+            "allowed_client_networks[1]",
+            3,
+            &["expected a network"],
+        );
+        bad(
+            "allowed_client_networks: 10.0.0.0/8\n",
+            "allowed_client_networks",
+            1,
+            &["expected a list"],
+        );
+    }
+
+    /// A users file in a fresh temporary directory, removed on drop.
+    struct TempUsers(std::path::PathBuf);
+
+    impl TempUsers {
+        fn new(tag: &str) -> TempUsers {
+            let dir = std::env::temp_dir()
+                .join(format!("splicegate-config-{tag}-{}", std::process::id()));
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                panic!("create {}: {e}", dir.display());
+            }
+            let file = dir.join("users");
+            if let Err(e) = std::fs::write(&file, "alice:$2b$04$notarealhashatall\n") {
+                panic!("write {}: {e}", file.display());
+            }
+            TempUsers(dir)
+        }
+
+        fn file(&self) -> String {
+            self.0.join("users").display().to_string()
+        }
+    }
+
+    impl Drop for TempUsers {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn client_auth() {
+        assert_eq!(ok("client_auth: null\n").client_auth, None);
+        assert_eq!(ok("client_auth:\n").client_auth, None);
+        let users = TempUsers::new("auth");
+        let file = users.file();
+        let cfg = ok(&format!("client_auth:\n  users_file: {file:?}\n"));
+        assert_eq!(
+            cfg.client_auth,
+            Some(ClientAuthSettings {
+                users_file: PathBuf::from(&file),
+                realm: "splicegate".to_owned(),
+                max_failures: 5,
+                failure_window: Duration::from_secs(60),
+                user_hosts: Vec::new(),
+            })
+        );
+        let cfg = ok(&format!(
+            "client_auth:\n  users_file: {file:?}\n  realm: \"Contoso gateway\"\n  \
+             max_failures: 3\n  failure_window: 5m\n  user_hosts:\n    \
+             alice: [\"*.Extra.example.com:443\", b.example]\n    bob: []\n"
+        ));
+        let auth = cfg
+            .client_auth
+            .as_ref()
+            .unwrap_or_else(|| panic!("no client_auth"));
+        assert_eq!(auth.realm, "Contoso gateway");
+        assert_eq!(auth.max_failures, 3);
+        assert_eq!(auth.failure_window, Duration::from_secs(300));
+        assert_eq!(
+            auth.user_hosts,
+            vec![
+                (
+                    "alice".to_owned(),
+                    vec!["*.extra.example.com:443".to_owned(), "b.example".to_owned()]
+                ),
+                ("bob".to_owned(), Vec::new()),
+            ]
+        );
+        let summary = cfg.summary();
+        assert!(
+            summary.contains(&format!("  users_file: {file} (hashes not shown)\n")),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("  realm: \"Contoso gateway\"\n"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("      - *.extra.example.com  ports 443\n"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("      - b.example  ports (global) 443\n"),
+            "{summary}"
+        );
+        assert!(!summary.contains("notarealhash"), "{summary}");
+        assert!(Config::default().summary().contains("client_auth: none"));
+
+        let with = |rest: &str| format!("client_auth:\n  users_file: {file:?}\n{rest}");
+        bad(
+            &with("  user_hosts:\n    alice:\n      - ok.example\n      - 'x:0'\n"),
+            "client_auth.user_hosts.alice[1]",
+            6,
+            &["invalid host pattern \"x:0\"", "out of range"],
+        );
+        bad(
+            &with("  realm: 'a\"b'\n"),
+            "client_auth.realm",
+            3,
+            &["without '\"'"],
+        );
+        bad(
+            &with("  realm: ''\n"),
+            "client_auth.realm",
+            3,
+            &["realm name"],
+        );
+        bad(
+            &with("  max_failures: 0\n"),
+            "client_auth.max_failures",
+            3,
+            &["at least 1"],
+        );
+        bad(
+            &with("  failure_window: soon\n"),
+            "client_auth.failure_window",
+            3,
+            &["expected a duration"],
+        );
+        bad(
+            &with("  user_hosts: [a]\n"),
+            "client_auth.user_hosts",
+            3,
+            &["expected a mapping of user names"],
+        );
+        bad(
+            &with("  user_hosts:\n    'a:b': [x.example]\n"),
+            "client_auth.user_hosts",
+            4,
+            &["expected a user name"],
+        );
+        bad(
+            &with("  bogus: 1\n"),
+            "client_auth.bogus",
+            3,
+            &["unknown key", "users_file"],
+        );
+        bad(
+            "workers: 1\nclient_auth:\n  realm: x\n",
+            "client_auth.users_file",
+            3,
+            &["missing"],
+        );
+        bad(
+            "client_auth:\n  users_file: /nonexistent/splicegate/users\n",
+            "client_auth.users_file",
+            2,
+            &["cannot read /nonexistent/splicegate/users"],
+        );
+        bad(
+            &format!(
+                "client_auth:\n  users_file: {:?}\n",
+                users.0.display().to_string()
+            ),
+            "client_auth.users_file",
+            2,
+            &["not a regular file"],
         );
     }
 

@@ -128,6 +128,10 @@ pub(super) struct RawConfig {
     pub allow_private_destinations: Field,
     #[serde(default, deserialize_with = "present")]
     pub allowed_destination_networks: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub allowed_client_networks: Field,
+    #[serde(default)]
+    pub client_auth: Option<Spanned<RawClientAuth>>,
     #[serde(default)]
     pub limits: Option<RawLimits>,
     #[serde(default)]
@@ -160,6 +164,22 @@ pub(super) struct RawRelay {
     pub ca_file: Field,
     #[serde(default, deserialize_with = "present")]
     pub health_check: Field,
+}
+
+/// `client_auth:`.
+#[derive(Debug, Default, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClientAuth {
+    #[serde(default, deserialize_with = "present")]
+    pub users_file: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub realm: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub max_failures: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub failure_window: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub user_hosts: Field,
 }
 
 /// `limits:`.

@@ -15,9 +15,12 @@ use serde_saphyr::Spanned;
 
 use super::duration::{parse_duration, MAX_DURATION};
 use super::error::Problem;
-use super::raw::{Node, RawConfig, RawLimits, RawRelay, RawResolver, RawTls};
-use super::{Config, DataPath, EngineKind, Limits, ResolverSettings, TlsSettings, MAX_WORKERS};
-use crate::policy::{normalize_host, HostPattern};
+use super::raw::{Node, RawClientAuth, RawConfig, RawLimits, RawRelay, RawResolver, RawTls};
+use super::{
+    ClientAuthSettings, Config, DataPath, EngineKind, Limits, ResolverSettings, TlsSettings,
+    MAX_WORKERS,
+};
+use crate::policy::{normalize_host, HostEntry, HostPattern};
 use crate::presets::{self, Cloud, Preset, Region, WorkspaceId, MAX_WORKSPACES};
 use crate::proto::tls::{normalize_subject, Tls13Policy, TlsVersion};
 use crate::relay::{self, RelaySettings};
@@ -30,17 +33,18 @@ const EXPECT_METRICS: &str =
 const EXPECT_PORTS: &str = "a list of port numbers from 1 to 65535, such as [443]";
 const EXPECT_PORT: &str = "a port number from 1 to 65535";
 const EXPECT_HOSTS_LIST: &str =
-    "a list of host patterns such as \"example.com\" or \"*.example.com\"";
+    "a list of host patterns such as \"example.com\", \"*.example.com\" or \"*.example.com:443,8443\"";
 const EXPECT_PRESETS: &str = "a list of presets such as [azure-monitor-agent]";
 const EXPECT_PRESET: &str = "one of azure-monitor-agent, log-analytics-agent, \
-    automation-hybrid-worker, azure-arc-connected-machine";
+    automation-hybrid-worker, azure-arc-connected-machine, operations-manager";
 const EXPECT_WORKSPACES: &str = "a list of Log Analytics workspace IDs (GUIDs)";
 const EXPECT_WORKSPACE: &str =
     "a workspace ID, a GUID such as \"5e1f3a52-7b1d-4c2e-9a0b-1234567890ab\"";
 const EXPECT_REGIONS: &str = "a list of Azure regions such as [westeurope, eastus2]";
 const EXPECT_REGION: &str =
     "an Azure region's name in lower case without spaces, such as westeurope";
-const EXPECT_PATTERN: &str = "a host pattern such as \"example.com\" or \"*.example.com\"";
+const EXPECT_PATTERN: &str = "a host pattern such as \"example.com\" or \"*.example.com\", \
+    optionally with its own ports and ranges as in \"*.example.com:443,30000-30199\"";
 const EXPECT_OVERRIDES: &str =
     "a mapping of host names to lists of IP addresses, such as `example.com: [\"192.0.2.10\"]`";
 const EXPECT_OVERRIDE_IPS: &str = "a list of IP addresses such as [\"192.0.2.10\"]";
@@ -50,6 +54,12 @@ const EXPECT_NETWORKS: &str =
     "a list of networks such as \"10.0.0.0/8\" or single addresses such as \"10.1.2.3\"";
 const EXPECT_NETWORK: &str =
     "a network such as \"10.0.0.0/8\" or \"fd00::/8\", or a single address";
+const EXPECT_USERS_FILE: &str = "the path of the users file, such as \"/etc/splicegate/users\"";
+const EXPECT_REALM: &str =
+    "a realm name such as \"splicegate\", without '\"', '\\' or control characters";
+const EXPECT_USER_HOSTS: &str = "a mapping of user names to lists of host patterns, such as \
+    `alice: [\"*.extra.example.com:443\"]`";
+const EXPECT_USER_NAME: &str = "a user name without ':', spaces or control characters";
 const EXPECT_TLS_VERSION: &str =
     "one of \"1.0\", \"1.1\", \"1.2\", \"1.3\" (SSL 2.0 and 3.0 are always refused)";
 const EXPECT_SUBJECTS: &str =
@@ -97,7 +107,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
                     node,
                     format!(
                         "{key} are only used by presets; add one to `presets` \
-                         (azure-monitor-agent, log-analytics-agent, automation-hybrid-worker)"
+                         (azure-monitor-agent, log-analytics-agent, automation-hybrid-worker, ...)"
                     ),
                 );
             }
@@ -154,8 +164,18 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             )
             .unwrap_or(defaults.allow_private_destinations),
         allowed_destination_networks: c
-            .networks(raw.allowed_destination_networks.as_ref())
+            .networks(
+                "allowed_destination_networks",
+                raw.allowed_destination_networks.as_ref(),
+            )
             .unwrap_or(defaults.allowed_destination_networks),
+        allowed_client_networks: c
+            .networks(
+                "allowed_client_networks",
+                raw.allowed_client_networks.as_ref(),
+            )
+            .unwrap_or(defaults.allowed_client_networks),
+        client_auth: raw.client_auth.as_ref().and_then(|r| c.client_auth(r)),
         limits: c.limits(raw.limits.unwrap_or_default()),
         resolver: c.resolver(raw.resolver.unwrap_or_default()),
         tls: c.tls(raw.tls.unwrap_or_default()),
@@ -167,12 +187,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         regions,
     };
     cfg.local_hosts = cfg.allowed_hosts.len();
-    let mut seen: HashSet<HostPattern> = cfg.allowed_hosts.iter().cloned().collect();
+    let mut seen: HashSet<HostEntry> = cfg.allowed_hosts.iter().cloned().collect();
     for h in &cfg.preset_hosts {
-        if let Ok(p) = HostPattern::parse(&h.pattern) {
-            if seen.insert(p.clone()) {
-                cfg.allowed_hosts.push(p);
-            }
+        if seen.insert(h.entry.clone()) {
+            cfg.allowed_hosts.push(h.entry.clone());
         }
     }
     // Port 0 (an ephemeral port, as tests use) never collides.
@@ -517,7 +535,7 @@ impl Checker {
         &mut self,
         at: Option<&Spanned<Node>>,
         may_be_empty: bool,
-    ) -> Option<Vec<HostPattern>> {
+    ) -> Option<Vec<HostEntry>> {
         let at = at?;
         let items = self.list("allowed_hosts", at, EXPECT_HOSTS_LIST, false)?;
         if items.is_empty() && may_be_empty {
@@ -533,19 +551,25 @@ impl Checker {
             );
             return None;
         }
+        self.entries("allowed_hosts", items)
+    }
+
+    /// Allowlist entries (`HOST` or `HOST:PORTS`), each reported as `{key}[i]`; exact repeats
+    /// are dropped, the same pattern with other ports is kept (the policy unites them).
+    fn entries(&mut self, key: &str, items: &[Spanned<Node>]) -> Option<Vec<HostEntry>> {
         let mut out = Vec::with_capacity(items.len());
         let mut seen = HashSet::with_capacity(items.len());
         let mut ok = true;
         for (i, item) in items.iter().enumerate() {
-            let key = format!("allowed_hosts[{i}]");
+            let key = format!("{key}[{i}]");
             let Some(text) = self.string(&key, item, EXPECT_PATTERN) else {
                 ok = false;
                 continue;
             };
-            match HostPattern::parse(text) {
-                Ok(pattern) => {
-                    if seen.insert(pattern.clone()) {
-                        out.push(pattern);
+            match HostEntry::parse(text) {
+                Ok(entry) => {
+                    if seen.insert(entry.clone()) {
+                        out.push(entry);
                     }
                 }
                 Err(e) => {
@@ -655,13 +679,14 @@ impl Checker {
         }
     }
 
-    fn networks(&mut self, at: Option<&Spanned<Node>>) -> Option<Vec<ipnet::IpNet>> {
+    /// A list of networks (`10.0.0.0/8`) or single addresses; `null` is an empty list.
+    fn networks(&mut self, key: &str, at: Option<&Spanned<Node>>) -> Option<Vec<ipnet::IpNet>> {
         let at = at?;
-        let items = self.list("allowed_destination_networks", at, EXPECT_NETWORKS, true)?;
+        let items = self.list(key, at, EXPECT_NETWORKS, true)?;
         let mut out = Vec::with_capacity(items.len());
         let mut ok = true;
         for (i, item) in items.iter().enumerate() {
-            let key = format!("allowed_destination_networks[{i}]");
+            let key = format!("{key}[{i}]");
             let Some(text) = self.string(&key, item, EXPECT_NETWORK) else {
                 ok = false;
                 continue;
@@ -876,6 +901,154 @@ impl Checker {
             return None;
         }
         Some(settings)
+    }
+
+    /// `client_auth:`; `None` when absent, `null`, or with errors (which are reported).
+    fn client_auth(&mut self, raw: &Spanned<RawClientAuth>) -> Option<ClientAuthSettings> {
+        let line = usize::try_from(raw.referenced.line())
+            .ok()
+            .filter(|&l| l > 0);
+        let raw = &raw.value;
+        let users_file = match raw.users_file.as_ref() {
+            Some(at) => self.users_file(at),
+            None => {
+                self.problems.push(Problem {
+                    key: "client_auth.users_file".to_owned(),
+                    line,
+                    message: format!(
+                        "missing: client authentication needs {EXPECT_USERS_FILE} \
+                         (or remove client_auth)"
+                    ),
+                });
+                None
+            }
+        };
+        let realm = match raw.realm.as_ref() {
+            None => Some(ClientAuthSettings::DEFAULT_REALM.to_owned()),
+            Some(at) => self.realm(at),
+        };
+        let max_failures = match raw.max_failures.as_ref() {
+            None => Some(ClientAuthSettings::DEFAULT_MAX_FAILURES),
+            Some(at) => self
+                .count(
+                    "client_auth.max_failures",
+                    Some(at),
+                    1,
+                    usize::try_from(u32::MAX).unwrap_or(usize::MAX),
+                    "a whole number of failed logins of at least 1",
+                )
+                .and_then(|n| u32::try_from(n).ok()),
+        };
+        let failure_window = match raw.failure_window.as_ref() {
+            None => Some(ClientAuthSettings::DEFAULT_FAILURE_WINDOW),
+            Some(at) => self.duration("client_auth.failure_window", Some(at)),
+        };
+        let user_hosts = match raw.user_hosts.as_ref() {
+            None => Some(Vec::new()),
+            Some(at) => self.user_hosts(at),
+        };
+        Some(ClientAuthSettings {
+            users_file: users_file?,
+            realm: realm?,
+            max_failures: max_failures?,
+            failure_window: failure_window?,
+            user_hosts: user_hosts?,
+        })
+    }
+
+    /// `client_auth.users_file`: a file that exists, can be read now, and parses as a users
+    /// file ([`crate::auth::Users`]): a malformed line or a plain-text password fails the start
+    /// (or the reload) rather than every login.
+    fn users_file(&mut self, at: &Spanned<Node>) -> Option<PathBuf> {
+        const KEY: &str = "client_auth.users_file";
+        let text = self.string(KEY, at, EXPECT_USERS_FILE)?;
+        if text.is_empty() {
+            return self.mismatch(KEY, at, EXPECT_USERS_FILE);
+        }
+        let path = PathBuf::from(text);
+        let readable = std::fs::File::open(&path).and_then(|f| f.metadata());
+        match readable {
+            Ok(meta) if meta.is_file() => match crate::auth::Users::load(&path) {
+                Ok(_) => Some(path),
+                Err(e) => {
+                    self.report(KEY, at, e.to_string());
+                    None
+                }
+            },
+            Ok(_) => {
+                self.report(
+                    KEY,
+                    at,
+                    format!(
+                        "{} is not a regular file; expected {EXPECT_USERS_FILE}",
+                        path.display()
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                self.report(KEY, at, format!("cannot read {}: {e}", path.display()));
+                None
+            }
+        }
+    }
+
+    /// `client_auth.realm`: goes between the quotes of `Basic realm="..."`.
+    fn realm(&mut self, at: &Spanned<Node>) -> Option<String> {
+        const KEY: &str = "client_auth.realm";
+        let text = self.string(KEY, at, EXPECT_REALM)?;
+        if text.is_empty()
+            || text
+                .chars()
+                .any(|c| c == '"' || c == '\\' || c.is_control())
+        {
+            return self.mismatch(KEY, at, EXPECT_REALM);
+        }
+        Some(text.to_owned())
+    }
+
+    /// `client_auth.user_hosts`: user name -> allowlist entries; `null` is an empty mapping.
+    fn user_hosts(&mut self, at: &Spanned<Node>) -> Option<Vec<(String, Vec<String>)>> {
+        const KEY: &str = "client_auth.user_hosts";
+        let entries: &[(Spanned<Node>, Spanned<Node>)] = match &at.value {
+            Node::Map(entries) => entries,
+            Node::Null => &[],
+            _ => return self.mismatch(KEY, at, EXPECT_USER_HOSTS),
+        };
+        let mut out: Vec<(String, Vec<String>)> = Vec::with_capacity(entries.len());
+        let mut ok = true;
+        for (name_node, list_node) in entries {
+            let name = match &name_node.value {
+                Node::Str(s)
+                    if !s.is_empty()
+                        && !s
+                            .chars()
+                            .any(|c| c == ':' || c.is_whitespace() || c.is_control()) =>
+                {
+                    s.clone()
+                }
+                _ => {
+                    ok = false;
+                    self.mismatch::<()>(KEY, name_node, EXPECT_USER_NAME);
+                    continue;
+                }
+            };
+            let key = format!("{KEY}.{name}");
+            if out.iter().any(|(n, _)| *n == name) {
+                self.report(&key, name_node, format!("{name} has more than one entry"));
+                ok = false;
+                continue;
+            }
+            let Some(items) = self.list(&key, list_node, EXPECT_HOSTS_LIST, true) else {
+                ok = false;
+                continue;
+            };
+            match self.entries(&key, items) {
+                Some(parsed) => out.push((name, parsed.iter().map(ToString::to_string).collect())),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
     }
 
     fn nameservers(&mut self, at: Option<&Spanned<Node>>) -> Option<Vec<SocketAddr>> {

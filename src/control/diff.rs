@@ -159,6 +159,19 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
             _ => "relay_proxy changed".to_owned(),
         });
     }
+    set_diff(
+        &mut c.items,
+        "allowed_client_networks",
+        old.allowed_client_networks.iter().map(ToString::to_string),
+        new.allowed_client_networks.iter().map(ToString::to_string),
+    );
+    if old.client_auth != new.client_auth {
+        c.items.push(match (&old.client_auth, &new.client_auth) {
+            (None, Some(_)) => "client_auth enabled".to_owned(),
+            (Some(_), None) => "client_auth disabled".to_owned(),
+            _ => "client_auth changed".to_owned(),
+        });
+    }
     if c.items.is_empty() && old != new {
         c.items.push("other settings changed".to_owned());
     }

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::auth::Verifier;
 use crate::config::EngineKind;
 use crate::metrics::Shard;
 use crate::resolve::{ReplyTo, Resolver};
@@ -248,6 +249,9 @@ impl Engine {
         shards: &[Arc<Shard>],
     ) -> io::Result<Engine> {
         let n = listeners.per_worker.len();
+        // One thread checks client passwords for this engine's workers (hash checks are slow on
+        // purpose; workers cache the results). It exits with the last worker.
+        let verifier = Verifier::start(1)?;
         let handover = Mutex::new(listeners.handover);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
         let mut workers = Vec::with_capacity(n);
@@ -269,6 +273,7 @@ impl Engine {
                 commands: crx,
                 shard: Arc::clone(&shards[id]),
                 workers: n,
+                verifier: verifier.clone(),
             };
             let uring = choice.uring;
             let ready = ready_tx.clone();
@@ -372,6 +377,7 @@ struct PartialSetup {
     commands: mpsc::Receiver<Command>,
     shard: Arc<Shard>,
     workers: usize,
+    verifier: Verifier,
 }
 
 fn run_worker(
@@ -407,6 +413,7 @@ fn run_worker(
         commands: p.commands,
         shard: p.shard,
         workers: p.workers,
+        verifier: p.verifier,
     });
     let _ = ready.send(Ok(id));
     drop(ready);

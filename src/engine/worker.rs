@@ -7,7 +7,7 @@
 //! and the worker waits only in its driver.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -24,6 +24,7 @@ use super::flow::{Cx, Flow, Pumped, Tap};
 use super::pipe::PipePool;
 use super::sys;
 use super::tls_leg::TlsLeg;
+use crate::auth::{self, Checked, Verifier};
 use crate::config::{DataPath, Limits};
 use crate::events::{self, ErrorKind, Reject};
 use crate::metrics::Shard;
@@ -58,7 +59,12 @@ pub struct WorkerSetup {
     pub shard: Arc<Shard>,
     /// How many workers share `limits.max_connections`.
     pub workers: usize,
+    /// Checks client passwords off the worker.
+    pub verifier: Verifier,
 }
+
+/// Accepted credentials a worker remembers (each entry is one header value).
+const AUTH_CACHE: usize = 16 * 1024;
 
 /// Bytes one direction may read per turn before other connections get theirs.
 const TURN_BUDGET: usize = 1 << 20;
@@ -93,6 +99,11 @@ pub struct Worker {
     commands: mpsc::Receiver<Command>,
     shard: Arc<Shard>,
     workers: usize,
+    verifier: Verifier,
+    checked_tx: mpsc::Sender<Checked>,
+    checked_rx: mpsc::Receiver<Checked>,
+    /// `Proxy-Authorization` value -> (user, the users table it was checked against).
+    auth_cache: HashMap<Vec<u8>, (String, usize)>,
     /// A spare fd, closed to accept-and-refuse one client when the process is out of fds.
     spare: Option<OwnedFd>,
     accept_paused_until: Option<Instant>,
@@ -121,13 +132,22 @@ struct Conn {
 }
 
 enum State {
-    Head { buf: Vec<u8> },
+    Head {
+        buf: Vec<u8>,
+    },
     Resolving(Target),
+    /// Waiting for the verifier to check the client's password.
+    Authenticating(Target),
     Connecting(Box<Connecting>),
     Relaying(Box<Relaying>),
     Tunnel(Box<Tunnel>),
-    Refusing { bytes: &'static [u8], sent: usize },
-    Lingering { discarded: usize },
+    Refusing {
+        bytes: std::borrow::Cow<'static, [u8]>,
+        sent: usize,
+    },
+    Lingering {
+        discarded: usize,
+    },
 }
 
 /// An allowed CONNECT on its way to a tunnel.
@@ -138,6 +158,10 @@ struct Target {
     /// With a relay proxy: the CONNECT request for the relay (the addresses dialled are the
     /// relay's, and the private-destination guard does not apply to them).
     relay_request: Option<Vec<u8>>,
+    /// The `Proxy-Authorization` header value, when client authentication is on.
+    proxy_auth: Option<Vec<u8>>,
+    /// The authenticated user.
+    user: Option<String>,
 }
 
 /// Waiting for the relay proxy's answer to our CONNECT.
@@ -211,6 +235,7 @@ enum Close {
 
 impl Worker {
     pub fn new(s: WorkerSetup) -> Worker {
+        let (checked_tx, checked_rx) = mpsc::channel();
         let mut settings = Cache::new(s.settings);
         let limits = settings.load().limits.clone();
         let workers = s.workers.max(1);
@@ -239,6 +264,10 @@ impl Worker {
             commands: s.commands,
             shard: s.shard,
             workers,
+            verifier: s.verifier,
+            checked_tx,
+            checked_rx,
+            auth_cache: HashMap::new(),
             spare: sys::spare_fd().ok(),
             accept_paused_until: None,
             last_fd_warning: None,
@@ -264,6 +293,9 @@ impl Worker {
             self.events = events;
             while let Ok(a) = self.answers.try_recv() {
                 self.on_answer(a);
+            }
+            while let Ok(c) = self.checked_rx.try_recv() {
+                self.on_checked(c);
             }
             while let Ok(c) = self.commands.try_recv() {
                 match c {
@@ -497,6 +529,17 @@ impl Worker {
         // A connection accepted just as the drain began (an io_uring accept that completed
         // before its cancellation) is served like any other: its client is already connected.
         let current = self.settings.load();
+        if !current.policy.client_allowed(peer.ip()) {
+            // Not even HTTP for it: closed at accept.
+            self.shard.reject(Reject::ClientNetwork);
+            warn!(
+                event_id = events::NOT_ALLOWED,
+                client = %peer,
+                reason = Reject::ClientNetwork.as_str(),
+                "client address not in allowed_client_networks: connection closed"
+            );
+            return;
+        }
         let limits = current.limits.clone();
         let splice = current.data_path == DataPath::Splice;
         if self.live >= limits.max_connections.div_ceil(self.workers) {
@@ -563,7 +606,7 @@ impl Worker {
             State::Refusing { .. } => self.write_refusal(slot),
             State::Lingering { .. } => self.linger(slot),
             State::Relaying(_) => self.relay_handshake(slot),
-            State::Resolving(_) | State::Connecting(_) => {}
+            State::Resolving(_) | State::Authenticating(_) | State::Connecting(_) => {}
         }
     }
 
@@ -618,6 +661,8 @@ impl Worker {
                 }
             }
             Ok(Some(head)) => {
+                let proxy_auth = crate::proto::connect::header(buf, &head, "proxy-authorization")
+                    .map(<[u8]>::to_vec);
                 let early = buf.split_off(head.head_len.min(buf.len()));
                 self.shard.connect_requests.fetch_add(1, Relaxed);
                 let peer = conn.peer;
@@ -633,6 +678,8 @@ impl Worker {
                         authority: head.authority,
                         early,
                         relay_request: None,
+                        proxy_auth,
+                        user: None,
                     },
                 );
             }
@@ -662,10 +709,19 @@ impl Worker {
 
     /// Policy on the authority, then on addresses known without DNS.
     fn decide(&mut self, slot: u32, mut target: Target) {
+        if target.user.is_none() && self.settings.load().auth.is_some() {
+            match self.authenticate(slot, &mut target) {
+                Some(user) => target.user = Some(user),
+                // Refused, or waiting for the verifier.
+                None => return,
+            }
+        }
         let current = self.settings.load();
         let policy = &current.policy;
         let host = target.authority.host.as_policy_str();
-        if let Err(d) = policy.check_target(&host, target.authority.port) {
+        if let Err(d) =
+            policy.check_target_for(&host, target.authority.port, target.user.as_deref())
+        {
             self.deny(slot, d, &target.authority, None);
             return;
         }
@@ -703,6 +759,161 @@ impl Worker {
         match known {
             Some(ips) => self.connect_checked(slot, target, ips),
             None => self.resolve(slot, target, &host),
+        }
+    }
+
+    /// Client authentication: `Some(user)` when the credentials are known good (cached); `None`
+    /// when the request was refused or handed to the verifier (the connection waits in
+    /// `Authenticating`).
+    fn authenticate(&mut self, slot: u32, target: &mut Target) -> Option<String> {
+        let auth = Arc::clone(self.settings.load().auth.as_ref()?);
+        let peer = self.conn_at(slot)?.peer;
+        let now = Instant::now();
+        let Some(header) = target.proxy_auth.take() else {
+            // The normal first step of a client that waits to be asked: no event, no count.
+            debug!(client = %peer, target = %target.authority, "proxy authentication required");
+            self.start_refusal_bytes(slot, std::borrow::Cow::Owned(auth::challenge(&auth.realm)));
+            return None;
+        };
+        let table = Arc::as_ptr(&auth) as usize;
+        if let Some((user, at)) = self.auth_cache.get(&header) {
+            if *at == table {
+                return Some(user.clone());
+            }
+        }
+        if auth.locked_out(peer.ip(), now) {
+            self.auth_refusal(
+                slot,
+                target,
+                Status::TooManyRequests,
+                None,
+                "too many failed logins from this address",
+            );
+            return None;
+        }
+        let Some((user, password)) = auth::parse_basic(&header) else {
+            auth.failed(peer.ip(), now);
+            self.auth_refusal(
+                slot,
+                target,
+                Status::ProxyAuthRequired,
+                None,
+                "malformed Proxy-Authorization",
+            );
+            return None;
+        };
+        let gen = self.gen_of(slot);
+        let queued = self.verifier.check(
+            Arc::clone(&auth),
+            user,
+            password,
+            slot,
+            gen,
+            &self.checked_tx,
+            &self.reply,
+        );
+        if !queued {
+            self.auth_refusal(
+                slot,
+                target,
+                Status::ServiceUnavailable,
+                None,
+                "login queue full",
+            );
+            return None;
+        }
+        target.proxy_auth = Some(header);
+        let timeout = self.conn_at(slot)?.limits.resolve_timeout;
+        let taken = std::mem::replace(
+            target,
+            Target {
+                authority: target.authority.clone(),
+                early: Vec::new(),
+                relay_request: None,
+                proxy_auth: None,
+                user: None,
+            },
+        );
+        let conn = self.conn_at(slot)?;
+        conn.deadline = now + timeout;
+        conn.state = State::Authenticating(taken);
+        self.timers.push(Reverse((now + timeout, slot, gen)));
+        None
+    }
+
+    /// The verifier's answer for a connection in `Authenticating`.
+    fn on_checked(&mut self, c: Checked) {
+        let Some(conn) = self.conn_mut(c.slot, c.gen) else {
+            return;
+        };
+        if !matches!(conn.state, State::Authenticating(_)) {
+            return;
+        }
+        let peer = conn.peer;
+        let State::Authenticating(mut target) =
+            std::mem::replace(&mut conn.state, State::Lingering { discarded: 0 })
+        else {
+            return;
+        };
+        let Some(auth) = self.settings.load().auth.clone() else {
+            // Authentication was switched off by a reload meanwhile.
+            self.decide(c.slot, target);
+            return;
+        };
+        if c.ok {
+            if let Some(header) = target.proxy_auth.take() {
+                if self.auth_cache.len() >= AUTH_CACHE {
+                    self.auth_cache.clear();
+                }
+                let table = Arc::as_ptr(&auth) as usize;
+                self.auth_cache.insert(header, (c.user.clone(), table));
+            }
+            auth.succeeded(peer.ip());
+            target.user = Some(c.user);
+            self.decide(c.slot, target);
+        } else {
+            auth.failed(peer.ip(), Instant::now());
+            let detail = format!("wrong user name or password for user {}", c.user);
+            self.auth_refusal(
+                c.slot,
+                &target,
+                Status::ProxyAuthRequired,
+                Some(&c.user),
+                &detail,
+            );
+        }
+    }
+
+    /// A failed or refused login: event 105, `rejections_total{reason="client_auth"}`, and the
+    /// answer (a fresh 407 challenge, or 429/503).
+    fn auth_refusal(
+        &mut self,
+        slot: u32,
+        target: &Target,
+        status: Status,
+        user: Option<&str>,
+        detail: &str,
+    ) {
+        self.shard.reject(Reject::ClientAuth);
+        if let Some(conn) = self.conn_at(slot) {
+            let peer = conn.peer;
+            warn!(
+                event_id = events::NOT_ALLOWED,
+                client = %peer,
+                target = %target.authority,
+                reason = Reject::ClientAuth.as_str(),
+                user = user.unwrap_or(""),
+                detail = detail,
+                status = status.code(),
+                "client authentication failed"
+            );
+        }
+        match (status, self.settings.load().auth.as_ref()) {
+            (Status::ProxyAuthRequired, Some(a)) => {
+                let challenge = auth::challenge(&a.realm);
+                self.start_refusal_bytes(slot, std::borrow::Cow::Owned(challenge));
+            }
+            _ => self.start_refusal(slot, status),
         }
     }
 
@@ -1655,18 +1866,16 @@ impl Worker {
     }
 
     fn start_refusal(&mut self, slot: u32, status: Status) {
+        self.start_refusal_bytes(slot, std::borrow::Cow::Borrowed(status.bytes()));
+    }
+
+    fn start_refusal_bytes(&mut self, slot: u32, bytes: std::borrow::Cow<'static, [u8]>) {
         let gen = self.gen_of(slot);
         let Some(conn) = self.conn_at(slot) else {
             return;
         };
         // Drop any half-made upstream socket first.
-        let old = std::mem::replace(
-            &mut conn.state,
-            State::Refusing {
-                bytes: status.bytes(),
-                sent: 0,
-            },
-        );
+        let old = std::mem::replace(&mut conn.state, State::Refusing { bytes, sent: 0 });
         self.drop_upstream(slot, gen, old);
         let deadline = Instant::now() + LINGER;
         if let Some(conn) = self.conn_at(slot) {
@@ -1769,6 +1978,22 @@ impl Worker {
                 "header not complete within header_timeout",
                 None,
             ),
+            State::Authenticating(t) => {
+                let t = Target {
+                    authority: t.authority.clone(),
+                    early: Vec::new(),
+                    relay_request: None,
+                    proxy_auth: None,
+                    user: None,
+                };
+                self.auth_refusal(
+                    slot,
+                    &t,
+                    Status::ServiceUnavailable,
+                    None,
+                    "password check timed out",
+                )
+            }
             State::Resolving(t) => {
                 let a = t.authority.clone();
                 self.fail(

@@ -6,14 +6,18 @@
 //! matches `ws.ods.opinsights.azure.com` and `a.b.ods.opinsights.azure.com`, but neither
 //! `ods.opinsights.azure.com` itself nor `evilods.opinsights.azure.com`.
 //!
-//! The [`Allowlist`] keeps exact entries and wildcard suffixes in two hash sets; a lookup costs
-//! one probe for the exact set and one per label of the queried name for the wildcard set, so it
-//! does not depend on the number of rules.
+//! The [`Allowlist`] keeps exact entries and wildcard suffixes in two hash maps, each key with
+//! its port rule; a lookup costs one probe for the exact map and one per label of the queried
+//! name for the wildcard map, longest suffix first, so the first hit is the most specific entry
+//! and the cost does not depend on the number of rules.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 use std::str::FromStr;
+
+use super::entry::HostEntry;
+use super::ports::{PortList, PortSet};
 
 /// The longest DNS name, in presentation form without the trailing dot.
 const MAX_NAME_LEN: usize = 253;
@@ -31,7 +35,9 @@ pub enum PatternError {
     Scheme,
     #[error("a host pattern must not contain '/': write only the host name, without a path or prefix length")]
     Path,
-    #[error("a host pattern must not contain a port: list ports in allowed_ports instead")]
+    #[error(
+        "a host pattern must not contain ':' (ports follow the host, as in \"example.com:443\")"
+    )]
     Port,
     #[error("'*' is only allowed as the whole first label, as in \"*.example.com\"")]
     Wildcard,
@@ -153,11 +159,82 @@ impl FromStr for HostPattern {
     }
 }
 
-/// A set of [`HostPattern`]s with a lookup cost independent of its size.
+/// A set of [`HostPattern`]s, each with its port rule, with a lookup cost independent of its
+/// size.
+///
+/// Each key (an exact name or a wildcard suffix) maps to its port rule: the global port list,
+/// its own ports (shared by every key with the same list), or both when the same pattern was
+/// listed once without and once with ports. Listing a pattern again unites the ports. A list of
+/// a few ranges is checked range by range; a longer one gets a [`PortSet`] bitmap, so a check
+/// is bounded either way and thousands of distinct short lists do not cost 8 KiB each.
 #[derive(Debug, Clone, Default)]
 pub struct Allowlist {
-    exact: HashSet<String>,
-    wildcard: HashSet<String>,
+    exact: HashMap<String, Rule>,
+    wildcard: HashMap<String, Rule>,
+    /// The distinct port lists; `Rule::set` indexes this.
+    sets: Vec<OwnPorts>,
+    /// Where each distinct list is in `sets`.
+    interned: HashMap<PortList, u32>,
+}
+
+/// The ports one allowlist key may be reached on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Rule {
+    /// The global `allowed_ports` apply.
+    global: bool,
+    /// Index of the key's own ports in `Allowlist::sets`.
+    set: Option<u32>,
+}
+
+/// Lists of up to this many ranges are checked range by range, without a bitmap.
+const MAX_RANGES_WITHOUT_BITMAP: usize = 16;
+
+/// One distinct port list of an allowlist, with a bitmap when it has many ranges.
+#[derive(Debug, Clone)]
+struct OwnPorts {
+    list: PortList,
+    bitmap: Option<PortSet>,
+}
+
+impl OwnPorts {
+    fn new(list: &PortList) -> OwnPorts {
+        let bitmap = (list.ranges().len() > MAX_RANGES_WITHOUT_BITMAP).then(|| PortSet::from(list));
+        OwnPorts {
+            list: list.clone(),
+            bitmap,
+        }
+    }
+
+    fn contains(&self, port: u16) -> bool {
+        match &self.bitmap {
+            Some(set) => set.contains(port),
+            None => self.list.contains(port),
+        }
+    }
+}
+
+/// The port rule of the entry that matched a host (see [`Allowlist::lookup`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PortRule<'a> {
+    global: bool,
+    own: Option<&'a OwnPorts>,
+}
+
+impl<'a> PortRule<'a> {
+    /// Whether `port` is allowed, given the global `allowed_ports`.
+    pub fn allows(&self, port: u16, global: &PortSet) -> bool {
+        (self.global && global.contains(port)) || self.own.is_some_and(|s| s.contains(port))
+    }
+
+    /// Whether the global `allowed_ports` apply to the entry.
+    pub fn uses_global(&self) -> bool {
+        self.global
+    }
+
+    /// The entry's own ports, if it has any.
+    pub fn own_ports(&self) -> Option<&'a PortList> {
+        self.own.map(|o| &o.list)
+    }
 }
 
 impl Allowlist {
@@ -166,40 +243,77 @@ impl Allowlist {
         Allowlist::default()
     }
 
-    /// Builds an allowlist from patterns.
+    /// Builds an allowlist from patterns, all on the global ports.
     pub fn from_patterns<'a>(patterns: impl IntoIterator<Item = &'a HostPattern>) -> Allowlist {
         patterns.into_iter().cloned().collect()
     }
 
-    /// Adds one pattern. Returns `false` if it was already present.
-    pub fn insert(&mut self, pattern: HostPattern) -> bool {
-        match pattern.0 {
-            Repr::Exact(name) => self.exact.insert(name),
-            Repr::Wildcard(suffix) => self.wildcard.insert(suffix),
+    /// Builds an allowlist from entries with their ports.
+    pub fn from_entries<'a>(entries: impl IntoIterator<Item = &'a HostEntry>) -> Allowlist {
+        let mut list = Allowlist::new();
+        for entry in entries {
+            list.insert_entry(entry);
         }
+        list
     }
 
-    /// Whether `host` (already normalised, see [`normalize_host`]) is allowed: it is an exact
-    /// entry, or some proper label suffix of it is a wildcard entry.
+    /// Adds one pattern on the global ports. Returns `false` if the pattern was already
+    /// present (its rule then also allows the global ports).
+    pub fn insert(&mut self, pattern: HostPattern) -> bool {
+        self.insert_entry(&HostEntry::from(pattern))
+    }
+
+    /// Adds one entry with its ports (none = the global ports). Returns `false` if its pattern
+    /// was already present; the ports are then united with those already listed.
+    pub fn insert_entry(&mut self, entry: &HostEntry) -> bool {
+        let (exact, key) = match &entry.pattern().0 {
+            Repr::Exact(name) => (true, name),
+            Repr::Wildcard(suffix) => (false, suffix),
+        };
+        let map = if exact { &self.exact } else { &self.wildcard };
+        let old = map.get(key.as_str()).copied();
+        let (global, list) = match old {
+            None => (entry.ports().is_none(), entry.ports().cloned()),
+            Some(rule) => {
+                let old_list = rule.set.and_then(|i| self.list(i));
+                let list = match (old_list, entry.ports()) {
+                    (a, None) => a.cloned(),
+                    (None, b) => b.cloned(),
+                    (Some(a), Some(b)) => Some(a.union(b)),
+                };
+                (rule.global || entry.ports().is_none(), list)
+            }
+        };
+        // A united list may leave the key's previous set unused; that costs memory only when a
+        // pattern is listed more than once with different ports.
+        let set = list.as_ref().map(|l| self.intern(l));
+        let map = if exact {
+            &mut self.exact
+        } else {
+            &mut self.wildcard
+        };
+        map.insert(key.clone(), Rule { global, set });
+        old.is_none()
+    }
+
+    /// The most specific entry matching `host` (already normalised, see [`normalize_host`]):
+    /// an exact entry, else the wildcard with the longest suffix. `None` when nothing matches.
+    pub fn lookup(&self, host: &str) -> Option<PortRule<'_>> {
+        let rule = self.find(host)?;
+        let own = rule
+            .set
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| self.sets.get(i));
+        Some(PortRule {
+            global: rule.global,
+            own,
+        })
+    }
+
+    /// Whether `host` (already normalised, see [`normalize_host`]) is allowed on some port: it
+    /// is an exact entry, or some proper label suffix of it is a wildcard entry.
     pub fn is_allowed(&self, host: &str) -> bool {
-        if self.exact.contains(host) {
-            return true;
-        }
-        if self.wildcard.is_empty() {
-            return false;
-        }
-        let mut rest = host;
-        while let Some(dot) = rest.find('.') {
-            if dot == 0 {
-                // An empty label: not a normalised name.
-                return false;
-            }
-            rest = &rest[dot + 1..];
-            if self.wildcard.contains(rest) {
-                return true;
-            }
-        }
-        false
+        self.find(host).is_some()
     }
 
     /// The number of distinct patterns.
@@ -210,6 +324,45 @@ impl Allowlist {
     /// Whether there are no patterns (everything is refused).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// One probe for the exact map, then one per label, longest suffix first, so the first
+    /// wildcard found is the most specific.
+    fn find(&self, host: &str) -> Option<&Rule> {
+        if let Some(rule) = self.exact.get(host) {
+            return Some(rule);
+        }
+        if self.wildcard.is_empty() {
+            return None;
+        }
+        let mut rest = host;
+        while let Some(dot) = rest.find('.') {
+            if dot == 0 {
+                // An empty label: not a normalised name.
+                return None;
+            }
+            rest = &rest[dot + 1..];
+            if let Some(rule) = self.wildcard.get(rest) {
+                return Some(rule);
+            }
+        }
+        None
+    }
+
+    /// The index of `list` in `sets`, adding it if new.
+    fn intern(&mut self, list: &PortList) -> u32 {
+        if let Some(&i) = self.interned.get(list) {
+            return i;
+        }
+        let i = u32::try_from(self.sets.len()).unwrap_or(u32::MAX);
+        self.sets.push(OwnPorts::new(list));
+        self.interned.insert(list.clone(), i);
+        i
+    }
+
+    fn list(&self, i: u32) -> Option<&PortList> {
+        let i = usize::try_from(i).ok()?;
+        self.sets.get(i).map(|o| &o.list)
     }
 }
 
@@ -456,6 +609,41 @@ mod tests {
         assert!(!list.is_allowed("wwwexample.com"));
         let copy = Allowlist::from_patterns(&[pattern("a.example")]);
         assert!(copy.is_allowed("a.example"));
+    }
+
+    #[test]
+    fn port_rules_short_and_long_lists() {
+        let entry = |s: &str| match HostEntry::parse(s) {
+            Ok(e) => e,
+            Err(err) => panic!("{s:?}: {err}"),
+        };
+        // 20 single ports (more than MAX_RANGES_WITHOUT_BITMAP): checked through a bitmap.
+        let many: Vec<String> = (0..20).map(|i| (1000 + 2 * i).to_string()).collect();
+        let list = Allowlist::from_entries(&[
+            entry(&format!("many.example:{}", many.join(","))),
+            entry("few.example:443,30000-30199"),
+            entry("*.few.example:443,30000-30199"),
+            entry("global.example"),
+        ]);
+        let global: PortSet = [443].into_iter().collect();
+        let allows = |host: &str, port: u16| {
+            list.lookup(host)
+                .is_some_and(|rule| rule.allows(port, &global))
+        };
+        assert!(allows("many.example", 1000) && allows("many.example", 1038));
+        assert!(!allows("many.example", 1001) && !allows("many.example", 443));
+        assert!(allows("few.example", 30199) && !allows("few.example", 30200));
+        assert!(allows("global.example", 443) && !allows("global.example", 30000));
+        let few = list.lookup("a.few.example");
+        assert_eq!(
+            few.and_then(|r| r.own_ports()).map(ToString::to_string),
+            Some("443,30000-30199".to_owned())
+        );
+        assert!(few.is_some_and(|r| !r.uses_global()));
+        assert_eq!(list.sets.len(), 2, "equal port lists are shared");
+        assert!(list
+            .lookup("global.example")
+            .is_some_and(|r| r.uses_global()));
     }
 
     #[test]

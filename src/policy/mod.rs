@@ -1,10 +1,15 @@
 //! The gateway's access policy, as one immutable snapshot built from a validated
 //! [`Config`](crate::config::Config).
 //!
-//! A CONNECT request goes through two checks:
-//! 1. [`Policy::check_target`], on the requested authority before anything is resolved: the
-//!    host must match the allowlist (exact names, `*.` wildcards, IP literals) and the port
-//!    must be in the port set.
+//! A client is first checked at accept by [`Policy::client_allowed`] (`allowed_client_networks`;
+//! empty = any client). A CONNECT request then goes through two checks:
+//! 1. [`Policy::check_target`] (or [`Policy::check_target_for`] for an authenticated user), on
+//!    the requested authority before anything is resolved: the host must match the allowlist
+//!    (exact names, `*.` wildcards, IP literals) and the port must be among the ports of the
+//!    most specific matching entry: its own (`"*.cloudapp.net:443,9354,30000-30199"`) or, for
+//!    an entry without ports, the global `allowed_ports`. A user's own entries
+//!    (`client_auth.user_hosts`) decide for the hosts they match; the global list decides the
+//!    rest.
 //! 2. [`Policy::check_address`], the private-destination (SSRF) guard, on every address the
 //!    name resolved to (or the literal address): anything [`classify`] does not call public is
 //!    refused unless `allow_private_destinations` is set or the address lies in one of
@@ -14,6 +19,7 @@
 //! A `Policy` is `Send + Sync` and never changes; a reload builds a new one.
 
 mod allowlist;
+mod entry;
 mod ip;
 mod ports;
 
@@ -23,15 +29,20 @@ use std::net::IpAddr;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
-pub use allowlist::{normalize_host, Allowlist, HostPattern, PatternError};
+pub use allowlist::{normalize_host, Allowlist, HostPattern, PatternError, PortRule};
+pub use entry::{EntryError, HostEntry};
 pub use ip::{classify, classify_v4, classify_v6, AddrClass};
-pub use ports::PortSet;
+pub use ports::{PortList, PortListError, PortSet};
 
 /// The immutable policy snapshot shared by all workers.
 #[derive(Debug, Clone)]
 pub struct Policy {
     allowlist: Allowlist,
     ports: PortSet,
+    /// Each user's own entries (`client_auth.user_hosts`), consulted before `allowlist`.
+    users: HashMap<String, Allowlist>,
+    /// `allowed_client_networks`; empty = any client.
+    clients: Networks,
     overrides: HashMap<String, Vec<IpAddr>>,
     guard: Guard,
 }
@@ -47,35 +58,73 @@ impl Policy {
                 (key, addrs.clone())
             })
             .collect();
-        let mut guard = Guard {
+        let guard = Guard {
             allow_private: cfg.allow_private_destinations,
-            v4: Vec::new(),
-            v6: Vec::new(),
+            exempt: Networks::new(&cfg.allowed_destination_networks),
         };
-        for net in &cfg.allowed_destination_networks {
-            match net {
-                ipnet::IpNet::V4(n) => guard.v4.push(n.trunc()),
-                ipnet::IpNet::V6(n) => guard.v6.push(n.trunc()),
-            }
-        }
+        // Validation has proven every user entry parses; one that did not would be skipped.
+        let users = cfg
+            .client_auth
+            .iter()
+            .flat_map(|auth| &auth.user_hosts)
+            .map(|(user, entries)| {
+                let parsed: Vec<HostEntry> = entries
+                    .iter()
+                    .filter_map(|e| HostEntry::parse(e).ok())
+                    .collect();
+                (user.clone(), Allowlist::from_entries(&parsed))
+            })
+            .filter(|(_, list)| !list.is_empty())
+            .collect();
         Policy {
-            allowlist: Allowlist::from_patterns(&cfg.allowed_hosts),
+            allowlist: Allowlist::from_entries(&cfg.allowed_hosts),
             ports: cfg.allowed_ports.iter().copied().collect(),
+            users,
+            clients: Networks::new(&cfg.allowed_client_networks),
             overrides,
             guard,
         }
     }
 
-    /// Decides on the CONNECT authority before any resolution. `host` is already normalised
-    /// (see [`normalize_host`]). The host is checked before the port.
+    /// Decides on the CONNECT authority before any resolution, for an unauthenticated client
+    /// (the global allowlist only). `host` is already normalised (see [`normalize_host`]). The
+    /// host is checked before the port.
     pub fn check_target(&self, host: &str, port: u16) -> Result<(), Denial> {
-        if !self.allowlist.is_allowed(host) {
-            return Err(Denial::HostNotAllowed);
+        self.check_target_for(host, port, None)
+    }
+
+    /// Like [`Policy::check_target`], for `user` when the client authenticated: an entry of
+    /// the user's own list that matches `host` decides (the most specific one); otherwise the
+    /// global allowlist decides. One hash probe per label of `host` in each list consulted.
+    pub fn check_target_for(
+        &self,
+        host: &str,
+        port: u16,
+        user: Option<&str>,
+    ) -> Result<(), Denial> {
+        let own = user
+            .and_then(|u| self.users.get(u))
+            .and_then(|list| list.lookup(host));
+        let rule = own
+            .or_else(|| self.allowlist.lookup(host))
+            .ok_or(Denial::HostNotAllowed)?;
+        if rule.allows(port, &self.ports) {
+            Ok(())
+        } else {
+            Err(Denial::PortNotAllowed)
         }
-        if !self.ports.contains(port) {
-            return Err(Denial::PortNotAllowed);
-        }
-        Ok(())
+    }
+
+    /// Whether a client connecting from `ip` may be served (`allowed_client_networks`; an
+    /// empty list allows any client). An IPv4-mapped IPv6 address is also matched against the
+    /// IPv4 networks.
+    pub fn client_allowed(&self, ip: IpAddr) -> bool {
+        self.clients.is_empty() || self.clients.contains(ip)
+    }
+
+    /// Whether `user` has entries of its own (`client_auth.user_hosts`).
+    pub fn has_user_hosts(&self, user: &str) -> bool {
+        self.users.contains_key(user)
     }
 
     /// The static override from the configuration's `hosts:` map for a normalised name.
@@ -109,7 +158,7 @@ impl Policy {
 pub enum Denial {
     /// The host matches no allowlist entry.
     HostNotAllowed,
-    /// The port is not in `allowed_ports`.
+    /// The port is not among the ports of the matching entry (its own, or `allowed_ports`).
     PortNotAllowed,
     /// The (resolved) address is not public and not exempted.
     PrivateDestination(AddrClass),
@@ -139,17 +188,43 @@ impl fmt::Display for Denial {
 #[derive(Debug, Clone)]
 struct Guard {
     allow_private: bool,
-    v4: Vec<Ipv4Net>,
-    v6: Vec<Ipv6Net>,
+    exempt: Networks,
 }
 
 impl Guard {
     /// Whether a non-public address is exempted. An IPv4-mapped IPv6 address is also matched
     /// against the IPv4 networks.
     fn exempts(&self, ip: IpAddr) -> bool {
-        if self.allow_private {
-            return true;
+        self.allow_private || self.exempt.contains(ip)
+    }
+}
+
+/// A list of IPv4 and IPv6 networks.
+#[derive(Debug, Clone, Default)]
+struct Networks {
+    v4: Vec<Ipv4Net>,
+    v6: Vec<Ipv6Net>,
+}
+
+impl Networks {
+    fn new(nets: &[ipnet::IpNet]) -> Networks {
+        let mut out = Networks::default();
+        for net in nets {
+            match net {
+                ipnet::IpNet::V4(n) => out.v4.push(n.trunc()),
+                ipnet::IpNet::V6(n) => out.v6.push(n.trunc()),
+            }
         }
+        out
+    }
+
+    fn is_empty(&self) -> bool {
+        self.v4.is_empty() && self.v6.is_empty()
+    }
+
+    /// Whether `ip` lies in one of the networks; an IPv4-mapped IPv6 address is also matched
+    /// against the IPv4 networks.
+    fn contains(&self, ip: IpAddr) -> bool {
         match ip {
             IpAddr::V4(v4) => self.v4.iter().any(|n| n.contains(&v4)),
             IpAddr::V6(v6) => {
@@ -310,6 +385,187 @@ mod tests {
         assert_eq!(p.host_override("other.example.com"), None);
         assert_eq!(p.ports().iter().collect::<Vec<_>>(), vec![443, 8443]);
         assert_eq!(p.allowlist().len(), 4);
+    }
+
+    #[test]
+    fn per_host_ports() {
+        let p = policy(
+            "allowed_ports: [443]\n\
+             allowed_hosts:\n\
+             \x20 - '*.cloudapp.net:443,9354,30000-30199'\n\
+             \x20 - login.windows.net:80,443\n\
+             \x20 - plain.example\n\
+             \x20 - '[2001:db8::1]:8443'\n",
+        );
+        let w = "worker1.cloudapp.net";
+        for port in [443, 9354, 30000, 30100, 30199] {
+            assert_eq!(p.check_target(w, port), Ok(()), "{port}");
+        }
+        for port in [80, 9353, 9355, 29999, 30200, 8443] {
+            assert_eq!(
+                p.check_target(w, port),
+                Err(Denial::PortNotAllowed),
+                "{port}"
+            );
+        }
+        assert_eq!(p.check_target("login.windows.net", 80), Ok(()));
+        assert_eq!(p.check_target("login.windows.net", 443), Ok(()));
+        assert_eq!(
+            p.check_target("login.windows.net", 8080),
+            Err(Denial::PortNotAllowed)
+        );
+        assert_eq!(p.check_target("plain.example", 443), Ok(()));
+        assert_eq!(
+            p.check_target("plain.example", 9354),
+            Err(Denial::PortNotAllowed),
+            "another entry's ports do not leak"
+        );
+        assert_eq!(p.check_target("2001:db8::1", 8443), Ok(()));
+        assert_eq!(
+            p.check_target("2001:db8::1", 443),
+            Err(Denial::PortNotAllowed)
+        );
+        assert_eq!(
+            p.check_target("cloudapp.net", 443),
+            Err(Denial::HostNotAllowed)
+        );
+    }
+
+    #[test]
+    fn the_most_specific_entry_decides() {
+        let p = policy(
+            "allowed_ports: [443]\n\
+             allowed_hosts: ['*.w.test:443', 'a.w.test:8443', '*.b.w.test:9000', '*.example']\n",
+        );
+        assert_eq!(p.check_target("a.w.test", 8443), Ok(()));
+        assert_eq!(
+            p.check_target("a.w.test", 443),
+            Err(Denial::PortNotAllowed),
+            "the exact entry beats the wildcard"
+        );
+        assert_eq!(p.check_target("z.w.test", 443), Ok(()));
+        assert_eq!(
+            p.check_target("x.a.w.test", 443),
+            Ok(()),
+            "exact a.w.test is not a wildcard"
+        );
+        assert_eq!(p.check_target("x.b.w.test", 9000), Ok(()));
+        assert_eq!(
+            p.check_target("x.b.w.test", 443),
+            Err(Denial::PortNotAllowed),
+            "the longer suffix beats the shorter"
+        );
+        assert_eq!(
+            p.check_target("b.w.test", 443),
+            Ok(()),
+            "b.w.test itself: *.w.test"
+        );
+        assert_eq!(p.check_target("deep.x.b.w.test", 9000), Ok(()));
+    }
+
+    #[test]
+    fn a_pattern_listed_twice_gets_both_port_lists() {
+        let p = policy(
+            "allowed_ports: [443]\n\
+             allowed_hosts: ['x.test:8443', 'x.test:9000-9001', '*.y.test', '*.y.test:8080', z.test]\n",
+        );
+        for port in [8443, 9000, 9001] {
+            assert_eq!(p.check_target("x.test", port), Ok(()), "{port}");
+        }
+        assert_eq!(p.check_target("x.test", 443), Err(Denial::PortNotAllowed));
+        assert_eq!(p.check_target("a.y.test", 443), Ok(()), "global ports kept");
+        assert_eq!(p.check_target("a.y.test", 8080), Ok(()), "own ports added");
+        assert_eq!(p.check_target("a.y.test", 80), Err(Denial::PortNotAllowed));
+        assert_eq!(p.check_target("z.test", 443), Ok(()));
+        assert_eq!(p.allowlist().len(), 3);
+    }
+
+    #[test]
+    fn per_user_entries() {
+        let dir = std::env::temp_dir().join(format!("splicegate-policy-{}", std::process::id()));
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            panic!("{e}");
+        }
+        let users = dir.join("users");
+        if let Err(e) = std::fs::write(&users, "alice:$2b$04$x\n") {
+            panic!("{e}");
+        }
+        let p = policy(&format!(
+            "allowed_ports: [443]\n\
+             allowed_hosts: ['*.shared.test', 'a.shared.test:8443']\n\
+             client_auth:\n  users_file: {:?}\n  user_hosts:\n    \
+             alice: ['*.extra.test:443,8443', 'a.shared.test:9443']\n    bob: []\n",
+            users.display().to_string()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        // Global list for everyone.
+        for user in [None, Some("alice"), Some("bob"), Some("carol")] {
+            assert_eq!(
+                p.check_target_for("b.shared.test", 443, user),
+                Ok(()),
+                "{user:?}"
+            );
+        }
+        // Alice's own entries.
+        assert_eq!(
+            p.check_target_for("x.extra.test", 8443, Some("alice")),
+            Ok(())
+        );
+        assert_eq!(
+            p.check_target_for("x.extra.test", 80, Some("alice")),
+            Err(Denial::PortNotAllowed)
+        );
+        for user in [None, Some("bob"), Some("carol")] {
+            assert_eq!(
+                p.check_target_for("x.extra.test", 443, user),
+                Err(Denial::HostNotAllowed),
+                "{user:?} does not see alice's entries"
+            );
+        }
+        assert_eq!(
+            p.check_target("x.extra.test", 443),
+            Err(Denial::HostNotAllowed)
+        );
+        // A user entry that matches decides for its host.
+        assert_eq!(
+            p.check_target_for("a.shared.test", 9443, Some("alice")),
+            Ok(())
+        );
+        assert_eq!(
+            p.check_target_for("a.shared.test", 8443, Some("alice")),
+            Err(Denial::PortNotAllowed)
+        );
+        assert_eq!(p.check_target_for("a.shared.test", 8443, None), Ok(()));
+        assert!(p.has_user_hosts("alice"));
+        assert!(!p.has_user_hosts("bob"), "an empty list is no list");
+    }
+
+    #[test]
+    fn client_networks() {
+        let any = Policy::new(&Config::default());
+        for addr in ["127.0.0.1", "10.9.9.9", "::1", "2001:db8::1"] {
+            assert!(any.client_allowed(ip(addr)), "{addr}");
+        }
+        let p = policy("allowed_client_networks: [10.0.0.0/8, 127.0.0.1, 'fd00::/8']\n");
+        for addr in [
+            "10.1.2.3",
+            "127.0.0.1",
+            "fd00::5",
+            "::ffff:10.0.0.1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(p.client_allowed(ip(addr)), "{addr}");
+        }
+        for addr in [
+            "127.0.0.2",
+            "11.0.0.1",
+            "::1",
+            "fe80::1",
+            "::ffff:11.0.0.1",
+            "192.168.0.1",
+        ] {
+            assert!(!p.client_allowed(ip(addr)), "{addr}");
+        }
     }
 
     #[test]

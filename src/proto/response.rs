@@ -28,6 +28,8 @@ pub enum Status {
     GatewayTimeout,
     /// 407: proxy authentication is required.
     ProxyAuthRequired,
+    /// 429: too many failed logins from this address.
+    TooManyRequests,
 }
 
 /// Builds a refusal: status line, common headers, `extra` header lines, and the body with its
@@ -80,9 +82,16 @@ const PROXY_AUTH_REQUIRED: &[u8] = refusal!(
     "proxy authentication required\n"
 );
 
+const TOO_MANY_REQUESTS: &[u8] = refusal!(
+    "429 Too Many Requests",
+    "Retry-After: 60\r\n",
+    "23",
+    "too many failed logins\n"
+);
+
 impl Status {
     /// Every status, for tests and for pre-registering metric labels.
-    pub const ALL: [Status; 10] = [
+    pub const ALL: [Status; 11] = [
         Status::Established,
         Status::BadRequest,
         Status::Forbidden,
@@ -93,6 +102,7 @@ impl Status {
         Status::ServiceUnavailable,
         Status::GatewayTimeout,
         Status::ProxyAuthRequired,
+        Status::TooManyRequests,
     ];
 
     /// The numeric status code.
@@ -108,6 +118,7 @@ impl Status {
             Status::ServiceUnavailable => 503,
             Status::GatewayTimeout => 504,
             Status::ProxyAuthRequired => 407,
+            Status::TooManyRequests => 429,
         }
     }
 
@@ -124,6 +135,7 @@ impl Status {
             Status::ServiceUnavailable => SERVICE_UNAVAILABLE,
             Status::GatewayTimeout => GATEWAY_TIMEOUT,
             Status::ProxyAuthRequired => PROXY_AUTH_REQUIRED,
+            Status::TooManyRequests => TOO_MANY_REQUESTS,
         }
     }
 }

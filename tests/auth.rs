@@ -1,0 +1,272 @@
+//! Client proxy authentication, with curl's `--proxy-user` and raw sockets, users made by the
+//! real `splicegate user` command.
+
+mod support;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use support::*;
+
+/// `splicegate user add NAME --users-file F`, the password on stdin.
+fn add_user(file: &Path, name: &str, password: &str) {
+    let mut child = Command::new(bin())
+        .args(["user", "add", name, "--users-file"])
+        .arg(file)
+        .args(["--pid-file", "/nonexistent/splicegate.pid"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run splicegate user add");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "user add {name}: {out:?}");
+    let text = std::fs::read_to_string(file).unwrap();
+    assert!(
+        !text.contains(password),
+        "the users file never holds the password"
+    );
+    assert!(text.contains(&format!("{name}:$argon2id$")), "{text}");
+}
+
+fn auth_yaml(file: &Path, extra: &str) -> String {
+    format!(
+        "client_auth:\n  users_file: {}\n  realm: \"test-realm\"\n{extra}",
+        yq(&file.display().to_string())
+    )
+}
+
+fn connect_as(
+    gw: &Gateway,
+    target: &str,
+    user: &str,
+    password: &str,
+) -> (std::net::TcpStream, Response) {
+    use base64::Engine as _;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let head = format!(
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {token}\r\n\r\n"
+    );
+    let (s, r) = request(gw.addr(), head.as_bytes());
+    (s, r.expect("an answer"))
+}
+
+#[test]
+fn curl_proxy_user_right_wrong_and_absent() {
+    let tls = TlsUpstream::start();
+    let dir = TempDir::new("auth-curl");
+    let users = dir.path().join("users");
+    add_user(&users, "alice", "correct horse");
+    let Some(gw) = Gateway::start(
+        Config::new()
+            .allow_host("*.ods.opinsights.azure.com")
+            .map_host(TLS_NAME, "127.0.0.1")
+            .port(tls.port())
+            .loopback_networks()
+            .raw(&auth_yaml(&users, "")),
+    ) else {
+        return;
+    };
+    let proxy = format!("http://127.0.0.1:{}", gw.addr().port());
+    let url = format!("https://{TLS_NAME}:{}/", tls.port());
+    let cert = tls.cert().to_str().unwrap().to_string();
+    let curl = |user: Option<&str>| {
+        let mut c = Command::new("curl");
+        c.args([
+            "-sS",
+            "--max-time",
+            "20",
+            "-p",
+            "-x",
+            &proxy,
+            "--cacert",
+            &cert,
+        ]);
+        if let Some(u) = user {
+            c.args(["--proxy-user", u]);
+        }
+        c.arg(&url).output().expect("run curl")
+    };
+    let ok = curl(Some("alice:correct horse"));
+    assert!(
+        ok.status.success() && String::from_utf8_lossy(&ok.stdout).contains("s_server -www"),
+        "right password: {ok:?}"
+    );
+    let bad = curl(Some("alice:wrong"));
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("407"),
+        "{bad:?}"
+    );
+    let ev = gw.expect_event(
+        105,
+        |e| field_str(e, "reason").as_deref() == Some("client_auth"),
+        Duration::from_secs(10),
+        "client_auth refusal",
+    );
+    assert_eq!(field_str(&ev, "user").as_deref(), Some("alice"));
+    expect_rejection_metric(&gw, "client_auth", 1.0);
+    assert!(!gw.log_dump().contains("correct horse") && !gw.log_dump().contains("wrong\""));
+
+    // No credentials: the challenge, with the configured realm.
+    let r = expect_refusal(
+        &gw,
+        connect_head(&format!("{TLS_NAME}:{}", tls.port())).as_bytes(),
+        407,
+    );
+    assert_eq!(
+        r.header("proxy-authenticate"),
+        Some("Basic realm=\"test-realm\""),
+        "{:?}",
+        r.head
+    );
+}
+
+#[test]
+fn users_get_their_own_hosts_plus_the_global_ones() {
+    let up = Upstream::echo();
+    let dir = TempDir::new("auth-hosts");
+    let users = dir.path().join("users");
+    add_user(&users, "alice", "pw-alice");
+    add_user(&users, "bob", "pw-bob");
+    let extra = format!(
+        "  user_hosts:\n    alice: [\"alice-only.test:{}\"]\n",
+        up.port()
+    );
+    let Some(gw) = Gateway::start(
+        Config::new()
+            .upstream("shared.test", up.port())
+            .map_host("alice-only.test", "127.0.0.1")
+            .raw(&auth_yaml(&users, &extra)),
+    ) else {
+        return;
+    };
+    let shared = format!("shared.test:{}", up.port());
+    let own = format!("alice-only.test:{}", up.port());
+    for (user, pw) in [("alice", "pw-alice"), ("bob", "pw-bob")] {
+        let (mut s, r) = connect_as(&gw, &shared, user, pw);
+        assert_eq!(r.status, 200, "{user} reaches the global host");
+        echo_roundtrip(&mut s, user.as_bytes());
+    }
+    let (mut s, r) = connect_as(&gw, &own, "alice", "pw-alice");
+    assert_eq!(r.status, 200, "alice reaches her own host");
+    echo_roundtrip(&mut s, b"mine");
+    let (_s, r) = connect_as(&gw, &own, "bob", "pw-bob");
+    assert_eq!(r.status, 403, "bob does not see alice's entries");
+}
+
+#[test]
+fn repeated_failures_from_one_address_are_rate_limited() {
+    let up = Upstream::echo();
+    let dir = TempDir::new("auth-rate");
+    let users = dir.path().join("users");
+    add_user(&users, "alice", "pw");
+    let Some(gw) = Gateway::start(Config::new().upstream("ok.test", up.port()).raw(&auth_yaml(
+        &users,
+        "  max_failures: 3\n  failure_window: 60s\n",
+    ))) else {
+        return;
+    };
+    let target = format!("ok.test:{}", up.port());
+    for _ in 0..3 {
+        let (_s, r) = connect_as(&gw, &target, "alice", "guess");
+        assert_eq!(r.status, 407);
+    }
+    let (_s, r) = connect_as(&gw, &target, "alice", "pw");
+    assert_eq!(
+        r.status, 429,
+        "after 3 failures even the right password waits"
+    );
+    assert!(gw.metric_value("splicegate_rejections_total{reason=\"client_auth\"}") >= 4.0);
+}
+
+#[test]
+fn a_reload_adds_a_user_while_tunnels_stay_up() {
+    let up = Upstream::echo();
+    let dir = TempDir::new("auth-reload");
+    let users = dir.path().join("users");
+    add_user(&users, "alice", "pw-alice");
+    let Some(gw) = Gateway::start(
+        Config::new()
+            .upstream("ok.test", up.port())
+            .raw(&auth_yaml(&users, "")),
+    ) else {
+        return;
+    };
+    let target = format!("ok.test:{}", up.port());
+    let (mut alice, r) = connect_as(&gw, &target, "alice", "pw-alice");
+    assert_eq!(r.status, 200);
+    let (_s, r) = connect_as(&gw, &target, "carol", "pw-carol");
+    assert_eq!(r.status, 407, "carol does not exist yet");
+
+    add_user(&users, "carol", "pw-carol");
+    gw.signal(libc::SIGHUP);
+    let mut carol_ok = false;
+    for _ in 0..50 {
+        let (mut s, r) = connect_as(&gw, &target, "carol", "pw-carol");
+        if r.status == 200 {
+            echo_roundtrip(&mut s, b"carol");
+            carol_ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(carol_ok, "carol can log in after the reload");
+    echo_roundtrip(&mut alice, b"alice's tunnel survived the reload");
+}
+
+#[test]
+fn user_cli_lists_and_removes() {
+    let dir = TempDir::new("auth-cli");
+    let users = dir.path().join("users");
+    add_user(&users, "bob", "bobs long password");
+    add_user(&users, "alice", "alices long password");
+    let out = run_cli(
+        &[
+            "user",
+            "list",
+            "--json",
+            "--users-file",
+            users.to_str().unwrap(),
+        ],
+        Duration::from_secs(10),
+    );
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["users"], serde_json::json!(["alice", "bob"]));
+    let out = run_cli(
+        &[
+            "user",
+            "remove",
+            "bob",
+            "--users-file",
+            users.to_str().unwrap(),
+        ],
+        Duration::from_secs(10),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = run_cli(
+        &[
+            "user",
+            "remove",
+            "bob",
+            "--users-file",
+            users.to_str().unwrap(),
+        ],
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "removing a missing user is refused"
+    );
+    let text = std::fs::read_to_string(&users).unwrap();
+    assert!(text.contains("alice:") && !text.contains("bob:"));
+}
