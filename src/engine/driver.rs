@@ -486,11 +486,11 @@ mod tests {
 
     #[test]
     fn epoll_and_poll_bits_agree() {
-        assert_eq!(libc::EPOLLIN, libc::POLLIN.into());
-        assert_eq!(libc::EPOLLOUT, libc::POLLOUT.into());
-        assert_eq!(libc::EPOLLERR, libc::POLLERR.into());
-        assert_eq!(libc::EPOLLHUP, libc::POLLHUP.into());
-        assert_eq!(libc::EPOLLRDHUP, libc::POLLRDHUP.into());
+        assert_eq!(libc::EPOLLIN, i32::from(libc::POLLIN));
+        assert_eq!(libc::EPOLLOUT, i32::from(libc::POLLOUT));
+        assert_eq!(libc::EPOLLERR, i32::from(libc::POLLERR));
+        assert_eq!(libc::EPOLLHUP, i32::from(libc::POLLHUP));
+        assert_eq!(libc::EPOLLRDHUP, i32::from(libc::POLLRDHUP));
     }
 
     #[test]
