@@ -1155,25 +1155,13 @@ impl Worker {
                             Err(e) => {
                                 let a = target.authority.clone();
                                 let detail = format!("TLS set-up for the relay proxy failed: {e}");
-                                self.fail(
-                                    slot,
-                                    Some(&a),
-                                    ErrorKind::RelayRefused,
-                                    Status::BadGateway,
-                                    &detail,
-                                );
+                                self.relay_failed(slot, &a, &detail);
                                 return;
                             }
                         },
                         None => {
                             let a = target.authority.clone();
-                            self.fail(
-                                slot,
-                                Some(&a),
-                                ErrorKind::RelayRefused,
-                                Status::BadGateway,
-                                "no TLS configuration for the https:// relay proxy (see event 401 at start)",
-                            );
+                            self.relay_failed(slot, &a, "no TLS configuration for the https:// relay proxy (see event 401 at start)");
                             return;
                         }
                     }
@@ -1220,13 +1208,7 @@ impl Worker {
                 Err(e) => {
                     let a = r.target.authority.clone();
                     let detail = format!("relay proxy {}: {e}", r.addr);
-                    self.fail(
-                        slot,
-                        Some(&a),
-                        ErrorKind::RelayRefused,
-                        Status::BadGateway,
-                        &detail,
-                    );
+                    self.relay_failed(slot, &a, &detail);
                     return;
                 }
             }
@@ -1282,15 +1264,15 @@ impl Worker {
             Err(e) => {
                 let a = r.target.authority.clone();
                 let detail = format!("TLS with the relay proxy {} failed: {e}", r.addr);
-                self.fail(
-                    slot,
-                    Some(&a),
-                    ErrorKind::RelayRefused,
-                    Status::BadGateway,
-                    &detail,
-                );
+                self.relay_failed(slot, &a, &detail);
             }
         }
+    }
+
+    /// The relay could not be used for this request: `502`, event 403, `relay_refused`.
+    fn relay_failed(&mut self, slot: u32, target: &Authority, detail: &str) {
+        let kind = ErrorKind::RelayRefused;
+        self.fail(slot, Some(target), kind, Status::BadGateway, detail);
     }
 
     /// Act on what the relay has answered so far; `closed` means its stream ended.
@@ -1305,21 +1287,13 @@ impl Worker {
         let a = r.target.authority.clone();
         let at = r.addr;
         match parsed {
-            Ok(None) if closed => self.fail(
+            Ok(None) if closed => self.relay_failed(
                 slot,
-                Some(&a),
-                ErrorKind::RelayRefused,
-                Status::BadGateway,
+                &a,
                 &format!("relay proxy {at} closed the connection without answering"),
             ),
             Ok(None) => {}
-            Err(why) => self.fail(
-                slot,
-                Some(&a),
-                ErrorKind::RelayRefused,
-                Status::BadGateway,
-                &format!("relay proxy {at}: {why}"),
-            ),
+            Err(why) => self.relay_failed(slot, &a, &format!("relay proxy {at}: {why}")),
             Ok(Some(ans)) if ans.status == 200 => {
                 let State::Relaying(r) =
                     std::mem::replace(&mut conn.state, State::Lingering { discarded: 0 })
@@ -1353,11 +1327,9 @@ impl Worker {
                     ans.status, ans.reason
                 ),
             ),
-            Ok(Some(ans)) => self.fail(
+            Ok(Some(ans)) => self.relay_failed(
                 slot,
-                Some(&a),
-                ErrorKind::RelayRefused,
-                Status::BadGateway,
+                &a,
                 &format!("relay proxy answered {} {}", ans.status, ans.reason),
             ),
         }
