@@ -99,7 +99,8 @@ fn counters_and_gauges_follow_tunnels() {
 
 #[test]
 fn refusals_and_errors_are_labelled() {
-    let port = free_port();
+    let closed = ClosedPort::new();
+    let port = closed.port();
     let cfg = Config::new().upstream("refused.splicegate.test", port);
     let Some(gw) = Gateway::start(cfg) else {
         return;

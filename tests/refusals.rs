@@ -293,7 +293,8 @@ fn slowloris_head_does_not_extend_header_timeout() {
 
 #[test]
 fn upstream_refusing_connection_is_502() {
-    let port = free_port(); // nothing listens here
+    let closed = ClosedPort::new(); // connections to it are refused
+    let port = closed.port();
     let cfg = Config::new().upstream("refused.splicegate.test", port);
     let Some(gw) = Gateway::start(cfg) else {
         return;

@@ -320,8 +320,8 @@ fn relay_refusing_the_target_is_502_with_its_status() {
 #[test]
 fn relay_down_is_502() {
     let up = Upstream::echo();
-    let port = free_port(); // nothing listens here
-    let relay = relay_yaml(&format!("http://127.0.0.1:{port}"), None);
+    let closed = ClosedPort::new(); // connections to it are refused
+    let relay = relay_yaml(&format!("http://127.0.0.1:{}", closed.port()), None);
     let Some(gw) = gateway(up.port(), &relay, |c| c) else {
         return;
     };
@@ -666,7 +666,8 @@ fn readyz_checks_the_relay_when_asked() {
     assert_eq!(gw.readyz().expect("readyz"), 200, "relay up: ready");
     drop(gw);
 
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    let closed = ClosedPort::new();
+    let dead = format!("http://127.0.0.1:{}", closed.port());
     let Some(gw) = gateway(up.port(), &check(&dead), |c| c) else {
         return;
     };

@@ -122,6 +122,34 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local_addr").port()
 }
 
+/// A loopback port where connections are refused for as long as the value lives: the socket is
+/// bound but never listens, so no other test (or server) can take the port meanwhile — unlike a
+/// port from [`free_port`], which a parallel test may grab before it is used.
+pub struct ClosedPort {
+    _sock: socket2::Socket,
+    port: u16,
+}
+
+impl ClosedPort {
+    pub fn new() -> ClosedPort {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+        sock.bind(&any.into()).expect("bind 127.0.0.1:0");
+        let port = sock
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map(|a| a.port())
+            .expect("bound port");
+        ClosedPort { _sock: sock, port }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Temporary directories (no tempfile crate needed)
 // ---------------------------------------------------------------------------------------------
@@ -1874,6 +1902,8 @@ impl Drop for DnsStub {
 }
 
 /// Resolve `host:port` (for tests that need a `SocketAddr` from a literal).
+// The test process may block; the ban on blocking resolution is for the gateway's workers.
+#[allow(clippy::disallowed_methods)]
 pub fn sockaddr(s: &str) -> SocketAddr {
     s.to_socket_addrs()
         .unwrap_or_else(|e| panic!("{s}: {e}"))
