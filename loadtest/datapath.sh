@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Compare the data paths side by side in one run: no proxy, splicegate splice with 1 MiB, 256 KiB
-# and 64 KiB pipes (io_uring and epoll drivers), and the copy path. Prints throughput and gateway
+# and 64 KiB pipes (io_uring and epoll drivers), the copy path, and the io_uring recv/send variant
+# (loadtest/src/bin/uring-relay.rs: multishot RECV from a provided-buffer ring, SEND from the same
+# buffer; 64 KiB buffers). Prints throughput and gateway
 # CPU-seconds per GB (user+sys, measured over a steady window after a 1 s warm-up) for each,
 # ROUNDS times, interleaved. One worker, so the figure is one core's cost. Loopback only; every
 # run is bounded by SECONDS_PER_RUN.
@@ -9,7 +11,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
 TUNNELS=${TUNNELS:-1}
-VARIANTS=${VARIANTS:-"uring:splice:1048576 uring:splice:262144 uring:splice:65536 epoll:splice:1048576 epoll:splice:65536 uring:copy:1048576 epoll:copy:1048576"}
+VARIANTS=${VARIANTS:-"uring:splice:1048576 uring:splice:262144 uring:splice:65536 epoll:splice:1048576 epoll:splice:65536 uring:copy:1048576 epoll:copy:1048576 uring-relay:recvsend:65536"}
 # GW=/path/to/splicegate benchmarks a given binary (e.g. one built from a clean `git archive HEAD`,
 # so that edits in progress in src/ neither break nor change the run); otherwise build this tree.
 if [ -z "${GW:-}" ]; then cargo build --release --quiet; GW=$PWD/target/release/splicegate; fi
@@ -50,9 +52,19 @@ for r in $(seq "$ROUNDS"); do
   printf '%-28s ' "direct"; $LOAD stream --quiet --direct --sink "$SINK" --tunnels "$TUNNELS" --seconds "$SECONDS_PER_RUN"
   for variant in $VARIANTS; do
     IFS=: read -r engine path pipe <<< "$variant"
-    run_gw "$engine" "$path" "$pipe"
-    printf '%-28s ' "$engine/$path/pipe=$((pipe / 1024))KiB"
-    $LOAD stream --quiet --proxy "$GWADDR" --target "sink.test:$SINK_PORT" --tunnels "$TUNNELS" --seconds "$SECONDS_PER_RUN" --gateway-pid "$GWPID"
+    if [ "$engine" = uring-relay ]; then
+      loadtest/target/release/uring-relay --seconds 600 > "$work/relay.out" 2>&1 &
+      GWPID=$!
+      for _ in $(seq 50); do grep -q listening "$work/relay.out" 2>/dev/null && break; sleep 0.05; done
+      GWADDR=$(awk '/listening/ {print $2}' "$work/relay.out")
+      TARGET=$SINK
+      printf '%-28s ' "io_uring recv/send (64KiB)"
+    else
+      run_gw "$engine" "$path" "$pipe"
+      TARGET="sink.test:$SINK_PORT"
+      printf '%-28s ' "$engine/$path/pipe=$((pipe / 1024))KiB"
+    fi
+    $LOAD stream --quiet --proxy "$GWADDR" --target "$TARGET" --tunnels "$TUNNELS" --seconds "$SECONDS_PER_RUN" --gateway-pid "$GWPID"
     kill -TERM "$GWPID"; wait "$GWPID" || true
   done
 done
