@@ -438,28 +438,10 @@ impl Checker {
     fn presets(&mut self, at: Option<&Spanned<Node>>) -> Option<Vec<Preset>> {
         let at = at?;
         let items = self.list("presets", at, EXPECT_PRESETS, true)?;
-        let mut out = Vec::new();
-        let mut ok = true;
-        for (i, item) in items.iter().enumerate() {
-            let key = format!("presets[{i}]");
-            let Some(text) = self.string(&key, item, EXPECT_PRESET) else {
-                ok = false;
-                continue;
-            };
-            match Preset::parse(text) {
-                Some(p) if !out.contains(&p) => out.push(p),
-                Some(_) => {}
-                None => {
-                    ok = false;
-                    self.report(
-                        &key,
-                        item,
-                        format!("unknown preset {text:?}; expected {EXPECT_PRESET}"),
-                    );
-                }
-            }
-        }
-        ok.then_some(out)
+        self.distinct_strings("presets", items, EXPECT_PRESET, |text| {
+            Preset::parse(text)
+                .ok_or_else(|| format!("unknown preset {text:?}; expected {EXPECT_PRESET}"))
+        })
     }
 
     /// `workspaces:`: up to [`MAX_WORKSPACES`] GUIDs.
@@ -478,52 +460,46 @@ impl Checker {
             );
             return None;
         }
-        let mut out = Vec::new();
-        let mut ok = true;
-        for (i, item) in items.iter().enumerate() {
-            let key = format!("workspaces[{i}]");
-            let Some(text) = self.string(&key, item, EXPECT_WORKSPACE) else {
-                ok = false;
-                continue;
-            };
-            match WorkspaceId::parse(text) {
-                Some(w) if !out.contains(&w) => out.push(w),
-                Some(_) => {}
-                None => {
-                    ok = false;
-                    self.report(
-                        &key,
-                        item,
-                        format!("{text:?} is not a workspace ID; expected {EXPECT_WORKSPACE}"),
-                    );
-                }
-            }
-        }
-        ok.then_some(out)
+        self.distinct_strings("workspaces", items, EXPECT_WORKSPACE, |text| {
+            WorkspaceId::parse(text).ok_or_else(|| {
+                format!("{text:?} is not a workspace ID; expected {EXPECT_WORKSPACE}")
+            })
+        })
     }
 
     /// `regions:`: Azure region names.
     fn regions(&mut self, at: Option<&Spanned<Node>>) -> Option<Vec<Region>> {
         let at = at?;
         let items = self.list("regions", at, EXPECT_REGIONS, true)?;
+        self.distinct_strings("regions", items, EXPECT_REGION, |text| {
+            Region::parse(text)
+                .ok_or_else(|| format!("{text:?} is not a region name; expected {EXPECT_REGION}"))
+        })
+    }
+
+    /// A list of strings each parsed by `parse` (its error is the message), duplicates dropped;
+    /// every bad item is reported as `key[i]` with its line. `None` if any item was bad.
+    fn distinct_strings<T: PartialEq>(
+        &mut self,
+        key: &str,
+        items: &[Spanned<Node>],
+        expected: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<Vec<T>> {
         let mut out = Vec::new();
         let mut ok = true;
         for (i, item) in items.iter().enumerate() {
-            let key = format!("regions[{i}]");
-            let Some(text) = self.string(&key, item, EXPECT_REGION) else {
+            let item_key = format!("{key}[{i}]");
+            let Some(text) = self.string(&item_key, item, expected) else {
                 ok = false;
                 continue;
             };
-            match Region::parse(text) {
-                Some(r) if !out.contains(&r) => out.push(r),
-                Some(_) => {}
-                None => {
+            match parse(text) {
+                Ok(v) if !out.contains(&v) => out.push(v),
+                Ok(_) => {}
+                Err(message) => {
                     ok = false;
-                    self.report(
-                        &key,
-                        item,
-                        format!("{text:?} is not a region name; expected {EXPECT_REGION}"),
-                    );
+                    self.report(&item_key, item, message);
                 }
             }
         }

@@ -150,6 +150,25 @@ enum State {
     },
 }
 
+impl Target {
+    fn new(authority: Authority, early: Vec<u8>, proxy_auth: Option<Vec<u8>>) -> Target {
+        Target {
+            authority,
+            early,
+            relay_request: None,
+            proxy_auth,
+            user: None,
+        }
+    }
+}
+
+impl Conn {
+    /// Move the state out to transform it, leaving a placeholder the caller replaces.
+    fn take_state(&mut self) -> State {
+        std::mem::replace(&mut self.state, State::Lingering { discarded: 0 })
+    }
+}
+
 /// An allowed CONNECT on its way to a tunnel.
 struct Target {
     authority: Authority,
@@ -672,16 +691,7 @@ impl Worker {
                     target = %head.authority,
                     "CONNECT received"
                 );
-                self.decide(
-                    slot,
-                    Target {
-                        authority: head.authority,
-                        early,
-                        relay_request: None,
-                        proxy_auth,
-                        user: None,
-                    },
-                );
+                self.decide(slot, Target::new(head.authority, early, proxy_auth));
             }
             Err(HeadError::NotConnect) => self.refuse(
                 slot,
@@ -784,7 +794,7 @@ impl Worker {
         if auth.locked_out(peer.ip(), now) {
             self.auth_refusal(
                 slot,
-                target,
+                &target.authority,
                 Status::TooManyRequests,
                 None,
                 "too many failed logins from this address",
@@ -795,7 +805,7 @@ impl Worker {
             auth.failed(peer.ip(), now);
             self.auth_refusal(
                 slot,
-                target,
+                &target.authority,
                 Status::ProxyAuthRequired,
                 None,
                 "malformed Proxy-Authorization",
@@ -815,7 +825,7 @@ impl Worker {
         if !queued {
             self.auth_refusal(
                 slot,
-                target,
+                &target.authority,
                 Status::ServiceUnavailable,
                 None,
                 "login queue full",
@@ -824,16 +834,8 @@ impl Worker {
         }
         target.proxy_auth = Some(header);
         let timeout = self.conn_at(slot)?.limits.resolve_timeout;
-        let taken = std::mem::replace(
-            target,
-            Target {
-                authority: target.authority.clone(),
-                early: Vec::new(),
-                relay_request: None,
-                proxy_auth: None,
-                user: None,
-            },
-        );
+        let placeholder = Target::new(target.authority.clone(), Vec::new(), None);
+        let taken = std::mem::replace(target, placeholder);
         let conn = self.conn_at(slot)?;
         conn.deadline = now + timeout;
         conn.state = State::Authenticating(taken);
@@ -850,9 +852,7 @@ impl Worker {
             return;
         }
         let peer = conn.peer;
-        let State::Authenticating(mut target) =
-            std::mem::replace(&mut conn.state, State::Lingering { discarded: 0 })
-        else {
+        let State::Authenticating(mut target) = conn.take_state() else {
             return;
         };
         let Some(auth) = self.settings.load().auth.clone() else {
@@ -876,7 +876,7 @@ impl Worker {
             let detail = format!("wrong user name or password for user {}", c.user);
             self.auth_refusal(
                 c.slot,
-                &target,
+                &target.authority,
                 Status::ProxyAuthRequired,
                 Some(&c.user),
                 &detail,
@@ -889,7 +889,7 @@ impl Worker {
     fn auth_refusal(
         &mut self,
         slot: u32,
-        target: &Target,
+        target: &Authority,
         status: Status,
         user: Option<&str>,
         detail: &str,
@@ -900,7 +900,7 @@ impl Worker {
             warn!(
                 event_id = events::NOT_ALLOWED,
                 client = %peer,
-                target = %target.authority,
+                target = %target,
                 reason = Reject::ClientAuth.as_str(),
                 user = user.unwrap_or(""),
                 detail = detail,
@@ -949,9 +949,7 @@ impl Worker {
         if !matches!(conn.state, State::Resolving(_)) {
             return;
         }
-        let State::Resolving(target) =
-            std::mem::replace(&mut conn.state, State::Lingering { discarded: 0 })
-        else {
+        let State::Resolving(target) = conn.take_state() else {
             return;
         };
         match a.result {
@@ -1126,9 +1124,7 @@ impl Worker {
             // Still in progress (a spurious wake-up).
             return;
         }
-        let State::Connecting(c) =
-            std::mem::replace(&mut conn.state, State::Lingering { discarded: 0 })
-        else {
+        let State::Connecting(c) = conn.take_state() else {
             return;
         };
         let Connecting {
@@ -1295,9 +1291,7 @@ impl Worker {
             Ok(None) => {}
             Err(why) => self.relay_failed(slot, &a, &format!("relay proxy {at}: {why}")),
             Ok(Some(ans)) if ans.status == 200 => {
-                let State::Relaying(r) =
-                    std::mem::replace(&mut conn.state, State::Lingering { discarded: 0 })
-                else {
+                let State::Relaying(r) = conn.take_state() else {
                     return;
                 };
                 let Relaying {
@@ -1951,16 +1945,10 @@ impl Worker {
                 None,
             ),
             State::Authenticating(t) => {
-                let t = Target {
-                    authority: t.authority.clone(),
-                    early: Vec::new(),
-                    relay_request: None,
-                    proxy_auth: None,
-                    user: None,
-                };
+                let a = t.authority.clone();
                 self.auth_refusal(
                     slot,
-                    &t,
+                    &a,
                     Status::ServiceUnavailable,
                     None,
                     "password check timed out",
