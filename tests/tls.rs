@@ -500,3 +500,100 @@ fn inspection_off_is_a_plain_tunnel() {
     echo_roundtrip(&mut s, b"not TLS at all");
     assert!(gw.events(107).is_empty() && gw.events(402).is_empty());
 }
+
+/// `openssl s_client` through the gateway to `target` (any authority, e.g. an IP literal).
+fn s_client_to(gw: &Gateway, target: &str, pki: &Pki, args: &[&str]) -> Output {
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg("openssl")
+        .args([
+            "s_client",
+            "-proxy",
+            &format!("127.0.0.1:{}", gw.addr().port()),
+        ])
+        .args(["-connect", target])
+        .arg("-CAfile")
+        .arg(pki.path("ca.pem"))
+        .args(["-verify_return_error", "-cipher", "DEFAULT:@SECLEVEL=0"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl s_client");
+    eprintln!(
+        "s_client {target} {args:?} -> {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// An IP-literal CONNECT passes only without SNI: there is no name to send for an address
+/// (`require_sni` does not apply), and a name that is sent is another host's (fronting).
+#[test]
+fn ip_literal_connect_passes_only_without_sni() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let literal_gateway = |port: u16| {
+        Gateway::start(
+            Config::new()
+                .allow_host("127.0.0.1")
+                .port(port)
+                .loopback_networks()
+                .inspect_tls(&[]),
+        )
+    };
+    let Some(gw) = literal_gateway(server.port) else {
+        return;
+    };
+    let target = format!("127.0.0.1:{}", server.port);
+    let out = s_client_to(&gw, &target, &pki, &["-noservername"]);
+    assert!(connected(&out), "no SNI for an IP literal passes");
+    let ev = gw.expect_event(107, |_| true, Duration::from_secs(10), "verified");
+    assert_eq!(field_str(&ev, "sni").as_deref(), Some(""), "{ev}");
+
+    let out = s_client_to(&gw, &target, &pki, &["-servername", NAME]);
+    assert!(
+        !connected(&out),
+        "an SNI on an IP-literal CONNECT is refused"
+    );
+    let ev = refusal(&gw, 105, "sni_mismatch");
+    let text = ev.to_string();
+    assert!(
+        text.contains(NAME) && text.contains("127.0.0.1"),
+        "both the SNI and the literal in the event: {ev}"
+    );
+    drop(gw);
+
+    // Byte-exact: the refused hello never reaches the upstream; the one without SNI does,
+    // unchanged.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let up = Upstream::sink(tx);
+    let Some(gw) = literal_gateway(up.port()) else {
+        return;
+    };
+    let target = format!("127.0.0.1:{}", up.port());
+    let with_sni = fixture("hello_tls12.bin");
+    let mut s = open_tunnel(gw.addr(), &target);
+    s.write_all(&with_sni).unwrap();
+    assert_closes(&mut s, Duration::from_secs(5));
+    let (n, _) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the upstream connection was closed");
+    assert_eq!(n, 0, "no byte of the refused hello reached the upstream");
+    let ev = refusal(&gw, 105, "sni_mismatch");
+    assert!(ev.to_string().contains("a.example"), "{ev}");
+
+    let no_sni = fixture("hello_nosni.bin");
+    let mut s = open_tunnel(gw.addr(), &target);
+    s.write_all(&no_sni).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let (n, digest) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the upstream got the hello and the end of stream");
+    assert_eq!(n, no_sni.len() as u64);
+    assert_eq!(digest, sha256(&no_sni), "forwarded unchanged");
+    assert_eq!(
+        gw.metric_value("splicegate_rejections_total{reason=\"sni_mismatch\"}"),
+        1.0
+    );
+}

@@ -54,9 +54,11 @@
 //!   ServerHello selects is checked against `tls.min_version` too.
 //! - **SNI.** The `host_name` of `server_name`, lower-cased and without its trailing dot. With
 //!   `tls.require_sni` a hello without one is refused. With `tls.require_sni_match` an SNI, when
-//!   present, must equal the CONNECT host (ASCII case-insensitive, trailing dot ignored); when
-//!   the CONNECT host is an IP literal there is no name to compare and any SNI passes (while
-//!   `require_sni` still refuses a hello without one). Two `server_name` extensions, two host
+//!   present, must equal the CONNECT host (ASCII case-insensitive, trailing dot ignored).
+//!   When the CONNECT host is an IP literal there is no name to send: `require_sni` does not
+//!   apply, and with `require_sni_match` any SNI is refused as a mismatch (an SNI never
+//!   carries an IP address, RFC 6066 section 3, so a client that sends one for an IP literal
+//!   names some other host: it is fronting). Two `server_name` extensions, two host
 //!   names, or a host name that is not 1 to 255 visible ASCII characters are refused as
 //!   malformed.
 //! - **Client certificate** (when `tls.allowed_client_certificates` is not empty):
@@ -83,6 +85,7 @@ mod subject;
 mod testdata;
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::config::TlsSettings;
@@ -342,13 +345,22 @@ impl ParseError {
 #[derive(Debug)]
 pub struct Inspector {
     settings: Arc<TlsSettings>,
-    /// The CONNECT host name (normalised); `None` for an IP literal.
-    host: Option<String>,
+    /// The CONNECT host, for the SNI rules.
+    host: ConnectHost,
     state: State,
     client: Reader,
     server: Reader,
     /// Whether the server's flight held a CertificateRequest.
     certificate_requested: bool,
+}
+
+/// The CONNECT host as the SNI rules see it.
+#[derive(Debug)]
+enum ConnectHost {
+    /// A host name (normalised: lower-case, no trailing dot).
+    Name(String),
+    /// An IP literal: no SNI can name it.
+    Ip(IpAddr),
 }
 
 #[derive(Debug)]
@@ -408,8 +420,9 @@ impl Inspector {
             return None;
         }
         let host = match host {
-            Host::Name(name) => Some(name.clone()),
-            Host::V4(_) | Host::V6(_) => None,
+            Host::Name(name) => ConnectHost::Name(name.clone()),
+            Host::V4(ip) => ConnectHost::Ip(IpAddr::V4(*ip)),
+            Host::V6(ip) => ConnectHost::Ip(IpAddr::V6(*ip)),
         };
         let budget = settings.max_hello_bytes;
         Some(Inspector {
@@ -558,11 +571,20 @@ impl Inspector {
             return Err(Reason::TlsVersion(offer.version));
         }
         match (&offer.sni, &self.host) {
-            (None, _) if s.require_sni => return Err(Reason::SniMissing),
-            (Some(sni), Some(host)) if s.require_sni_match && sni != host => {
+            // An IP literal has no name a client could send: `require_sni` cannot apply.
+            (None, ConnectHost::Name(_)) if s.require_sni => return Err(Reason::SniMissing),
+            (Some(sni), ConnectHost::Name(host)) if s.require_sni_match && sni != host => {
                 return Err(Reason::SniMismatch {
                     sni: sni.clone(),
                     host: host.clone(),
+                });
+            }
+            // An SNI never carries an address: any name sent for an IP literal is another
+            // host's.
+            (Some(sni), ConnectHost::Ip(ip)) if s.require_sni_match => {
+                return Err(Reason::SniMismatch {
+                    sni: sni.clone(),
+                    host: ip.to_string(),
                 });
             }
             _ => {}
@@ -912,21 +934,32 @@ mod tests {
             hello(&no_match, &name("b.example"), &bytes),
             allow_plain(TlsVersion::Tls12, Some("a.example"))
         );
-        // An IP-literal CONNECT host: any SNI passes the match.
-        for host in [
-            Host::V4(Ipv4Addr::new(192, 0, 2, 1)),
-            Host::V6(Ipv6Addr::LOCALHOST),
+        // An IP-literal CONNECT host: any SNI is fronting, refused as a mismatch.
+        for (host, literal) in [
+            (Host::V4(Ipv4Addr::new(192, 0, 2, 1)), "192.0.2.1"),
+            (Host::V6(Ipv6Addr::LOCALHOST), "::1"),
         ] {
+            let want = deny(Reason::SniMismatch {
+                sni: "a.example".into(),
+                host: literal.into(),
+            });
+            assert_split_invariant(&s, &host, &bytes, &want);
+            // Unless the operator turned the fronting guard off.
             assert_eq!(
-                hello(&s, &host, &bytes),
+                hello(&no_match, &host, &bytes),
                 allow_plain(TlsVersion::Tls12, Some("a.example"))
             );
         }
         // No SNI at all.
         let none = fixture("hello_nosni.bin");
         assert_needs_all(&s, &name("a.example"), &none, &deny(Reason::SniMissing));
+        // An IP literal has no name to send: `require_sni` does not apply.
         let ip = Host::V4(Ipv4Addr::new(192, 0, 2, 1));
-        assert_eq!(hello(&s, &ip, &none), deny(Reason::SniMissing));
+        assert_eq!(hello(&s, &ip, &none), allow_plain(TlsVersion::Tls13, None));
+        assert_eq!(
+            hello(&s, &Host::V6(Ipv6Addr::LOCALHOST), &none),
+            allow_plain(TlsVersion::Tls13, None)
+        );
         let optional = TlsSettings {
             require_sni: false,
             ..settings()
