@@ -3,6 +3,14 @@
 //!
 //! Enum values are the only metric labels: host names never become labels, so the number of
 //! series stays fixed whatever clients send.
+//!
+//! [`field`] bounds the peer-supplied strings events carry; [`limiter`] rate-limits refusal
+//! events per client address and reason.
+
+pub mod field;
+pub mod limiter;
+
+pub use field::{clip, clip_display};
 
 /// General information: reloads, tunnel established, tunnel closed.
 pub const INFO: u16 = 100;
@@ -31,7 +39,7 @@ pub const NETWORK_ERROR: u16 = 403;
 
 /// Why a client request was refused before a tunnel was set up. Label of
 /// `splicegate_rejections_total{reason}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reject {
     HostNotAllowed,
     PortNotAllowed,

@@ -23,7 +23,8 @@
 //!   allowlist entries, each citing its source.
 //! - [`settings`]: the per-connection configuration snapshot (policy, limits) behind `ArcSwap`.
 //! - [`metrics`]: metric names and per-worker shards, summed at scrape time.
-//! - [`events`]: the gateway's numeric event IDs and the reason enums used as metric labels.
+//! - [`events`]: the gateway's numeric event IDs, the reason enums used as metric labels, the
+//!   bound on peer-supplied strings in events and the rate limit on refusal events.
 //!
 //! # Invariants
 //! - Workers share nothing mutable on the per-connection path: each owns its connections, its

@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 
 use crate::auth::{Auth, Users};
 use crate::config::{Config, DataPath, Limits, TlsSettings};
+use crate::events::limiter::RefusalBudget;
 use crate::policy::Policy;
 use crate::relay::{self, RelaySettings, Scheme};
 use rustls_pki_types::ServerName;
@@ -30,6 +31,8 @@ pub struct Settings {
     pub relay: Option<RelaySettings>,
     /// For an `https://` relay: the TLS client configuration and the name to verify.
     pub relay_tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    /// The rate limit on refusal events (`logging:`).
+    pub refusals: RefusalBudget,
 }
 
 impl Settings {
@@ -60,6 +63,7 @@ impl Settings {
                         relay::server_name(&r.host).ok()?,
                     ))
                 }),
+            refusals: cfg.logging.refusals,
         }
     }
 }

@@ -467,3 +467,175 @@ fn ipv6_literal_allowed_by_name_is_private_unless_network_allowed() {
     echo_roundtrip(&mut s, b"over ipv6");
     assert_eq!(up.accepts(), 1);
 }
+
+/// A CONNECT from `source` (a loopback address) to the gateway; returns the answer's status.
+fn refused_from(gw: &Gateway, source: &str, target: &str) -> u16 {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&sockaddr(&format!("{source}:0")).into()).unwrap();
+    sock.connect_timeout(&gw.addr().into(), Duration::from_secs(5))
+        .unwrap();
+    let mut s: std::net::TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(connect_head(target).as_bytes()).unwrap();
+    let r = read_response_head(&mut s).unwrap_or_else(|e| panic!("{target} from {source}: {e}"));
+    assert_closes(&mut s, Duration::from_secs(5));
+    r.status
+}
+
+fn is_summary(e: &serde_json::Value) -> bool {
+    field_u64(e, "suppressed").is_some()
+}
+
+fn from_client(e: &serde_json::Value, ip: &str) -> bool {
+    field_str(e, "client").is_some_and(|c| c == ip || c.starts_with(&format!("{ip}:")))
+}
+
+/// Refusal events per (client address, reason): the first `refusal_burst` of a window are
+/// logged, then one summary with `suppressed=N` when the window ends, with no further refusal
+/// needed to flush it. Counters count every refusal.
+#[test]
+fn repeated_refusals_are_rate_limited_per_client_and_reason() {
+    let Some((up, gw)) = setup(|c| {
+        c.workers(1)
+            .raw("logging:\n  refusal_burst: 10\n  refusal_window: 2s\n")
+    }) else {
+        return;
+    };
+    let denied = format!("denied.splicegate.test:{}", up.port());
+    let t0 = Instant::now();
+    for _ in 0..30 {
+        assert_eq!(refused_from(&gw, "127.0.0.1", &denied), 403);
+    }
+    // Another reason from the same client, and the same reason from another client, have
+    // budgets of their own.
+    let bad_port = format!("{ALLOWED}:1");
+    for _ in 0..3 {
+        assert_eq!(refused_from(&gw, "127.0.0.1", &bad_port), 403);
+    }
+    for _ in 0..12 {
+        assert_eq!(refused_from(&gw, "127.0.0.2", &denied), 403);
+    }
+    let sent = t0.elapsed();
+    assert!(
+        sent < Duration::from_millis(1800),
+        "the refusals must fit in one 2 s window to test it, took {sent:?}"
+    );
+    let summary = |ip: &'static str| {
+        move |e: &serde_json::Value| {
+            is_summary(e)
+                && from_client(e, ip)
+                && field_str(e, "reason").as_deref() == Some("host_not_allowed")
+        }
+    };
+    let first = gw.expect_event(
+        105,
+        summary("127.0.0.1"),
+        Duration::from_secs(6),
+        "the summary of 127.0.0.1's window",
+    );
+    let at = t0.elapsed();
+    assert!(
+        at >= Duration::from_millis(1900),
+        "the summary comes at the end of the window, came after {at:?}"
+    );
+    assert_eq!(field_u64(&first, "suppressed"), Some(20), "{first}");
+    let second = gw.expect_event(
+        105,
+        summary("127.0.0.2"),
+        Duration::from_secs(3),
+        "the summary of 127.0.0.2's window",
+    );
+    assert_eq!(field_u64(&second, "suppressed"), Some(2), "{second}");
+
+    // Give a wrongly repeated summary the time to show up before counting.
+    std::thread::sleep(Duration::from_millis(500));
+    let events = gw.events(105);
+    let count = |ip: &str, reason: &str, summaries: bool| {
+        events
+            .iter()
+            .filter(|e| {
+                from_client(e, ip)
+                    && field_str(e, "reason").as_deref() == Some(reason)
+                    && is_summary(e) == summaries
+            })
+            .count()
+    };
+    assert_eq!(count("127.0.0.1", "host_not_allowed", false), 10);
+    assert_eq!(count("127.0.0.1", "host_not_allowed", true), 1);
+    assert_eq!(count("127.0.0.1", "port_not_allowed", false), 3);
+    assert_eq!(
+        count("127.0.0.1", "port_not_allowed", true),
+        0,
+        "none suppressed"
+    );
+    assert_eq!(count("127.0.0.2", "host_not_allowed", false), 10);
+    assert_eq!(count("127.0.0.2", "host_not_allowed", true), 1);
+    // Logged events plus suppressed counts equal the counter.
+    let counted = gw.metric_value("splicegate_rejections_total{reason=\"host_not_allowed\"}");
+    assert_eq!(counted, 42.0);
+    assert_eq!(counted, (10 + 20 + 10 + 2) as f64);
+    assert_eq!(
+        gw.metric_value("splicegate_rejections_total{reason=\"port_not_allowed\"}"),
+        3.0
+    );
+    up.assert_untouched("refused requests");
+}
+
+/// Peer-supplied strings are cut to 256 bytes in events, ending with "…": here a 253-byte
+/// host name (with its port, 259 bytes) that an allowed wildcard matches, and one that is
+/// refused.
+#[test]
+fn long_host_names_are_clipped_in_events() {
+    let long = format!(
+        "{}.{}.{}.{}.long.test",
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(51)
+    );
+    assert_eq!(long.len(), 253);
+    let refused = long.replacen("long.test", "lone.test", 1);
+    let Some((up, gw)) = setup(|c| {
+        c.allow_host("*.long.test")
+            .map_host(&long, "127.0.0.1")
+            .map_host(&refused, "127.0.0.1")
+    }) else {
+        return;
+    };
+    let target = format!("{long}:{}", up.port());
+    assert!(target.len() > 256);
+    let mut s = open_tunnel(gw.addr(), &target);
+    echo_roundtrip(&mut s, b"a long name");
+    drop(s);
+    let clipped = |e: &serde_json::Value| -> bool {
+        field_str(e, "target").is_some_and(|t| {
+            t.len() == 256 && t.ends_with('…') && target.starts_with(t.trim_end_matches('…'))
+        })
+    };
+    let established = gw.expect_event(
+        100,
+        |e| field_str(e, "address").is_some() && field_str(e, "bytes_up").is_none(),
+        Duration::from_secs(5),
+        "tunnel established",
+    );
+    assert!(clipped(&established), "{established}");
+    let closed = gw.expect_event(
+        100,
+        |e| field_str(e, "bytes_up").is_some(),
+        Duration::from_secs(5),
+        "tunnel closed",
+    );
+    assert!(clipped(&closed), "{closed}");
+
+    let denied = format!("{refused}:{}", up.port());
+    expect_refusal(&gw, connect_head(&denied).as_bytes(), 403);
+    let ev = expect_refusal_event(&gw, 105, 403, Some("host_not_allowed"));
+    let t = field_str(&ev, "target").unwrap();
+    assert_eq!(t.len(), 256, "{ev}");
+    assert!(t.ends_with('…'), "{ev}");
+    assert!(denied.starts_with(t.trim_end_matches('…')), "{ev}");
+    assert!(
+        ev.to_string().len() < 1024,
+        "the whole event stays short: {ev}"
+    );
+}

@@ -20,6 +20,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::events::limiter::RefusalBudget;
 use crate::policy::HostEntry;
 use crate::presets::{Cloud, Preset, PresetHost, Region, WorkspaceId};
 use crate::proto::tls::{Tls13Policy, TlsVersion};
@@ -90,6 +91,7 @@ pub struct Config {
     pub tls: TlsSettings,
     /// Open tunnels through this relay (upstream) proxy; `None` = connect directly.
     pub relay_proxy: Option<crate::relay::RelaySettings>,
+    pub logging: LoggingSettings,
     /// `cloud:`: which Azure cloud's suffixes the presets use.
     pub cloud: Cloud,
     /// `presets:`: endpoint presets expanded into the allowlist.
@@ -228,6 +230,13 @@ impl Default for ResolverSettings {
     }
 }
 
+/// `logging:`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoggingSettings {
+    /// The rate limit on refusal events per (client address, reason), per worker.
+    pub refusals: RefusalBudget,
+}
+
 /// `tls:`: inspection of the TLS handshake inside each tunnel (see [`crate::proto::tls`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsSettings {
@@ -293,6 +302,7 @@ impl Default for Config {
             resolver: ResolverSettings::default(),
             tls: TlsSettings::default(),
             relay_proxy: None,
+            logging: LoggingSettings::default(),
             local_hosts: DEFAULT_ALLOWED_HOSTS.len(),
             cloud: Cloud::Public,
             presets: Vec::new(),
@@ -565,6 +575,11 @@ impl Config {
         } else {
             let _ = writeln!(out, "  cache_size: {}", r.cache_size);
         }
+        let r = &self.logging.refusals;
+        let _ = writeln!(out, "logging:");
+        let _ = writeln!(out, "  refusal_burst: {} (per worker)", r.burst);
+        let _ = writeln!(out, "  refusal_window: {}", format_duration(r.window));
+        let _ = writeln!(out, "  refusal_table_size: {}", r.max_keys);
         let t = &self.tls;
         let _ = writeln!(out, "tls:");
         if t.inspect {
@@ -1368,6 +1383,53 @@ mod tests {
             &["4096 to 1048576"],
         );
         bad("limits: 5\n", "limits", 1, &["expected a mapping"]);
+    }
+
+    #[test]
+    fn logging() {
+        let d = ok(DEFAULT_YAML).logging.refusals;
+        assert_eq!(
+            (d.burst, d.window, d.max_keys),
+            (10, Duration::from_secs(60), 4096)
+        );
+        let cfg =
+            ok("logging:\n  refusal_burst: 3\n  refusal_window: 2s\n  refusal_table_size: 16\n");
+        let r = cfg.logging.refusals;
+        assert_eq!(
+            (r.burst, r.window, r.max_keys),
+            (3, Duration::from_secs(2), 16)
+        );
+        assert!(cfg.summary().contains("refusal_burst: 3"));
+        bad(
+            "logging:\n  refusal_burst: 0\n",
+            "logging.refusal_burst",
+            2,
+            &["at least 1"],
+        );
+        bad(
+            "logging:\n  refusal_window: 500ms\n",
+            "logging.refusal_window",
+            2,
+            &["at least 1s"],
+        );
+        bad(
+            "logging:\n  refusal_window: 0s\n",
+            "logging.refusal_window",
+            2,
+            &["greater than zero"],
+        );
+        bad(
+            "logging:\n  refusal_table_size: 0\n",
+            "logging.refusal_table_size",
+            2,
+            &["from 1"],
+        );
+        bad(
+            "logging:\n  refusal_limit: 5\n",
+            "logging.refusal_limit",
+            2,
+            &[],
+        );
     }
 
     #[test]

@@ -140,6 +140,8 @@ pub(super) struct RawConfig {
     pub tls: Option<RawTls>,
     #[serde(default)]
     pub relay_proxy: Option<RawRelay>,
+    #[serde(default)]
+    pub logging: Option<RawLogging>,
     #[serde(default, deserialize_with = "present")]
     pub cloud: Field,
     #[serde(default, deserialize_with = "present")]
@@ -214,6 +216,18 @@ pub(super) struct RawResolver {
     pub nameservers: Field,
     #[serde(default, deserialize_with = "present")]
     pub cache_size: Field,
+}
+
+/// `logging:`.
+#[derive(Debug, Default, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLogging {
+    #[serde(default, deserialize_with = "present")]
+    pub refusal_burst: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub refusal_window: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub refusal_table_size: Field,
 }
 
 /// `tls:`.

@@ -15,11 +15,14 @@ use serde_saphyr::Spanned;
 
 use super::duration::{parse_duration, MAX_DURATION};
 use super::error::Problem;
-use super::raw::{Node, RawClientAuth, RawConfig, RawLimits, RawRelay, RawResolver, RawTls};
-use super::{
-    ClientAuthSettings, Config, DataPath, EngineKind, Limits, ResolverSettings, TlsSettings,
-    MAX_WORKERS,
+use super::raw::{
+    Node, RawClientAuth, RawConfig, RawLimits, RawLogging, RawRelay, RawResolver, RawTls,
 };
+use super::{
+    ClientAuthSettings, Config, DataPath, EngineKind, Limits, LoggingSettings, ResolverSettings,
+    TlsSettings, MAX_WORKERS,
+};
+use crate::events::limiter::RefusalBudget;
 use crate::policy::{normalize_host, HostEntry, HostPattern};
 use crate::presets::{self, Cloud, Preset, Region, WorkspaceId, MAX_WORKSPACES};
 use crate::proto::tls::{normalize_subject, Tls13Policy, TlsVersion};
@@ -180,6 +183,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         resolver: c.resolver(raw.resolver.unwrap_or_default()),
         tls: c.tls(raw.tls.unwrap_or_default()),
         relay_proxy: raw.relay_proxy.and_then(|r| c.relay(r)),
+        logging: c.logging(raw.logging.unwrap_or_default()),
         preset_hosts: presets::expand(cloud, &preset_list, &workspaces, &regions),
         cloud,
         presets: preset_list,
@@ -736,6 +740,48 @@ impl Checker {
                     &bytes(4096),
                 )
                 .unwrap_or(d.pipe_size),
+        }
+    }
+
+    fn logging(&mut self, raw: RawLogging) -> LoggingSettings {
+        let d = RefusalBudget::default();
+        let window = self
+            .duration("logging.refusal_window", raw.refusal_window.as_ref())
+            .and_then(|w| {
+                if w < Duration::from_secs(1) {
+                    let at = raw.refusal_window.as_ref()?;
+                    self.report(
+                        "logging.refusal_window",
+                        at,
+                        format!("expected at least 1s, found {}", at.value.describe()),
+                    );
+                    return None;
+                }
+                Some(w)
+            });
+        LoggingSettings {
+            refusals: RefusalBudget {
+                burst: self
+                    .count(
+                        "logging.refusal_burst",
+                        raw.refusal_burst.as_ref(),
+                        1,
+                        u32::MAX as usize,
+                        "a whole number of events of at least 1",
+                    )
+                    .and_then(|n| u32::try_from(n).ok())
+                    .unwrap_or(d.burst),
+                window: window.unwrap_or(d.window),
+                max_keys: self
+                    .count(
+                        "logging.refusal_table_size",
+                        raw.refusal_table_size.as_ref(),
+                        1,
+                        1 << 24,
+                        "a whole number of entries from 1 to 16777216",
+                    )
+                    .unwrap_or(d.max_keys),
+            },
         }
     }
 

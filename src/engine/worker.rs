@@ -26,7 +26,8 @@ use super::sys;
 use super::tls_leg::TlsLeg;
 use crate::auth::{self, Checked, Verifier};
 use crate::config::{DataPath, Limits};
-use crate::events::{self, ErrorKind, Reject};
+use crate::events::limiter::{Key as RefusalKey, RefusalLimiter, Summary};
+use crate::events::{self, clip, clip_display, ErrorKind, Reject};
 use crate::metrics::Shard;
 use crate::metrics::TLS_VERSIONS;
 use crate::policy::Denial;
@@ -110,6 +111,10 @@ pub struct Worker {
     last_fd_warning: Option<Instant>,
     drain_deadline: Option<Instant>,
     events: Vec<Event>,
+    /// The rate limit on this worker's refusal events (`logging:`).
+    refusal_log: RefusalLimiter,
+    /// Summaries of suppressed refusal events waiting to be logged (a reused buffer).
+    suppressed: Vec<Summary>,
 }
 
 struct Slot {
@@ -292,6 +297,8 @@ impl Worker {
             last_fd_warning: None,
             drain_deadline: None,
             events: Vec::with_capacity(1024),
+            refusal_log: RefusalLimiter::new(),
+            suppressed: Vec::new(),
         }
     }
 
@@ -321,6 +328,7 @@ impl Worker {
                     Command::Drain { deadline } => self.start_drain(deadline),
                     Command::Stop => {
                         self.close_all();
+                        self.flush_refusal_log();
                         return Ok(());
                     }
                 }
@@ -337,6 +345,7 @@ impl Worker {
             }
             let now = Instant::now();
             self.fire_timers(now);
+            self.sweep_refusal_log(now);
             if let Some(until) = self.accept_paused_until {
                 if now >= until {
                     self.accept_paused_until = None;
@@ -348,6 +357,7 @@ impl Worker {
             }
             if let Some(deadline) = self.drain_deadline {
                 if self.live == 0 {
+                    self.flush_refusal_log();
                     return Ok(());
                 }
                 if now >= deadline {
@@ -358,6 +368,7 @@ impl Worker {
                         "drain timeout reached, closing remaining connections"
                     );
                     self.close_all();
+                    self.flush_refusal_log();
                     return Ok(());
                 }
             }
@@ -370,9 +381,13 @@ impl Worker {
         }
         let now = Instant::now();
         let mut next = self.timers.peek().map(|Reverse((t, _, _))| *t);
-        for t in [self.accept_paused_until, self.drain_deadline]
-            .into_iter()
-            .flatten()
+        for t in [
+            self.accept_paused_until,
+            self.drain_deadline,
+            self.refusal_log.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
         {
             next = Some(next.map_or(t, |n| n.min(t)));
         }
@@ -551,12 +566,14 @@ impl Worker {
         if !current.policy.client_allowed(peer.ip()) {
             // Not even HTTP for it: closed at accept.
             self.shard.reject(Reject::ClientNetwork);
-            warn!(
-                event_id = events::NOT_ALLOWED,
-                client = %peer,
-                reason = Reject::ClientNetwork.as_str(),
-                "client address not in allowed_client_networks: connection closed"
-            );
+            if self.refusal_logged(peer.ip(), Reject::ClientNetwork, events::NOT_ALLOWED) {
+                warn!(
+                    event_id = events::NOT_ALLOWED,
+                    client = %peer,
+                    reason = Reject::ClientNetwork.as_str(),
+                    "client address not in allowed_client_networks: connection closed"
+                );
+            }
             return;
         }
         let limits = current.limits.clone();
@@ -564,13 +581,15 @@ impl Worker {
         if self.live >= limits.max_connections.div_ceil(self.workers) {
             refuse_now(&fd, Status::ServiceUnavailable);
             self.shard.reject(Reject::OverCapacity);
-            warn!(
-                event_id = events::INTERNAL_ERROR,
-                client = %peer,
-                reason = Reject::OverCapacity.as_str(),
-                status = 503,
-                "connection limit reached"
-            );
+            if self.refusal_logged(peer.ip(), Reject::OverCapacity, events::INTERNAL_ERROR) {
+                warn!(
+                    event_id = events::INTERNAL_ERROR,
+                    client = %peer,
+                    reason = Reject::OverCapacity.as_str(),
+                    status = 503,
+                    "connection limit reached"
+                );
+            }
             return;
         }
         let _ = sock.set_tcp_nodelay(true);
@@ -688,7 +707,7 @@ impl Worker {
                 debug!(
                     event_id = events::CONNECT_RECEIVED,
                     client = %peer,
-                    target = %head.authority,
+                    target = %clip_display(&head.authority),
                     "CONNECT received"
                 );
                 self.decide(slot, Target::new(head.authority, early, proxy_auth));
@@ -781,7 +800,7 @@ impl Worker {
         let now = Instant::now();
         let Some(header) = target.proxy_auth.take() else {
             // The normal first step of a client that waits to be asked: no event, no count.
-            debug!(client = %peer, target = %target.authority, "proxy authentication required");
+            debug!(client = %peer, target = %clip_display(&target.authority), "proxy authentication required");
             self.start_refusal_bytes(slot, std::borrow::Cow::Owned(auth::challenge(&auth.realm)));
             return None;
         };
@@ -895,18 +914,20 @@ impl Worker {
         detail: &str,
     ) {
         self.shard.reject(Reject::ClientAuth);
-        if let Some(conn) = self.conn_at(slot) {
-            let peer = conn.peer;
-            warn!(
-                event_id = events::NOT_ALLOWED,
-                client = %peer,
-                target = %target,
-                reason = Reject::ClientAuth.as_str(),
-                user = user.unwrap_or(""),
-                detail = detail,
-                status = status.code(),
-                "client authentication failed"
-            );
+        let peer = self.conn_at(slot).map(|c| c.peer);
+        if let Some(peer) = peer {
+            if self.refusal_logged(peer.ip(), Reject::ClientAuth, events::NOT_ALLOWED) {
+                warn!(
+                    event_id = events::NOT_ALLOWED,
+                    client = %peer,
+                    target = %clip_display(target),
+                    reason = Reject::ClientAuth.as_str(),
+                    user = %clip(user.unwrap_or("")),
+                    detail = %clip(detail),
+                    status = status.code(),
+                    "client authentication failed"
+                );
+            }
         }
         match (status, self.settings.load().auth.as_ref()) {
             (Status::ProxyAuthRequired, Some(a)) => {
@@ -1392,7 +1413,8 @@ impl Worker {
             ),
         };
         let peer = conn.peer;
-        let target_s = target.authority.to_string();
+        // Only logged: bounded like any peer-supplied string in an event.
+        let target_s = clip_display(&target.authority);
         let via = if target.relay_request.is_some() {
             "relay"
         } else {
@@ -1709,8 +1731,8 @@ impl Worker {
                     client = %peer,
                     target = %t.target,
                     version = version.as_str(),
-                    sni = sni.as_deref().unwrap_or(""),
-                    client_certificate = %cert,
+                    sni = %clip(sni.as_deref().unwrap_or("")),
+                    client_certificate = %clip(&cert),
                     inspect_ms = took.as_secs_f64() * 1e3,
                     "TLS session verified"
                 );
@@ -1718,8 +1740,10 @@ impl Worker {
             }
             Verdict::Deny(reason) => {
                 let took = ins.started.elapsed();
+                let target = t.target.clone();
                 self.shard.tls_inspect.observe(took);
-                self.shard.reject(tls_reject(&reason));
+                let reject = tls_reject(&reason);
+                self.shard.reject(reject);
                 let version = match &reason {
                     TlsReason::TlsVersion(v) => v.as_str(),
                     _ => "",
@@ -1727,15 +1751,17 @@ impl Worker {
                 let policy = matches!(reason, TlsReason::ClientCertTls13)
                     .then_some("tls13_client_certificate: deny")
                     .unwrap_or("");
-                warn!(
-                    event_id = reason.event_id(),
-                    client = %peer,
-                    target = %t.target,
-                    reason = reason.label(),
-                    version = version,
-                    policy = policy,
-                    "{reason}"
-                );
+                if self.refusal_logged(peer.ip(), reject, reason.event_id()) {
+                    warn!(
+                        event_id = reason.event_id(),
+                        client = %peer,
+                        target = %target,
+                        reason = reason.label(),
+                        version = version,
+                        policy = policy,
+                        "{reason}"
+                    );
+                }
                 self.close(slot, Close::Tunnel(reason.label()));
                 true
             }
@@ -1751,8 +1777,10 @@ impl Worker {
             Denial::PrivateDestination(_) => Reject::PrivateDestination,
         };
         self.shard.reject(reject);
-        if let Some(conn) = self.conn_at(slot) {
-            let peer = conn.peer;
+        let peer = self.conn_at(slot).map(|c| c.peer);
+        let logged = peer.filter(|p| self.refusal_logged(p.ip(), reject, events::NOT_ALLOWED));
+        if let Some(peer) = logged {
+            let authority = clip_display(authority);
             match (d, ip) {
                 (Denial::PrivateDestination(class), Some(ip)) => warn!(
                     event_id = events::NOT_ALLOWED,
@@ -1787,8 +1815,13 @@ impl Worker {
         target: Option<&Authority>,
     ) {
         self.shard.reject(reject);
-        let why = (events::NOT_CONNECT, reject.as_str(), "request refused");
-        self.log_and_answer(slot, why, detail, target, status);
+        let peer = self.conn_at(slot).map(|c| c.peer);
+        if peer.is_some_and(|p| self.refusal_logged(p.ip(), reject, events::NOT_CONNECT)) {
+            let why = (events::NOT_CONNECT, reject.as_str(), "request refused");
+            self.log_and_answer(slot, why, detail, target, status);
+        } else {
+            self.start_refusal(slot, status);
+        }
     }
 
     /// A network failure on the way to the upstream (event 403).
@@ -1817,13 +1850,13 @@ impl Worker {
     ) {
         if let Some(conn) = self.conn_at(slot) {
             let peer = conn.peer;
-            let target = target.map(|t| t.to_string()).unwrap_or_default();
+            let target = target.map(clip_display).unwrap_or_default();
             warn!(
                 event_id = event_id,
                 client = %peer,
                 target = %target,
                 reason = reason,
-                detail = detail,
+                detail = %clip(detail),
                 status = status.code(),
                 "{message}"
             );
@@ -1995,14 +2028,16 @@ impl Worker {
                         "ClientHello"
                     };
                     self.shard.reject(Reject::TlsParse);
-                    warn!(
-                        event_id = events::TLS_PARSE,
-                        client = %peer,
-                        target = %target,
-                        reason = "tls_parse",
-                        detail = "hello_timeout",
-                        "TLS {stage} not complete within tls.hello_timeout"
-                    );
+                    if self.refusal_logged(peer.ip(), Reject::TlsParse, events::TLS_PARSE) {
+                        warn!(
+                            event_id = events::TLS_PARSE,
+                            client = %peer,
+                            target = %target,
+                            reason = "tls_parse",
+                            detail = "hello_timeout",
+                            "TLS {stage} not complete within tls.hello_timeout"
+                        );
+                    }
                     self.close(slot, Close::Tunnel("hello_timeout"));
                 }
                 _ => self.close(slot, Close::Tunnel("idle_timeout")),
@@ -2083,6 +2118,58 @@ impl Worker {
             }
             other => self.drop_upstream(slot, gen, other),
         }
+    }
+}
+
+impl Worker {
+    // ---- the refusal-event rate limit -------------------------------------------------------
+
+    /// Whether the event of a refusal of `client` for `reason` may be logged (the limit of
+    /// [`events::limiter`]); the summaries of windows that ended meanwhile are logged first.
+    /// The caller has counted the refusal already: counters see every one.
+    fn refusal_logged(&mut self, client: IpAddr, reason: Reject, event_id: u16) -> bool {
+        let budget = self.settings.load().refusals;
+        let key = RefusalKey { client, reason };
+        let now = Instant::now();
+        let log = self
+            .refusal_log
+            .admit(now, key, event_id, &budget, &mut self.suppressed);
+        log_suppressed(&mut self.suppressed, budget.window);
+        log
+    }
+
+    /// Logs the summary of every window that has ended, whether or not its client came back.
+    fn sweep_refusal_log(&mut self, now: Instant) {
+        if self.refusal_log.next_deadline().is_none_or(|t| t > now) {
+            return;
+        }
+        let budget = self.settings.load().refusals;
+        self.refusal_log.sweep(now, &budget, &mut self.suppressed);
+        log_suppressed(&mut self.suppressed, budget.window);
+    }
+
+    /// On exit: the summaries of the windows still open.
+    fn flush_refusal_log(&mut self) {
+        let window = self.settings.load().refusals.window;
+        self.refusal_log.flush(&mut self.suppressed);
+        log_suppressed(&mut self.suppressed, window);
+    }
+}
+
+/// One event per window that suppressed refusal events: same event ID, client and reason as
+/// the events it stands for, with `suppressed=N`.
+fn log_suppressed(ended: &mut Vec<Summary>, window: Duration) {
+    for s in ended.drain(..) {
+        warn!(
+            event_id = s.event_id,
+            client = %s.key.client,
+            reason = s.key.reason.as_str(),
+            suppressed = s.suppressed,
+            window_s = window.as_secs(),
+            table_full = s.evicted,
+            "{} more refusal events for this client and reason were not logged",
+            s.suppressed
+        );
     }
 }
 

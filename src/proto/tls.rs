@@ -232,10 +232,14 @@ pub enum Reason {
     #[error("the ClientHello has no server name (SNI)")]
     SniMissing,
     /// `tls.require_sni_match` and the server name is not the CONNECT host.
-    #[error("the server name (SNI) {sni} does not match the CONNECT host {host}")]
+    #[error(
+        "the server name (SNI) {} does not match the CONNECT host {}",
+        events::clip(.sni),
+        events::clip(.host)
+    )]
     SniMismatch { sni: String, host: String },
     /// The leaf certificate's subject (canonical form) is not on the list.
-    #[error("Invalid client certificate: {subject}")]
+    #[error("Invalid client certificate: {}", events::clip(.subject))]
     ClientCert { subject: String },
     /// No Certificate message, or an empty one, before the client's ChangeCipherSpec.
     #[error("no client certificate was presented")]
@@ -1832,6 +1836,36 @@ mod tests {
         }
         assert_eq!(TlsVersion::from_wire(0x0305), None);
         assert_eq!(ParseError::TooLarge.as_str(), "too_large");
+    }
+
+    #[test]
+    fn peer_strings_in_reasons_are_clipped() {
+        let long = "s".repeat(2000);
+        let m = Reason::SniMismatch {
+            sni: long.clone(),
+            host: format!("{long}.example"),
+        }
+        .to_string();
+        assert_eq!(m.matches(events::field::ELLIPSIS).count(), 2, "{m}");
+        assert!(
+            m.len() < 2 * events::field::MAX_FIELD_BYTES + 60,
+            "{}",
+            m.len()
+        );
+        let c = Reason::ClientCert {
+            subject: format!("CN={long}"),
+        }
+        .to_string();
+        assert!(c.starts_with("Invalid client certificate: CN=sss"));
+        assert!(c.ends_with(events::field::ELLIPSIS));
+        assert_eq!(
+            c.len(),
+            "Invalid client certificate: ".len() + events::field::MAX_FIELD_BYTES
+        );
+        let short = Reason::ClientCert {
+            subject: "CN=agent02".into(),
+        };
+        assert_eq!(short.to_string(), "Invalid client certificate: CN=agent02");
     }
 
     /// Captures fresh handshakes from the local openssl and checks the verdicts, so that the
