@@ -104,7 +104,7 @@ impl Reject {
 
 /// Errors counted by `splicegate_errors_total{kind}`: failures of the gateway or the network
 /// rather than refusals of a client request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
     DnsFailure,
     ResolveTimeout,

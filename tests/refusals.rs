@@ -495,8 +495,10 @@ fn from_client(e: &serde_json::Value, ip: &str) -> bool {
 /// needed to flush it. Counters count every refusal.
 #[test]
 fn repeated_refusals_are_rate_limited_per_client_and_reason() {
+    let closed = ClosedPort::new();
     let Some((up, gw)) = setup(|c| {
         c.workers(1)
+            .upstream("closed.splicegate.test", closed.port())
             .raw("logging:\n  refusal_burst: 10\n  refusal_window: 2s\n")
     }) else {
         return;
@@ -514,6 +516,11 @@ fn repeated_refusals_are_rate_limited_per_client_and_reason() {
     }
     for _ in 0..12 {
         assert_eq!(refused_from(&gw, "127.0.0.2", &denied), 403);
+    }
+    // An upstream that cannot be reached (event 403) is limited the same way.
+    let unreachable = format!("closed.splicegate.test:{}", closed.port());
+    for _ in 0..13 {
+        assert_eq!(refused_from(&gw, "127.0.0.1", &unreachable), 502);
     }
     let sent = t0.elapsed();
     assert!(
@@ -546,6 +553,13 @@ fn repeated_refusals_are_rate_limited_per_client_and_reason() {
         "the summary of 127.0.0.2's window",
     );
     assert_eq!(field_u64(&second, "suppressed"), Some(2), "{second}");
+    let third = gw.expect_event(
+        403,
+        |e| is_summary(e) && field_str(e, "reason").as_deref() == Some("connect_refused"),
+        Duration::from_secs(3),
+        "the summary of the connect_refused window",
+    );
+    assert_eq!(field_u64(&third, "suppressed"), Some(3), "{third}");
 
     // Give a wrongly repeated summary the time to show up before counting.
     std::thread::sleep(Duration::from_millis(500));
@@ -577,6 +591,14 @@ fn repeated_refusals_are_rate_limited_per_client_and_reason() {
     assert_eq!(
         gw.metric_value("splicegate_rejections_total{reason=\"port_not_allowed\"}"),
         3.0
+    );
+    let failed = gw.events(403);
+    let logged = failed.iter().filter(|e| !is_summary(e)).count();
+    assert_eq!(logged, 10, "{failed:?}");
+    assert_eq!(failed.len(), 11, "10 events and one summary");
+    assert_eq!(
+        gw.metric_value("splicegate_errors_total{kind=\"connect_refused\"}"),
+        13.0
     );
     up.assert_untouched("refused requests");
 }

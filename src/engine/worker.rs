@@ -26,7 +26,7 @@ use super::sys;
 use super::tls_leg::TlsLeg;
 use crate::auth::{self, Checked, Verifier};
 use crate::config::{DataPath, Limits};
-use crate::events::limiter::{Key as RefusalKey, RefusalLimiter, Summary};
+use crate::events::limiter::{Cause, Key as RefusalKey, RefusalLimiter, Summary};
 use crate::events::{self, clip, clip_display, ErrorKind, Reject};
 use crate::metrics::Shard;
 use crate::metrics::TLS_VERSIONS;
@@ -1834,8 +1834,13 @@ impl Worker {
         detail: &str,
     ) {
         self.shard.error(kind);
-        let why = (events::NETWORK_ERROR, kind.as_str(), "upstream not reached");
-        self.log_and_answer(slot, why, detail, target, status);
+        let peer = self.conn_at(slot).map(|c| c.peer);
+        if peer.is_some_and(|p| self.refusal_logged(p.ip(), kind, events::NETWORK_ERROR)) {
+            let why = (events::NETWORK_ERROR, kind.as_str(), "upstream not reached");
+            self.log_and_answer(slot, why, detail, target, status);
+        } else {
+            self.start_refusal(slot, status);
+        }
     }
 
     /// The one decision event of a refused request — `(event_id, reason label, message)` —
@@ -2127,9 +2132,12 @@ impl Worker {
     /// Whether the event of a refusal of `client` for `reason` may be logged (the limit of
     /// [`events::limiter`]); the summaries of windows that ended meanwhile are logged first.
     /// The caller has counted the refusal already: counters see every one.
-    fn refusal_logged(&mut self, client: IpAddr, reason: Reject, event_id: u16) -> bool {
+    fn refusal_logged(&mut self, client: IpAddr, reason: impl Into<Cause>, event_id: u16) -> bool {
         let budget = self.settings.load().refusals;
-        let key = RefusalKey { client, reason };
+        let key = RefusalKey {
+            client,
+            reason: reason.into(),
+        };
         let now = Instant::now();
         let log = self
             .refusal_log

@@ -1,5 +1,9 @@
 //! The rate limit on refusal events, per (client address, reason).
 //!
+//! A refusal here is any request answered with an error: refused by policy ([`Reject`], counted
+//! in `splicegate_rejections_total`) or because the upstream could not be reached
+//! ([`ErrorKind`], counted in `splicegate_errors_total`).
+//!
 //! A client that is refused again and again (a misconfigured agent in a retry loop, a scan)
 //! would otherwise write one event per attempt, and journald's own rate limit would then drop
 //! events at random, the ones that matter included. Per key, the first `burst` refusals of a
@@ -20,7 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use super::Reject;
+use super::{ErrorKind, Reject};
 
 /// `logging.refusal_burst`, `logging.refusal_window`, `logging.refusal_table_size`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +60,36 @@ impl Default for RefusalBudget {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Key {
     pub client: IpAddr,
-    pub reason: Reject,
+    pub reason: Cause,
+}
+
+/// Why a request was refused: the label of the counter it was counted in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cause {
+    Reject(Reject),
+    Error(ErrorKind),
+}
+
+impl Cause {
+    /// The `reason` of the events (the counter's label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Reject(r) => r.as_str(),
+            Cause::Error(k) => k.as_str(),
+        }
+    }
+}
+
+impl From<Reject> for Cause {
+    fn from(r: Reject) -> Cause {
+        Cause::Reject(r)
+    }
+}
+
+impl From<ErrorKind> for Cause {
+    fn from(k: ErrorKind) -> Cause {
+        Cause::Error(k)
+    }
 }
 
 /// A window that ended (or was evicted) with refusals that were not logged.
@@ -197,7 +230,7 @@ mod tests {
     fn key(last: u8, reason: Reject) -> Key {
         Key {
             client: IpAddr::V4(Ipv4Addr::new(192, 0, 2, last)),
-            reason,
+            reason: reason.into(),
         }
     }
 
@@ -280,6 +313,30 @@ mod tests {
     }
 
     #[test]
+    fn rejections_and_errors_are_distinct_causes() {
+        let b = budget(1, 60, 100);
+        let mut l = RefusalLimiter::new();
+        let t0 = Instant::now();
+        let mut ended = Vec::new();
+        let client = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+        let refused = Key {
+            client,
+            reason: Reject::HostNotAllowed.into(),
+        };
+        let failed = Key {
+            client,
+            reason: ErrorKind::DnsFailure.into(),
+        };
+        assert!(l.admit(t0, refused, 105, &b, &mut ended));
+        assert!(l.admit(t0, failed, 403, &b, &mut ended));
+        assert!(!l.admit(t0, failed, 403, &b, &mut ended));
+        l.flush(&mut ended);
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].key.reason.as_str(), "dns_failure");
+        assert_eq!(ended[0].event_id, 403);
+    }
+
+    #[test]
     fn a_window_without_suppression_ends_silently() {
         let b = budget(10, 60, 100);
         let mut l = RefusalLimiter::new();
@@ -315,7 +372,7 @@ mod tests {
         assert_eq!(feed(&mut l, t0, other_client, 1, &b, &mut ended), 1);
         l.sweep(t0 + 60 * SECOND, &b, &mut ended);
         let mut got: Vec<(Key, u64)> = ended.iter().map(|s| (s.key, s.suppressed)).collect();
-        got.sort_by_key(|(k, _)| (k.client, k.reason.index()));
+        got.sort_by_key(|(k, _)| (k.client, k.reason.as_str()));
         assert_eq!(got, vec![(a, 3), (other_reason, 3)]);
     }
 
@@ -383,7 +440,7 @@ mod tests {
         for i in 0..5000u32 {
             let k = Key {
                 client: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)),
-                reason: Reject::ClientAuth,
+                reason: Reject::ClientAuth.into(),
             };
             l.admit(t0 + 6 * SECOND, k, 105, &b, &mut ended);
             assert!(l.len() <= 3);
