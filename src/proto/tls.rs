@@ -231,7 +231,8 @@ pub enum Reason {
     /// `tls.require_sni` and the ClientHello has no server name.
     #[error("the ClientHello has no server name (SNI)")]
     SniMissing,
-    /// `tls.require_sni_match` and the server name is not the CONNECT host.
+    /// `tls.require_sni_match` and the server name is not the CONNECT host, or any server name
+    /// on a CONNECT to an IP literal (`host` is then the address).
     #[error(
         "the server name (SNI) {} does not match the CONNECT host {}",
         events::clip(.sni),
