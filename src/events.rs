@@ -39,7 +39,10 @@ pub const NETWORK_ERROR: u16 = 403;
 
 /// Why a client request was refused before a tunnel was set up. Label of
 /// `splicegate_rejections_total{reason}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+///
+/// [`Reject::ALL`] comes from a derive, so a new variant is in it (and sizes the metric arrays)
+/// by construction; `as_str` is an exhaustive match the compiler checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::VariantArray)]
 pub enum Reject {
     HostNotAllowed,
     PortNotAllowed,
@@ -59,23 +62,8 @@ pub enum Reject {
 }
 
 impl Reject {
-    pub const ALL: [Reject; 15] = [
-        Reject::HostNotAllowed,
-        Reject::PortNotAllowed,
-        Reject::PrivateDestination,
-        Reject::NotConnect,
-        Reject::Malformed,
-        Reject::HeaderTooLarge,
-        Reject::HeaderTimeout,
-        Reject::OverCapacity,
-        Reject::TlsVersion,
-        Reject::TlsParse,
-        Reject::SniMissing,
-        Reject::SniMismatch,
-        Reject::ClientCert,
-        Reject::ClientAuth,
-        Reject::ClientNetwork,
-    ];
+    /// Every variant, in declaration order (so `ALL[r.index()] == r`).
+    pub const ALL: &'static [Reject] = <Reject as strum::VariantArray>::VARIANTS;
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -103,8 +91,8 @@ impl Reject {
 }
 
 /// Errors counted by `splicegate_errors_total{kind}`: failures of the gateway or the network
-/// rather than refusals of a client request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// rather than refusals of a client request. [`ErrorKind::ALL`] is derived, as for [`Reject`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::VariantArray)]
 pub enum ErrorKind {
     DnsFailure,
     ResolveTimeout,
@@ -120,19 +108,8 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 11] = [
-        ErrorKind::DnsFailure,
-        ErrorKind::ResolveTimeout,
-        ErrorKind::ConnectRefused,
-        ErrorKind::ConnectUnreachable,
-        ErrorKind::ConnectTimeout,
-        ErrorKind::ConnectFailed,
-        ErrorKind::FdExhausted,
-        ErrorKind::TunnelIo,
-        ErrorKind::RelayAuth,
-        ErrorKind::RelayRefused,
-        ErrorKind::Internal,
-    ];
+    /// Every variant, in declaration order (so `ALL[k.index()] == k`).
+    pub const ALL: &'static [ErrorKind] = <ErrorKind as strum::VariantArray>::VARIANTS;
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -28,7 +28,7 @@ use clap::{Args, Subcommand};
 
 use crate::config::{Config, ConfigError, DEFAULT_YAML};
 use crate::policy::HostEntry;
-use output::Json;
+use output::{Json, WithField};
 use service::Reload;
 use yaml::{quote, Doc, Value};
 
@@ -246,7 +246,7 @@ pub fn run(cmd: AdminCommand) -> u8 {
     match result {
         Ok(report) => {
             if common.json {
-                println!("{}", report.json.with("ok", Json::Bool(true)).render());
+                println!("{}", report.json.with("ok", Json::Bool(true)));
             } else if !report.text.is_empty() {
                 println!("{}", report.text.trim_end());
             }
@@ -256,12 +256,11 @@ pub fn run(cmd: AdminCommand) -> u8 {
             if common.json {
                 println!(
                     "{}",
-                    Json::obj([
+                    output::obj([
                         ("ok", Json::Bool(false)),
-                        ("exit_code", Json::Num(i64::from(f.code))),
-                        ("error", Json::str(&f.message)),
+                        ("exit_code", Json::from(i64::from(f.code))),
+                        ("error", output::text(&f.message)),
                     ])
-                    .render()
                 );
             }
             eprintln!("splicegate: {}", f.message.trim_end());
@@ -294,9 +293,9 @@ struct Edited {
 
 impl Edited {
     fn json(&self) -> Json {
-        Json::obj([
+        output::obj([
             ("changed", Json::Bool(self.changed)),
-            ("reload", Json::str(self.reload.kind())),
+            ("reload", output::text(self.reload.kind())),
         ])
     }
 
@@ -442,9 +441,9 @@ fn lookup(doc: &Doc, path: &[&str]) -> Option<(Value, &'static str)> {
 fn value_json(v: &Value) -> Json {
     match v {
         Value::Scalar(s) if s == "null" || s == "~" => Json::Null,
-        Value::Scalar(s) | Value::Block(s) => Json::str(s),
-        Value::Seq(items) => Json::strs(items),
-        Value::Map(keys) => Json::strs(keys),
+        Value::Scalar(s) | Value::Block(s) => output::text(s),
+        Value::Seq(items) => output::texts(items),
+        Value::Map(keys) => output::texts(keys),
     }
 }
 
@@ -481,7 +480,7 @@ fn config_get(common: &Common, key: Option<&str>) -> Result<Report, Failure> {
                             sub.push((c, value_json(&v)));
                         }
                     }
-                    Json::Obj(sub)
+                    output::object(sub)
                 }
                 Some((v, _)) => value_json(&v),
                 None => Json::Null,
@@ -490,9 +489,9 @@ fn config_get(common: &Common, key: Option<&str>) -> Result<Report, Failure> {
         }
         return Ok(Report {
             text: cfg.summary(),
-            json: Json::obj([
-                ("path", Json::str(common.config.display().to_string())),
-                ("config", Json::Obj(fields)),
+            json: output::obj([
+                ("path", output::text(common.config.display().to_string())),
+                ("config", output::object(fields)),
             ]),
         });
     };
@@ -512,9 +511,9 @@ fn config_get(common: &Common, key: Option<&str>) -> Result<Report, Failure> {
             ports.dedup();
             Ok(Report {
                 text: ports.join("\n"),
-                json: Json::obj([
-                    ("key", Json::str("listen_port")),
-                    ("value", Json::strs(&ports)),
+                json: output::obj([
+                    ("key", output::text("listen_port")),
+                    ("value", output::texts(&ports)),
                 ]),
             })
         }
@@ -538,10 +537,10 @@ fn config_get(common: &Common, key: Option<&str>) -> Result<Report, Failure> {
                     }
                     return Ok(Report {
                         text: lines.join("\n"),
-                        json: Json::obj([
-                            ("key", Json::str(&dotted)),
-                            ("value", Json::Obj(sub)),
-                            ("source", Json::str(source)),
+                        json: output::obj([
+                            ("key", output::text(&dotted)),
+                            ("value", output::object(sub)),
+                            ("source", output::text(source)),
                         ]),
                     });
                 }
@@ -549,10 +548,10 @@ fn config_get(common: &Common, key: Option<&str>) -> Result<Report, Failure> {
             };
             Ok(Report {
                 text: value_text(&v),
-                json: Json::obj([
-                    ("key", Json::str(&dotted)),
+                json: output::obj([
+                    ("key", output::text(&dotted)),
                     ("value", value_json(&v)),
-                    ("source", Json::str(source)),
+                    ("source", output::text(source)),
                 ]),
             })
         }
@@ -684,8 +683,8 @@ fn config_set(common: &Common, key: &str, value: &str) -> Result<Report, Failure
         text: edited.text(common, &format!("set {label} = {value}")),
         json: edited
             .json()
-            .with("key", Json::str(label))
-            .with("value", Json::str(value)),
+            .with("key", output::text(label))
+            .with("value", output::text(value)),
     })
 }
 
@@ -808,16 +807,19 @@ fn allowed_host(common: &Common, action: ListAction) -> Result<Report, Failure> 
             }
             Ok(Report {
                 text: out,
-                json: Json::obj([
-                    ("local", Json::strs(&local)),
-                    ("local_source", Json::str(source)),
+                json: output::obj([
+                    ("local", output::texts(&local)),
+                    ("local_source", output::text(source)),
                     (
                         "presets",
-                        Json::Arr(
+                        Json::Array(
                             presets
                                 .iter()
                                 .map(|(h, from)| {
-                                    Json::obj([("host", Json::str(h)), ("from", Json::str(from))])
+                                    output::obj([
+                                        ("host", output::text(h)),
+                                        ("from", output::text(from)),
+                                    ])
                                 })
                                 .collect(),
                         ),
@@ -864,7 +866,7 @@ fn allowed_host(common: &Common, action: ListAction) -> Result<Report, Failure> 
             })?;
             Ok(Report {
                 text: edited.text(common, &format!("allowed host {host} added")),
-                json: edited.json().with("host", Json::str(host)),
+                json: edited.json().with("host", output::text(host)),
             })
         }
         ListAction::Remove { value } => {
@@ -889,7 +891,7 @@ fn allowed_host(common: &Common, action: ListAction) -> Result<Report, Failure> 
             })?;
             Ok(Report {
                 text: edited.text(common, &format!("allowed host {host} removed")),
-                json: edited.json().with("host", Json::str(host)),
+                json: edited.json().with("host", output::text(host)),
             })
         }
     }
@@ -912,7 +914,7 @@ fn client_cert(common: &Common, action: ListAction) -> Result<Report, Failure> {
             };
             Ok(Report {
                 text,
-                json: Json::obj([("subjects", Json::strs(&subjects))]),
+                json: output::obj([("subjects", output::texts(&subjects))]),
             })
         }
         ListAction::Add { value } => {
@@ -936,7 +938,7 @@ fn client_cert(common: &Common, action: ListAction) -> Result<Report, Failure> {
                     common,
                     &format!("client certificate subject {subject:?} added"),
                 ),
-                json: edited.json().with("subject", Json::str(subject)),
+                json: edited.json().with("subject", output::text(subject)),
             })
         }
         ListAction::Remove { value } => {
@@ -954,7 +956,7 @@ fn client_cert(common: &Common, action: ListAction) -> Result<Report, Failure> {
                     common,
                     &format!("client certificate subject {subject:?} removed"),
                 ),
-                json: edited.json().with("subject", Json::str(subject)),
+                json: edited.json().with("subject", output::text(subject)),
             })
         }
     }
@@ -995,7 +997,7 @@ fn relay_proxy(common: &Common, action: RelayAction) -> Result<Report, Failure> 
                         }
                         let v = if k == "address" { mask_password(&v) } else { v };
                         lines.push(format!("{k}: {v}"));
-                        fields.push((k.to_owned(), Json::str(v)));
+                        fields.push((k.to_owned(), output::text(v)));
                     }
                 }
             } else {
@@ -1003,9 +1005,9 @@ fn relay_proxy(common: &Common, action: RelayAction) -> Result<Report, Failure> 
             }
             Ok(Report {
                 text: lines.join("\n"),
-                json: Json::obj([
+                json: output::obj([
                     ("configured", Json::Bool(configured)),
-                    ("relay_proxy", Json::Obj(fields)),
+                    ("relay_proxy", output::object(fields)),
                 ]),
             })
         }
@@ -1055,7 +1057,7 @@ fn relay_proxy(common: &Common, action: RelayAction) -> Result<Report, Failure> 
             let shown = mask_password(address.trim());
             Ok(Report {
                 text: edited.text(common, &format!("relay proxy set to {shown}")),
-                json: edited.json().with("address", Json::str(shown)),
+                json: edited.json().with("address", output::text(shown)),
             })
         }
     }
@@ -1159,7 +1161,7 @@ fn init(common: &Common, args: &InitArgs) -> Result<Report, Failure> {
             out.display(),
             out.display()
         ),
-        json: Json::obj([("path", Json::str(out.display().to_string()))]),
+        json: output::obj([("path", output::text(out.display().to_string()))]),
     })
 }
 

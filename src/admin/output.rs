@@ -1,98 +1,43 @@
 //! Output of the admin commands: text for people, one JSON object for scripts (`--json`).
 //!
-//! A tiny JSON value type is enough here (strings, booleans, numbers, arrays, objects with
-//! ordered keys); it keeps `serde_json` out of the binary.
+//! The JSON is `serde_json`'s (already linked by the JSON log format), with object keys kept in
+//! the order they are written (`preserve_order`). These helpers only shorten the call sites.
 
-use std::fmt::Write as _;
+pub use serde_json::Value as Json;
 
-/// A JSON value with ordered object keys.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Json {
-    Null,
-    Bool(bool),
-    Num(i64),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
+/// An object with `fields` in this order.
+pub fn obj<const N: usize>(fields: [(&str, Json); N]) -> Json {
+    Json::Object(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
 }
 
-impl Json {
-    pub fn str(s: impl Into<String>) -> Json {
-        Json::Str(s.into())
-    }
+/// An object from owned `(key, value)` pairs, in this order.
+pub fn object(fields: Vec<(String, Json)>) -> Json {
+    Json::Object(fields.into_iter().collect())
+}
 
-    pub fn strs<S: AsRef<str>>(items: &[S]) -> Json {
-        Json::Arr(items.iter().map(|s| Json::str(s.as_ref())).collect())
-    }
+/// A JSON string.
+pub fn text(s: impl Into<String>) -> Json {
+    Json::String(s.into())
+}
 
-    pub fn obj<const N: usize>(fields: [(&str, Json); N]) -> Json {
-        Json::Obj(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
-    }
+/// An array of JSON strings.
+pub fn texts<S: AsRef<str>>(items: &[S]) -> Json {
+    Json::Array(items.iter().map(|s| text(s.as_ref())).collect())
+}
 
-    /// Add a field to an object (no-op on other values).
-    pub fn with(mut self, key: &str, value: Json) -> Json {
-        if let Json::Obj(fields) = &mut self {
-            fields.push((key.to_owned(), value));
+/// Adding a field to an object value.
+pub trait WithField {
+    /// Add `key` to an object (no-op on other values).
+    fn with(self, key: &str, value: Json) -> Json;
+}
+
+impl WithField for Json {
+    fn with(mut self, key: &str, value: Json) -> Json {
+        if let Json::Object(fields) = &mut self {
+            fields.insert(key.to_owned(), value);
         }
         self
     }
-
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        self.write(&mut out);
-        out
-    }
-
-    fn write(&self, out: &mut String) {
-        match self {
-            Json::Null => out.push_str("null"),
-            Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-            Json::Num(n) => {
-                let _ = write!(out, "{n}");
-            }
-            Json::Str(s) => write_str(out, s),
-            Json::Arr(items) => {
-                out.push('[');
-                for (i, v) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    v.write(out);
-                }
-                out.push(']');
-            }
-            Json::Obj(fields) => {
-                out.push('{');
-                for (i, (k, v)) in fields.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    write_str(out, k);
-                    out.push(':');
-                    v.write(out);
-                }
-                out.push('}');
-            }
-        }
-    }
-}
-
-fn write_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 #[cfg(test)]
@@ -100,17 +45,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_escaped_json() {
-        let j = Json::obj([
+    fn renders_escaped_json_in_written_order() {
+        let j = obj([
             ("ok", Json::Bool(true)),
-            ("n", Json::Num(-3)),
-            ("s", Json::str("a\"b\\c\n\u{1}")),
-            ("l", Json::strs(&["x", "y"])),
+            ("n", Json::from(-3)),
+            ("s", text("a\"b\\c\n\u{1}")),
+            ("l", texts(&["x", "y"])),
             ("z", Json::Null),
-        ]);
+        ])
+        .with("after", text("last"));
         assert_eq!(
-            j.render(),
-            r#"{"ok":true,"n":-3,"s":"a\"b\\c\n\u0001","l":["x","y"],"z":null}"#
+            j.to_string(),
+            r#"{"ok":true,"n":-3,"s":"a\"b\\c\n\u0001","l":["x","y"],"z":null,"after":"last"}"#
         );
     }
 }

@@ -54,15 +54,9 @@ impl Reload {
 /// Signal the gateway named by `pid_file`, else reload the systemd unit if it is active.
 pub fn reload(pid_file: &Path) -> Reload {
     if let Some(pid) = running_pid(pid_file) {
-        return match Command::new("kill")
-            .arg("-HUP")
-            .arg(pid.to_string())
-            .stdin(Stdio::null())
-            .output()
-        {
-            Ok(o) if o.status.success() => Reload::Signalled { pid },
-            Ok(o) => Reload::Failed(String::from_utf8_lossy(&o.stderr).trim().to_owned()),
-            Err(e) => Reload::Failed(format!("cannot run kill: {e}")),
+        return match signal_hup(pid) {
+            Ok(()) => Reload::Signalled { pid },
+            Err(e) => Reload::Failed(format!("kill -HUP {pid}: {e}")),
         };
     }
     if !Path::new("/run/systemd/system").is_dir() {
@@ -87,6 +81,18 @@ pub fn reload(pid_file: &Path) -> Reload {
         Ok(o) => Reload::Failed(String::from_utf8_lossy(&o.stderr).trim().to_owned()),
         Err(e) => Reload::Failed(format!("cannot run systemctl: {e}")),
     }
+}
+
+/// Send SIGHUP to `pid` directly (no `kill` binary to find or fork).
+fn signal_hup(pid: u32) -> std::io::Result<()> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| std::io::Error::other("not a process id"))?;
+    Ok(rustix::process::kill_process(
+        pid,
+        rustix::process::Signal::HUP,
+    )?)
 }
 
 /// The pid in `pid_file`, if that process exists and is a splicegate (a stale file after a

@@ -11,7 +11,7 @@ use std::path::Path;
 use clap::Subcommand;
 
 use super::file::write_atomic;
-use super::output::Json;
+use super::output;
 use super::service;
 use crate::auth::{self, Users};
 
@@ -52,7 +52,7 @@ pub fn run(cmd: UserCommand, users_file: &Path, pid_file: &Path, json: bool) -> 
             let mut names: Vec<&str> = users.names().collect();
             names.sort_unstable();
             if json {
-                println!("{}", Json::obj([("users", Json::strs(&names))]).render());
+                println!("{}", output::obj([("users", output::texts(&names))]));
             } else {
                 for n in names {
                     println!("{n}");
@@ -122,12 +122,11 @@ fn finish(
     if json {
         println!(
             "{}",
-            Json::obj([
-                ("user", Json::str(name)),
-                ("result", Json::str(what)),
-                ("reload", Json::str(reload.kind())),
+            output::obj([
+                ("user", output::text(name)),
+                ("result", output::text(what)),
+                ("reload", output::text(reload.kind())),
             ])
-            .render()
         );
     } else {
         println!("user {name} {what} in {}", users_file.display());

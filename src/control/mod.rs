@@ -80,7 +80,6 @@ struct Retiring {
 
 /// Serve `cfg` until SIGTERM/SIGINT and a drain.
 pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
-    engine::sys::ignore_sigpipe();
     match engine::sys::raise_nofile_limit() {
         Ok(n) => info!(
             event_id = events::INFO,

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
@@ -118,15 +118,15 @@ impl Driver {
         }
     }
 
-    pub fn add_listener(&mut self, idx: u32, fd: RawFd) -> io::Result<()> {
+    pub fn add_listener(&mut self, idx: u32, fd: BorrowedFd<'_>) -> io::Result<()> {
         match self {
-            Driver::Uring(d) => d.add_listener(idx, fd),
+            Driver::Uring(d) => d.add_listener(idx, fd.as_raw_fd()),
             Driver::Epoll(d) => d.add(fd, Key::Listener(idx)),
         }
     }
 
     /// Stop accepting on a listener. The caller may close the fd right after.
-    pub fn remove_listener(&mut self, idx: u32, fd: RawFd) {
+    pub fn remove_listener(&mut self, idx: u32, fd: BorrowedFd<'_>) {
         match self {
             Driver::Uring(d) => d.cancel(Key::Listener(idx)),
             Driver::Epoll(d) => d.del(fd),
@@ -140,16 +140,16 @@ impl Driver {
         }
     }
 
-    pub fn register(&mut self, fd: RawFd, key: Key) -> io::Result<()> {
+    pub fn register(&mut self, fd: BorrowedFd<'_>, key: Key) -> io::Result<()> {
         match self {
-            Driver::Uring(d) => d.register(fd, key),
+            Driver::Uring(d) => d.register(fd.as_raw_fd(), key),
             Driver::Epoll(d) => d.add(fd, key),
         }
     }
 
     /// Forget a socket. Events already queued for its key may still arrive: the worker drops
     /// them by generation.
-    pub fn deregister(&mut self, fd: RawFd, key: Key) {
+    pub fn deregister(&mut self, fd: BorrowedFd<'_>, key: Key) {
         match self {
             Driver::Uring(d) => d.deregister(key),
             Driver::Epoll(d) => d.del(fd),
@@ -294,12 +294,12 @@ impl UringDriver {
                             retry.push(Key::Listener(i));
                         }
                         if res >= 0 {
-                            drop(sys::adopt_fd(res));
+                            drop(adopt_accepted(res));
                         }
                         continue;
                     }
                     let result = if res >= 0 {
-                        Ok(sys::adopt_fd(res))
+                        Ok(adopt_accepted(res))
                     } else {
                         Err(io::Error::from_raw_os_error(-res))
                     };
@@ -407,68 +407,54 @@ pub fn probe_uring() -> Result<(), String> {
     Ok(())
 }
 
+/// Take ownership of the fd that a completed io_uring accept returned.
+///
+/// Only the completion handling above calls this, with the non-negative result of an accept
+/// completion for one of our listeners: the kernel has just installed that fd for us and nothing
+/// else in the process knows its number.
+fn adopt_accepted(fd: i32) -> OwnedFd {
+    // SAFETY: `fd` is the result of a successful accept completion (checked `res >= 0` by the
+    // caller): a new open fd that nobody else owns, and this is the only place it is adopted.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
 /// The epoll driver.
 pub struct EpollDriver {
-    ep: OwnedFd,
+    ep: sys::Epoll,
     wake: OwnedFd,
-    buf: Vec<libc::epoll_event>,
+    ready: Vec<sys::Ready>,
 }
 
 impl EpollDriver {
     pub fn new(wake: OwnedFd) -> io::Result<EpollDriver> {
         let d = EpollDriver {
-            ep: sys::epoll_create()?,
+            ep: sys::Epoll::new(1024)?,
             wake,
-            buf: vec![libc::epoll_event { events: 0, u64: 0 }; 1024],
+            ready: Vec::with_capacity(1024),
         };
-        sys::epoll_ctl(
-            d.ep.as_fd(),
-            libc::EPOLL_CTL_ADD,
-            d.wake.as_raw_fd(),
-            (libc::EPOLLIN | libc::EPOLLET) as u32,
-            Key::Wake.encode(),
-        )?;
+        d.ep.add(d.wake.as_fd(), sys::Interest::Read, Key::Wake.encode())?;
         Ok(d)
     }
 
-    fn ep(&self) -> BorrowedFd<'_> {
-        self.ep.as_fd()
-    }
-
-    fn add(&mut self, fd: RawFd, key: Key) -> io::Result<()> {
-        let events = match key {
-            Key::Listener(_) => libc::EPOLLIN | libc::EPOLLET,
-            _ => libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET,
+    fn add(&mut self, fd: BorrowedFd<'_>, key: Key) -> io::Result<()> {
+        let interest = match key {
+            Key::Listener(_) => sys::Interest::Read,
+            _ => sys::Interest::ReadWrite,
         };
-        sys::epoll_ctl(
-            self.ep(),
-            libc::EPOLL_CTL_ADD,
-            fd,
-            events as u32,
-            key.encode(),
-        )
+        self.ep.add(fd, interest, key.encode())
     }
 
-    fn del(&mut self, fd: RawFd) {
-        let _ = sys::epoll_ctl(self.ep(), libc::EPOLL_CTL_DEL, fd, 0, 0);
+    fn del(&mut self, fd: BorrowedFd<'_>) {
+        let _ = self.ep.delete(fd);
     }
 
     fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Event>) -> io::Result<()> {
-        let ms = match timeout {
-            // Round up so a timer is never woken early and spun on.
-            Some(t) => i32::try_from(t.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX),
-            None => -1,
-        };
-        let n = match sys::epoll_wait(self.ep.as_fd(), &mut self.buf, ms) {
-            Ok(n) => n,
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => 0,
-            Err(e) => return Err(e),
-        };
-        for ev in &self.buf[..n] {
-            let bits = ev.events;
-            match Key::decode(ev.u64) {
+        self.ready.clear();
+        self.ep.wait(timeout, &mut self.ready)?;
+        for r in &self.ready {
+            match Key::decode(r.key) {
                 Key::Listener(i) => out.push(Event::ListenerReady { listener: i }),
-                Key::Conn { slot, gen, side } => out.push(ready(slot, gen, side, bits)),
+                Key::Conn { slot, gen, side } => out.push(ready(slot, gen, side, r.bits)),
                 Key::Wake => {
                     sys::eventfd_drain(self.wake.as_fd());
                     out.push(Event::Wake);

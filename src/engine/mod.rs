@@ -9,7 +9,6 @@
 pub mod driver;
 pub mod flow;
 pub mod pipe;
-#[allow(unsafe_code)]
 pub mod sys;
 pub mod tls_leg;
 pub mod worker;

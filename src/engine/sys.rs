@@ -1,27 +1,22 @@
-//! The engine's syscall layer: the only place in the crate with `unsafe`.
+//! The engine's syscall layer: typed, safe wrappers over `rustix` for the calls the workers make.
 //!
-//! Thin, typed wrappers over `splice(2)`, `pipe2(2)`, `fcntl(2)`, `recv(2)`/`send(2)`,
-//! `eventfd(2)`, `epoll(7)`, `getrlimit(2)` and `signal(2)`. Each returns `io::Result` and leaves
-//! policy (retry, fallback) to the caller.
+//! `splice(2)`, `pipe2(2)`, `F_SETPIPE_SZ`, `recv(2)`/`send(2)`, `shutdown(2)`, `accept4(2)`,
+//! `eventfd(2)`, `epoll(7)` and `RLIMIT_NOFILE`. Each returns `io::Result` and leaves policy
+//! (retry, fallback) to the caller. There is no `unsafe` here: `rustix` owns the raw calls, and
+//! the only `unsafe` left in the crate is the io_uring submission code in `driver.rs`.
+//!
+//! SIGPIPE: a `splice(2)` into a socket whose peer has gone has no `MSG_NOSIGNAL`. The Rust
+//! runtime sets SIGPIPE to `SIG_IGN` before `main` on Unix, so such a write fails with `EPIPE`
+//! instead of killing the process; `send` still passes `MSG_NOSIGNAL` for good measure.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::time::Duration;
 
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-fn cvt_size(r: libc::ssize_t) -> io::Result<usize> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as usize)
-    }
-}
+use rustix::event::{epoll, EventfdFlags, Timespec};
+use rustix::net::{RecvFlags, SendFlags, Shutdown, SocketFlags};
+use rustix::pipe::{PipeFlags, SpliceFlags};
+use rustix::process::{Resource, Rlimit};
 
 /// `splice(2)` between two fds (one of them a pipe), non-blocking on the pipe side.
 /// `Ok(0)` from a socket source means the peer shut down its write side.
@@ -31,106 +26,56 @@ pub fn splice(
     len: usize,
     more: bool,
 ) -> io::Result<usize> {
-    let mut flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
+    let mut flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
     if more {
-        flags |= libc::SPLICE_F_MORE;
+        flags |= SpliceFlags::MORE;
     }
-    // SAFETY: both fds are borrowed, so they stay open for the call; null offsets are valid for
-    // pipes and sockets; the kernel does not retain any pointer.
-    let r = unsafe {
-        libc::splice(
-            from.as_raw_fd(),
-            std::ptr::null_mut(),
-            to.as_raw_fd(),
-            std::ptr::null_mut(),
-            len,
-            flags,
-        )
-    };
-    cvt_size(r)
+    Ok(rustix::pipe::splice(from, None, to, None, len, flags)?)
 }
 
 /// A non-blocking, close-on-exec pipe: `(read end, write end)`.
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
-    // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(rustix::pipe::pipe_with(
+        PipeFlags::NONBLOCK | PipeFlags::CLOEXEC,
+    )?)
 }
 
 /// `F_SETPIPE_SZ`; returns the capacity the kernel actually granted.
 pub fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) -> io::Result<usize> {
-    let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
-    // SAFETY: fcntl with F_SETPIPE_SZ on a borrowed (open) fd takes an int argument.
-    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size) }).map(|n| n as usize)
+    Ok(rustix::pipe::fcntl_setpipe_size(fd, size)?)
 }
 
 /// `F_GETPIPE_SZ`: the pipe's capacity.
 pub fn pipe_size(fd: BorrowedFd<'_>) -> io::Result<usize> {
-    // SAFETY: fcntl with F_GETPIPE_SZ on a borrowed (open) fd takes no argument.
-    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ) }).map(|n| n as usize)
+    Ok(rustix::pipe::fcntl_getpipe_size(fd)?)
 }
 
 /// Non-blocking `recv(2)` into `buf`.
 pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is a valid writable region of `buf.len()` bytes for the whole call.
-    let r = unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT,
-        )
-    };
-    cvt_size(r)
+    let (n, _) = rustix::net::recv(fd, buf, RecvFlags::DONTWAIT)?;
+    Ok(n)
 }
 
 /// Non-blocking `send(2)` that never raises SIGPIPE.
 pub fn send(fd: BorrowedFd<'_>, buf: &[u8], more: bool) -> io::Result<usize> {
-    let mut flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    let mut flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
     if more {
-        flags |= libc::MSG_MORE;
+        flags |= SendFlags::MORE;
     }
-    // SAFETY: `buf` is a valid readable region of `buf.len()` bytes for the whole call.
-    let r = unsafe { libc::send(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), flags) };
-    cvt_size(r)
+    Ok(rustix::net::send(fd, buf, flags)?)
 }
 
 /// `shutdown(fd, SHUT_WR)`: propagate a half-close.
 pub fn shutdown_write(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: shutdown on a borrowed (open) fd has no memory effects.
-    cvt(unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) }).map(drop)
+    Ok(rustix::net::shutdown(fd, Shutdown::Write)?)
 }
 
 /// `accept4(2)` with `SOCK_NONBLOCK | SOCK_CLOEXEC`; the peer address is read separately.
 pub fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    // SAFETY: null address pointers are allowed by accept4.
-    let fd = cvt(unsafe {
-        libc::accept4(
-            listener.as_raw_fd(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-        )
-    })?;
-    // SAFETY: accept4 succeeded, so `fd` is a new open fd that nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Adopt an fd returned by io_uring's accept.
-pub fn adopt_fd(fd: i32) -> OwnedFd {
-    // SAFETY: the caller passes a non-negative result of a completed accept: a new fd that nobody
-    // else owns.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
-
-/// Set `O_NONBLOCK` (io_uring's accept has no flags for multishot accept on every kernel).
-pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: fcntl F_GETFL/F_SETFL on a borrowed (open) fd.
-    let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
-    // SAFETY: as above.
-    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) }).map(drop)
+    Ok(rustix::net::accept_with(
+        listener,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+    )?)
 }
 
 /// Open `/dev/null`: the spare fd that lets a worker accept and refuse a client when the
@@ -141,82 +86,126 @@ pub fn spare_fd() -> io::Result<OwnedFd> {
 
 /// A non-blocking eventfd used to wake a worker from another thread.
 pub fn eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: eventfd takes no pointers.
-    let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
-    // SAFETY: eventfd succeeded: a new open fd owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(rustix::event::eventfd(
+        0,
+        EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC,
+    )?)
 }
 
 /// Add one to an eventfd (wakes its poller). Errors (counter full) mean a wake is pending anyway.
 pub fn eventfd_signal(fd: BorrowedFd<'_>) {
-    let one: u64 = 1;
-    // SAFETY: writes 8 bytes from a valid u64.
-    let _ = unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
 }
 
 /// Reset an eventfd's counter.
 pub fn eventfd_drain(fd: BorrowedFd<'_>) {
-    let mut v: u64 = 0;
-    // SAFETY: reads at most 8 bytes into a valid u64.
-    let _ = unsafe { libc::read(fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    let mut v = [0u8; 8];
+    let _ = rustix::io::read(fd, &mut v);
 }
 
-/// `epoll_create1(EPOLL_CLOEXEC)`.
-pub fn epoll_create() -> io::Result<OwnedFd> {
-    // SAFETY: no pointers.
-    let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
-    // SAFETY: a new open fd owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+/// What an epoll registration waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interest {
+    /// Readable, edge-triggered (listeners, eventfds).
+    Read,
+    /// Readable, writable and peer half-close, edge-triggered (connections).
+    ReadWrite,
 }
 
-/// `epoll_ctl(op)` with `events` and a 64-bit key.
-pub fn epoll_ctl(
-    ep: BorrowedFd<'_>,
-    op: libc::c_int,
-    fd: RawFd,
-    events: u32,
-    key: u64,
-) -> io::Result<()> {
-    let mut ev = libc::epoll_event { events, u64: key };
-    // SAFETY: `ev` is a valid epoll_event for the duration of the call.
-    cvt(unsafe { libc::epoll_ctl(ep.as_raw_fd(), op, fd, &mut ev) }).map(drop)
+/// One readiness report from [`Epoll::wait`]: the registration's key and its `EPOLL*` bits.
+#[derive(Debug, Clone, Copy)]
+pub struct Ready {
+    pub key: u64,
+    pub bits: u32,
 }
 
-/// `epoll_wait` into `buf`; returns the number of events filled.
-pub fn epoll_wait(
-    ep: BorrowedFd<'_>,
-    buf: &mut [libc::epoll_event],
-    timeout_ms: i32,
-) -> io::Result<usize> {
-    let max = libc::c_int::try_from(buf.len()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `buf` is valid for `max` events.
-    let n = unsafe { libc::epoll_wait(ep.as_raw_fd(), buf.as_mut_ptr(), max, timeout_ms) };
-    cvt(n).map(|n| n as usize)
+/// An epoll instance with its wait buffer.
+pub struct Epoll {
+    fd: OwnedFd,
+    buf: Vec<epoll::Event>,
+}
+
+impl Epoll {
+    /// `epoll_create1(EPOLL_CLOEXEC)` with room for `capacity` events per wait.
+    pub fn new(capacity: usize) -> io::Result<Epoll> {
+        Ok(Epoll {
+            fd: epoll::create(epoll::CreateFlags::CLOEXEC)?,
+            buf: Vec::with_capacity(capacity.max(1)),
+        })
+    }
+
+    /// `EPOLL_CTL_ADD` with `interest` (always edge-triggered) and a 64-bit key.
+    pub fn add(&self, fd: BorrowedFd<'_>, interest: Interest, key: u64) -> io::Result<()> {
+        let flags = match interest {
+            Interest::Read => epoll::EventFlags::IN | epoll::EventFlags::ET,
+            Interest::ReadWrite => {
+                epoll::EventFlags::IN
+                    | epoll::EventFlags::OUT
+                    | epoll::EventFlags::RDHUP
+                    | epoll::EventFlags::ET
+            }
+        };
+        Ok(epoll::add(
+            &self.fd,
+            fd,
+            epoll::EventData::new_u64(key),
+            flags,
+        )?)
+    }
+
+    /// `EPOLL_CTL_DEL`.
+    pub fn delete(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        Ok(epoll::delete(&self.fd, fd)?)
+    }
+
+    /// `epoll_wait` for at most `timeout` (None: forever). `EINTR` is an empty wait.
+    pub fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Ready>) -> io::Result<()> {
+        // Round up to whole milliseconds so a timer is never woken early and spun on.
+        let ts = timeout.map(|t| {
+            let ms = t.as_nanos().div_ceil(1_000_000);
+            let ms = i64::try_from(ms).unwrap_or(i64::MAX / 1_000_000);
+            Timespec {
+                tv_sec: ms / 1000,
+                tv_nsec: (ms % 1000) * 1_000_000,
+            }
+        });
+        self.buf.clear();
+        match epoll::wait(
+            &self.fd,
+            rustix::buffer::spare_capacity(&mut self.buf),
+            ts.as_ref(),
+        ) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        out.extend(self.buf.iter().map(|ev| {
+            // `Event` is packed on x86_64: copy the fields out before using them.
+            let (flags, data) = (ev.flags, ev.data);
+            Ready {
+                key: data.u64(),
+                bits: flags.bits(),
+            }
+        }));
+        Ok(())
+    }
 }
 
 /// Raise the soft `RLIMIT_NOFILE` to the hard limit; returns the new soft limit.
 pub fn raise_nofile_limit() -> io::Result<u64> {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `rl` is a valid rlimit to fill.
-    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) })?;
-    if rl.rlim_cur < rl.rlim_max {
-        rl.rlim_cur = rl.rlim_max;
-        // SAFETY: `rl` is a valid rlimit.
-        cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) })?;
+    let rl = rustix::process::getrlimit(Resource::Nofile);
+    let (cur, max) = (rl.current, rl.maximum);
+    if cur != max {
+        rustix::process::setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: max,
+                maximum: max,
+            },
+        )?;
     }
-    Ok(rl.rlim_cur)
-}
-
-/// Ignore SIGPIPE process-wide: a synchronous `splice(2)` into a socket whose peer has gone
-/// would otherwise kill the process (splice has no MSG_NOSIGNAL).
-pub fn ignore_sigpipe() {
-    // SAFETY: SIG_IGN is a valid disposition for SIGPIPE; no handler code runs.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-    }
+    // `None` is RLIM_INFINITY.
+    Ok(max.unwrap_or(u64::MAX))
 }
 
 /// The number of online CPUs.
@@ -274,6 +263,35 @@ mod tests {
     }
 
     #[test]
+    fn splice_into_a_reset_peer_is_epipe_not_a_signal() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        // Reset the peer: linger 0 then close.
+        socket2::SockRef::from(&a)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .unwrap();
+        drop(a);
+        let (r, w) = pipe().unwrap();
+        let mut first = None;
+        for _ in 0..100 {
+            let _ = rustix::io::write(&w, b"x");
+            match splice(r.as_fd(), b.as_fd(), 1, false) {
+                Ok(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
+                Err(e) => {
+                    first = Some(e);
+                    break;
+                }
+            }
+        }
+        let e = first.expect("a write into a reset socket fails");
+        assert!(
+            matches!(e.raw_os_error(), Some(libc::EPIPE) | Some(libc::ECONNRESET)),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn eventfd_signal_and_drain() {
         let fd = eventfd().unwrap();
         eventfd_signal(fd.as_fd());
@@ -284,12 +302,37 @@ mod tests {
             .unwrap();
         assert_eq!(n, 8);
         assert_eq!(u64::from_ne_bytes(v), 2);
+        eventfd_signal(fd.as_fd());
         eventfd_drain(fd.as_fd());
+        let e = rustix::io::read(&fd, &mut v).unwrap_err();
+        assert_eq!(e, rustix::io::Errno::AGAIN, "drained to zero");
+    }
+
+    #[test]
+    fn epoll_reports_the_key_and_bits() {
+        let mut ep = Epoll::new(8).unwrap();
+        let fd = eventfd().unwrap();
+        ep.add(fd.as_fd(), Interest::Read, 0xfeed).unwrap();
+        let mut out = Vec::new();
+        ep.wait(Some(Duration::ZERO), &mut out).unwrap();
+        assert!(out.is_empty(), "nothing ready yet: {out:?}");
+        eventfd_signal(fd.as_fd());
+        ep.wait(Some(Duration::from_millis(100)), &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].key, 0xfeed);
+        assert_ne!(out[0].bits & libc::EPOLLIN as u32, 0);
+        ep.delete(fd.as_fd()).unwrap();
+        out.clear();
+        eventfd_signal(fd.as_fd());
+        ep.wait(Some(Duration::ZERO), &mut out).unwrap();
+        assert!(out.is_empty(), "deleted: {out:?}");
     }
 
     #[test]
     fn nofile_limit_is_raised_to_hard() {
         let soft = raise_nofile_limit().unwrap();
         assert!(soft >= 1024);
+        let rl = rustix::process::getrlimit(Resource::Nofile);
+        assert_eq!(rl.current, rl.maximum);
     }
 }

@@ -10,7 +10,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -306,7 +306,7 @@ impl Worker {
     pub fn run(mut self) -> io::Result<()> {
         for (i, l) in self.listeners.iter().enumerate() {
             if let Some(fd) = l {
-                self.driver.add_listener(i as u32, fd.as_raw_fd())?;
+                self.driver.add_listener(i as u32, fd.as_fd())?;
             }
         }
         loop {
@@ -606,7 +606,7 @@ impl Worker {
             gen,
             side: Side::Client,
         };
-        if let Err(e) = self.driver.register(fd.as_raw_fd(), key) {
+        if let Err(e) = self.driver.register(fd.as_fd(), key) {
             warn!(event_id = events::INTERNAL_ERROR, client = %peer, error = %e, "cannot watch client socket");
             self.shard.error(ErrorKind::Internal);
             self.free.push(slot);
@@ -1065,7 +1065,7 @@ impl Worker {
             };
             if let Some(old) = c.upstream.take() {
                 self.driver.deregister(
-                    old.as_raw_fd(),
+                    old.as_fd(),
                     Key::Conn {
                         slot,
                         gen,
@@ -1090,14 +1090,14 @@ impl Worker {
             c.addr = addr;
             match dial(addr) {
                 Ok(fd) => {
-                    let raw = fd.as_raw_fd();
-                    c.upstream = Some(fd);
                     let key = Key::Conn {
                         slot,
                         gen,
                         side: Side::Upstream,
                     };
-                    if let Err(e) = self.driver.register(raw, key) {
+                    let registered = self.driver.register(fd.as_fd(), key);
+                    c.upstream = Some(fd);
+                    if let Err(e) = registered {
                         last = Some(e);
                         continue;
                     }
@@ -2055,7 +2055,7 @@ impl Worker {
         self.drain_deadline = Some(deadline);
         for (i, l) in self.listeners.iter_mut().enumerate() {
             if let Some(fd) = l.take() {
-                self.driver.remove_listener(i as u32, fd.as_raw_fd());
+                self.driver.remove_listener(i as u32, fd.as_fd());
             }
         }
         self.pending_accept.clear();
@@ -2081,7 +2081,7 @@ impl Worker {
         self.free.push(slot);
         self.live -= 1;
         self.driver.deregister(
-            conn.client.as_raw_fd(),
+            conn.client.as_fd(),
             Key::Conn {
                 slot,
                 gen,
@@ -2093,7 +2093,7 @@ impl Worker {
         match conn.state {
             State::Tunnel(mut t) => {
                 self.driver.deregister(
-                    t.upstream.as_raw_fd(),
+                    t.upstream.as_fd(),
                     Key::Conn {
                         slot,
                         gen,
@@ -2198,8 +2198,8 @@ impl Worker {
     /// closes when `state` drops.
     fn drop_upstream(&mut self, slot: u32, gen: u32, state: State) {
         let fd = match &state {
-            State::Connecting(c) => c.upstream.as_ref().map(|u| u.as_raw_fd()),
-            State::Relaying(r) => Some(r.upstream.as_raw_fd()),
+            State::Connecting(c) => c.upstream.as_ref().map(|u| u.as_fd()),
+            State::Relaying(r) => Some(r.upstream.as_fd()),
             _ => None,
         };
         if let Some(fd) = fd {

@@ -46,50 +46,26 @@ pub fn init() {
     INIT.call_once(raise_nofile_limit);
 }
 
-// The crate denies unsafe_code; the harness needs a few plain libc calls, each with a SAFETY note.
-#[allow(unsafe_code)]
 fn raise_nofile_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes into the valid, exclusively borrowed struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        eprintln!(
-            "warning: getrlimit(RLIMIT_NOFILE) failed: {}",
-            io::Error::last_os_error()
-        );
-        return;
-    }
-    if lim.rlim_cur < lim.rlim_max {
-        let wanted = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        let wanted = Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
         };
-        // SAFETY: setrlimit only reads the valid struct we pass; raising the soft limit up to the
-        // hard limit is always permitted.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } != 0 {
-            eprintln!(
-                "warning: setrlimit(RLIMIT_NOFILE) failed: {}",
-                io::Error::last_os_error()
-            );
+        if let Err(e) = setrlimit(Resource::Nofile, wanted) {
+            eprintln!("warning: setrlimit(RLIMIT_NOFILE) failed: {e}");
         }
     }
 }
 
-/// Current soft RLIMIT_NOFILE of the test process.
-// The crate denies unsafe_code; the harness needs a few plain libc calls, each with a SAFETY note.
-#[allow(unsafe_code)]
+/// Current soft RLIMIT_NOFILE of the test process (`u64::MAX` for unlimited).
 pub fn nofile_limit() -> u64 {
     init();
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes into the valid, exclusively borrowed struct we pass.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    assert_eq!(rc, 0, "getrlimit: {}", io::Error::last_os_error());
-    lim.rlim_cur
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX)
 }
 
 /// The engine under test: `SPLICEGATE_TEST_ENGINE` (`uring` or `epoll`), default `uring`.
@@ -805,14 +781,16 @@ impl Gateway {
         self.metrics_get("/healthz").map(|(s, _)| s)
     }
 
-    // The crate denies unsafe_code; the harness needs a few plain libc calls, each with a SAFETY note.
-    #[allow(unsafe_code)]
+    /// Send `sig` to the gateway. `pid` is our own child, which has not been reaped (we hold the
+    /// Child and only reap it in wait_exit/drop), so the pid cannot have been reused.
     pub fn signal(&self, sig: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.pid()).expect("pid fits pid_t");
-        // SAFETY: kill(2) only sends a signal; `pid` is our own child, which has not been reaped
-        // (we hold the Child and only reap it in wait_exit/drop), so the pid cannot be reused.
-        let rc = unsafe { libc::kill(pid, sig) };
-        assert_eq!(rc, 0, "kill({pid}, {sig}): {}", io::Error::last_os_error());
+        use rustix::process::{kill_process, Pid, Signal};
+        let pid = i32::try_from(self.pid())
+            .ok()
+            .and_then(Pid::from_raw)
+            .expect("a child's pid is a valid pid");
+        let signal = Signal::from_named_raw(sig).expect("a named signal");
+        kill_process(pid, signal).unwrap_or_else(|e| panic!("kill({pid:?}, {sig}): {e}"));
     }
 
     pub fn sigterm(&self) {
