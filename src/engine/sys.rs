@@ -290,6 +290,13 @@ mod tests {
     #[test]
     fn nofile_limit_is_raised_to_hard() {
         let soft = raise_nofile_limit().unwrap();
-        assert!(soft >= 1024);
+        let mut rl = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `rl` is a valid rlimit to fill.
+        cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) }).unwrap();
+        assert_eq!(soft, rl.rlim_cur, "the limit returned is the one in force");
+        assert_eq!(rl.rlim_cur, rl.rlim_max, "the soft limit is the hard limit");
     }
 }
