@@ -411,6 +411,11 @@ fn a_login_storm_during_removal_does_not_let_the_removed_user_back_in() {
         storm_statuses.iter().all(|s| *s == 200 || *s == 407),
         "each storm login is let in or challenged: {storm_statuses:?}"
     );
+    eprintln!(
+        "storm: {answered_before} of {STORM} answered when the reload was applied; {} let in, {} challenged",
+        storm_statuses.iter().filter(|s| **s == 200).count(),
+        storm_statuses.iter().filter(|s| **s == 407).count()
+    );
     for round in 1..=3 {
         let logins: Vec<_> = (0..10)
             .map(|_| {
