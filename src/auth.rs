@@ -354,11 +354,17 @@ impl Failures {
         }
     }
 
+    /// The table, also after a panic while it was held: a poisoned lock must not switch the
+    /// lockout off.
+    fn lock(&self) -> std::sync::MutexGuard<'_, FailureTable> {
+        self.table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Whether `ip`'s client has `max` or more failures in the window that is still running.
     pub fn locked_out(&self, ip: IpAddr, now: Instant, max: u32, window: Duration) -> bool {
-        let Ok(t) = self.table.lock() else {
-            return false;
-        };
+        let t = self.lock();
         t.by_client
             .get(&client_key(ip))
             .is_some_and(|f| now.duration_since(f.since) < window && f.count >= max)
@@ -367,9 +373,7 @@ impl Failures {
     /// Count a failed login from `ip`'s client. A window that has run out starts again; a new
     /// client in a full table takes the place of the entry whose window started first.
     pub fn failed(&self, ip: IpAddr, now: Instant, window: Duration) {
-        let Ok(mut guard) = self.table.lock() else {
-            return;
-        };
+        let mut guard = self.lock();
         let t = &mut *guard;
         let key = client_key(ip);
         if let Some(f) = t.by_client.get_mut(&key) {
@@ -406,9 +410,7 @@ impl Failures {
 
     /// A successful login clears `ip`'s client.
     pub fn succeeded(&self, ip: IpAddr) {
-        let Ok(mut guard) = self.table.lock() else {
-            return;
-        };
+        let mut guard = self.lock();
         let t = &mut *guard;
         if let Some(f) = t.by_client.remove(&client_key(ip)) {
             t.by_age.remove(&(f.since, f.order));
@@ -417,7 +419,7 @@ impl Failures {
 
     /// Clients tracked.
     pub fn len(&self) -> usize {
-        self.table.lock().map(|t| t.by_client.len()).unwrap_or(0)
+        self.lock().by_client.len()
     }
 
     pub fn is_empty(&self) -> bool {

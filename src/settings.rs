@@ -39,8 +39,7 @@ impl Settings {
     }
 
     /// The snapshot that replaces `previous` on a reload: the failed-login counts carry over,
-    /// so a reload (which an operator, or a guesser's own config change, may trigger) does not
-    /// lift a lockout.
+    /// so a reload does not lift a lockout.
     pub fn after(cfg: &Config, previous: &Settings) -> Settings {
         let failures = previous
             .auth
