@@ -4,16 +4,19 @@
 //! A bcrypt or argon2 check costs tens of milliseconds of CPU on purpose, so a worker never runs
 //! one: it sends the request to the [`Verifier`] thread and keeps serving; the answer comes back
 //! on the worker's channel with an eventfd wake-up, like a DNS answer. Workers cache accepted
-//! credentials (keyed by the exact header value, tied to the users file they were checked
-//! against), so agents that reconnect all day pay for one check, and count failures per client
-//! address to refuse password guessing without checking at all.
+//! credentials (keyed by the exact header value, tied to the [generation](Users::generation) of
+//! the users table they were checked against), so agents that reconnect all day pay for one
+//! check, and count failures per client ([`client_key`]: the IPv4 address or the IPv6 /64) to
+//! refuse password guessing without checking at all. The failure counts ([`Failures`]) outlive
+//! a reload; the cached credentials do not.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv6Addr};
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::sync::{mpsc, Arc};
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
@@ -37,10 +40,40 @@ impl std::fmt::Debug for Hash {
 }
 
 /// The users file: `name:hash` per line; blank lines and `#` comments are ignored.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Users {
     hashes: HashMap<String, Hash>,
+    /// Which table this is: unique in the process and increasing with each table made, so an
+    /// answer checked against one table is never taken for an answer from another (a memory
+    /// address is not: a later table can be allocated where a freed one was).
+    generation: u64,
 }
+
+/// The generation the next users table gets.
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+fn next_generation() -> u64 {
+    NEXT_GENERATION.fetch_add(1, Ordering::Relaxed)
+}
+
+/// An empty table (nobody logs in), with a generation of its own.
+impl Default for Users {
+    fn default() -> Users {
+        Users {
+            hashes: HashMap::new(),
+            generation: next_generation(),
+        }
+    }
+}
+
+/// Equal when they hold the same users and hashes, whatever their generations.
+impl PartialEq for Users {
+    fn eq(&self, other: &Users) -> bool {
+        self.hashes == other.hashes
+    }
+}
+
+impl Eq for Users {}
 
 /// Why a users file was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -101,7 +134,15 @@ impl Users {
                 return Err((i + 1, format!("user {name} appears twice")));
             }
         }
-        Ok(Users { hashes })
+        Ok(Users {
+            hashes,
+            generation: next_generation(),
+        })
+    }
+
+    /// This table's generation: unique in the process, and larger for a table made later.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn len(&self) -> usize {
@@ -119,6 +160,13 @@ impl Users {
     /// Check a password. Slow by design (tens of ms): never call it on a worker.
     pub fn verify(&self, user: &str, password: &str) -> bool {
         match self.hashes.get(user) {
+            // bcrypt reads only the first 72 bytes of a password, so a longer one would match
+            // any password sharing those 72 bytes: it never matches. The check still runs (on
+            // the first 72 bytes), so a long password costs what any other does.
+            Some(Hash::Bcrypt(h)) if password.len() > BCRYPT_MAX_PASSWORD => {
+                let _ = bcrypt::verify(&password.as_bytes()[..BCRYPT_MAX_PASSWORD], h);
+                false
+            }
             Some(Hash::Bcrypt(h)) => bcrypt::verify(password, h).unwrap_or(false),
             Some(Hash::Argon2(h)) => {
                 use argon2::PasswordVerifier;
@@ -138,6 +186,9 @@ impl Users {
         }
     }
 }
+
+/// The longest password bcrypt reads in full; longer ones never match a bcrypt hash.
+pub const BCRYPT_MAX_PASSWORD: usize = 72;
 
 /// A bcrypt hash (cost 10) checked for unknown users.
 static DUMMY_BCRYPT: std::sync::LazyLock<String> =
@@ -198,66 +249,181 @@ pub struct Auth {
     pub users: Users,
     pub realm: String,
     pub max_failures: u32,
-    pub failure_window: std::time::Duration,
-    /// Failed logins per client address: (count, start of the window). Shared by the workers,
-    /// and locked only for logins that are not in a worker's cache, which cost a hash check
-    /// anyway.
-    pub failures: std::sync::Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    pub failure_window: Duration,
+    /// Failed logins per client, shared by the workers and handed from each snapshot to the
+    /// next, so a reload resets nobody's count.
+    pub failures: Arc<Failures>,
 }
 
-/// Client addresses tracked for failed logins before old entries are dropped.
-const FAILURE_TABLE: usize = 64 * 1024;
-
 impl Auth {
+    /// `failures` is the previous snapshot's table on a reload, a new one at start.
     pub fn new(
         users: Users,
         realm: String,
         max_failures: u32,
-        failure_window: std::time::Duration,
+        failure_window: Duration,
+        failures: Arc<Failures>,
     ) -> Auth {
         Auth {
             users,
             realm,
             max_failures,
             failure_window,
-            failures: std::sync::Mutex::new(HashMap::new()),
+            failures,
         }
+    }
+
+    /// The generation of the users table: see [`Users::generation`].
+    pub fn generation(&self) -> u64 {
+        self.users.generation()
     }
 
     /// Whether `ip` has used up its failed logins in the current window.
     pub fn locked_out(&self, ip: IpAddr, now: Instant) -> bool {
-        let Ok(map) = self.failures.lock() else {
-            return false;
-        };
-        map.get(&ip).is_some_and(|(n, since)| {
-            now.duration_since(*since) < self.failure_window && *n >= self.max_failures
-        })
+        self.failures
+            .locked_out(ip, now, self.max_failures, self.failure_window)
     }
 
     /// Count a failed login from `ip`.
     pub fn failed(&self, ip: IpAddr, now: Instant) {
-        let Ok(mut map) = self.failures.lock() else {
-            return;
-        };
-        if map.len() >= FAILURE_TABLE {
-            let window = self.failure_window;
-            map.retain(|_, (_, since)| now.duration_since(*since) < window);
-            if map.len() >= FAILURE_TABLE {
-                map.clear();
-            }
-        }
-        let e = map.entry(ip).or_insert((0, now));
-        if now.duration_since(e.1) >= self.failure_window {
-            *e = (0, now);
-        }
-        e.0 += 1;
+        self.failures.failed(ip, now, self.failure_window);
     }
 
-    /// A successful login clears the address's failures.
+    /// A successful login clears the failures of `ip`'s [`client_key`].
     pub fn succeeded(&self, ip: IpAddr) {
-        if let Ok(mut map) = self.failures.lock() {
-            map.remove(&ip);
+        self.failures.succeeded(ip);
+    }
+}
+
+/// The key failed logins are counted under: an IPv4 address (also when it arrives as an
+/// IPv4-mapped IPv6 address), or an IPv6 address's /64 — one host is usually given a whole /64,
+/// so counting per IPv6 address would give a guesser 2^64 fresh starts.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u128::from(u64::MAX)))),
+        },
+    }
+}
+
+/// Clients tracked for failed logins by default; at the limit the oldest entry is dropped.
+pub const FAILURE_TABLE: usize = 64 * 1024;
+
+/// Failed logins per [`client_key`]: the count and the start of its window. Locked only for
+/// logins that are not in a worker's cache, which cost a hash check anyway.
+#[derive(Debug)]
+pub struct Failures {
+    table: Mutex<FailureTable>,
+}
+
+#[derive(Debug)]
+struct FailureTable {
+    capacity: usize,
+    by_client: HashMap<IpAddr, Failure>,
+    /// The same entries by (window start, insertion number): the first is the oldest.
+    by_age: BTreeMap<(Instant, u64), IpAddr>,
+    /// Numbers entries, so two that start in the same instant both have a place in `by_age`.
+    next: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failure {
+    count: u32,
+    since: Instant,
+    order: u64,
+}
+
+impl Default for Failures {
+    fn default() -> Failures {
+        Failures::with_capacity(FAILURE_TABLE)
+    }
+}
+
+impl Failures {
+    /// A table that tracks at most `capacity` clients (at least one).
+    pub fn with_capacity(capacity: usize) -> Failures {
+        Failures {
+            table: Mutex::new(FailureTable {
+                capacity: capacity.max(1),
+                by_client: HashMap::new(),
+                by_age: BTreeMap::new(),
+                next: 0,
+            }),
         }
+    }
+
+    /// The table, also after a panic while it was held: a poisoned lock must not switch the
+    /// lockout off.
+    fn lock(&self) -> std::sync::MutexGuard<'_, FailureTable> {
+        self.table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether `ip`'s client has `max` or more failures in the window that is still running.
+    pub fn locked_out(&self, ip: IpAddr, now: Instant, max: u32, window: Duration) -> bool {
+        let t = self.lock();
+        t.by_client
+            .get(&client_key(ip))
+            .is_some_and(|f| now.duration_since(f.since) < window && f.count >= max)
+    }
+
+    /// Count a failed login from `ip`'s client. A window that has run out starts again; a new
+    /// client in a full table takes the place of the entry whose window started first.
+    pub fn failed(&self, ip: IpAddr, now: Instant, window: Duration) {
+        let mut guard = self.lock();
+        let t = &mut *guard;
+        let key = client_key(ip);
+        if let Some(f) = t.by_client.get_mut(&key) {
+            if now.duration_since(f.since) >= window {
+                t.by_age.remove(&(f.since, f.order));
+                f.count = 0;
+                f.since = now;
+                f.order = t.next;
+                t.next += 1;
+                t.by_age.insert((f.since, f.order), key);
+            }
+            f.count = f.count.saturating_add(1);
+            return;
+        }
+        // The oldest windows run out first, so entries that have run out go before any other.
+        while t.by_client.len() >= t.capacity {
+            let Some((_, oldest)) = t.by_age.pop_first() else {
+                break;
+            };
+            t.by_client.remove(&oldest);
+        }
+        let order = t.next;
+        t.next += 1;
+        t.by_client.insert(
+            key,
+            Failure {
+                count: 1,
+                since: now,
+                order,
+            },
+        );
+        t.by_age.insert((now, order), key);
+    }
+
+    /// A successful login clears `ip`'s client.
+    pub fn succeeded(&self, ip: IpAddr) {
+        let mut guard = self.lock();
+        let t = &mut *guard;
+        if let Some(f) = t.by_client.remove(&client_key(ip)) {
+            t.by_age.remove(&(f.since, f.order));
+        }
+    }
+
+    /// Clients tracked.
+    pub fn len(&self) -> usize {
+        self.lock().by_client.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -268,6 +434,9 @@ pub struct Checked {
     pub gen: u32,
     pub user: String,
     pub ok: bool,
+    /// The [generation](Users::generation) of the users table the password was checked
+    /// against: the answer holds for that table only.
+    pub table: u64,
 }
 
 struct Job {
@@ -316,6 +485,7 @@ impl Verifier {
                         gen: job.gen,
                         user: job.user,
                         ok,
+                        table: job.auth.generation(),
                     };
                     if job.tx.send(checked).is_ok() {
                         sys::eventfd_signal(job.wake.wake.as_fd());
@@ -412,5 +582,125 @@ mod tests {
         assert!(c.contains("Proxy-Authenticate: Basic realm=\"gw-east\"\r\n"));
         let (head, body) = c.split_once("\r\n\r\n").unwrap();
         assert!(head.contains(&format!("Content-Length: {}", body.len())));
+    }
+    #[test]
+    fn a_bcrypt_hash_never_matches_a_password_beyond_72_bytes() {
+        let base = "a".repeat(BCRYPT_MAX_PASSWORD);
+        let long = format!("{base}-first");
+        let other = format!("{base}-second");
+        let h = bcrypt::hash(&long, 4).unwrap();
+        // bcrypt itself reads only the first 72 bytes: both match its hash.
+        assert!(bcrypt::verify(&other, &h).unwrap());
+        let users = Users::parse(&format!("alice:{h}\n")).unwrap();
+        assert!(
+            !users.verify("alice", &long),
+            "the password the hash was made from"
+        );
+        assert!(
+            !users.verify("alice", &other),
+            "another sharing its first 72 bytes"
+        );
+        // 72 bytes exactly is read in full and still works.
+        let h72 = bcrypt::hash(&base, 4).unwrap();
+        let users = Users::parse(&format!("bob:{h72}\n")).unwrap();
+        assert!(users.verify("bob", &base));
+        assert!(!users.verify("bob", &base[1..]));
+        // argon2id has no such limit.
+        let argon = hash_password(&long).unwrap();
+        let users = Users::parse(&format!("carol:{argon}\n")).unwrap();
+        assert!(users.verify("carol", &long));
+        assert!(!users.verify("carol", &other));
+    }
+
+    #[test]
+    fn every_table_has_a_generation_of_its_own() {
+        let text = format!("alice:{}\n", bcrypt::hash("x", 4).unwrap());
+        let first = Users::parse(&text).unwrap();
+        let first_generation = first.generation();
+        drop(first);
+        // Made where the first one may have been: same contents, another generation.
+        let second = Users::parse(&text).unwrap();
+        assert!(second.generation() > first_generation);
+        let empty = Users::default();
+        assert!(empty.generation() > second.generation());
+        assert_eq!(
+            second,
+            Users::parse(&text).unwrap(),
+            "equal contents compare equal"
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_per_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            client_key(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(client_key(ip("2001:db8:1:2::1")), ip("2001:db8:1:2::"));
+        assert_ne!(client_key(ip("2001:db8:1:3::1")), ip("2001:db8:1:2::"));
+        assert_eq!(client_key(ip("192.0.2.7")), ip("192.0.2.7"));
+        // IPv4 clients of a dual-stack listener stay one address each, not one shared /64.
+        assert_eq!(client_key(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_ne!(
+            client_key(ip("::ffff:192.0.2.7")),
+            client_key(ip("::ffff:192.0.2.8"))
+        );
+
+        let failures = Failures::default();
+        let now = Instant::now();
+        let window = Duration::from_secs(60);
+        for host in 1..=3 {
+            failures.failed(ip(&format!("2001:db8:1:2::{host}")), now, window);
+        }
+        assert!(
+            failures.locked_out(ip("2001:db8:1:2:ffff::9"), now, 3, window),
+            "another address in the same /64 is locked out too"
+        );
+        assert!(!failures.locked_out(ip("2001:db8:1:3::1"), now, 3, window));
+        assert_eq!(failures.len(), 1);
+        failures.succeeded(ip("2001:db8:1:2::77"));
+        assert!(!failures.locked_out(ip("2001:db8:1:2::1"), now, 3, window));
+        assert!(failures.is_empty());
+    }
+
+    #[test]
+    fn a_full_failure_table_drops_its_oldest_entry_only() {
+        let window = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let ip = |n: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+        let failures = Failures::with_capacity(3);
+        // Client 1 is locked out (3 failures); clients 2 and 3 fill the table after it.
+        for _ in 0..3 {
+            failures.failed(ip(1), at(0), window);
+        }
+        failures.failed(ip(2), at(1), window);
+        failures.failed(ip(3), at(2), window);
+        failures.failed(ip(2), at(3), window);
+        failures.failed(ip(2), at(3), window);
+        assert!(failures.locked_out(ip(1), at(3), 3, window));
+        assert!(failures.locked_out(ip(2), at(3), 3, window));
+        // A fourth client: only the oldest (client 1) makes room; client 2's lockout stands.
+        failures.failed(ip(4), at(4), window);
+        assert_eq!(failures.len(), 3);
+        assert!(!failures.locked_out(ip(1), at(4), 3, window));
+        assert!(failures.locked_out(ip(2), at(4), 3, window));
+        failures.failed(ip(4), at(4), window);
+        failures.failed(ip(4), at(4), window);
+        assert!(failures.locked_out(ip(4), at(4), 3, window));
+        // A window that has run out starts again (and moves the entry to the young end).
+        failures.failed(ip(2), at(70), window);
+        assert!(!failures.locked_out(ip(2), at(70), 1 + 1, window));
+        failures.failed(ip(5), at(71), window);
+        assert!(
+            failures.locked_out(ip(2), at(71), 1, window),
+            "client 2's fresh window is not the oldest"
+        );
+        assert!(
+            !failures.locked_out(ip(3), at(71), 1, window),
+            "client 3 was the oldest"
+        );
+        assert_eq!(failures.len(), 3);
     }
 }

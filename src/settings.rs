@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::auth::{Auth, Users};
+use crate::auth::{Auth, Failures, Users};
 use crate::config::{Config, DataPath, Limits, TlsSettings};
 use crate::events::limiter::RefusalBudget;
 use crate::policy::Policy;
@@ -36,7 +36,23 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The first snapshot: no failed logins counted yet.
     pub fn new(cfg: &Config) -> Settings {
+        Settings::build(cfg, Arc::default())
+    }
+
+    /// The snapshot that replaces `previous` on a reload: the failed-login counts carry over,
+    /// so a reload does not lift a lockout.
+    pub fn after(cfg: &Config, previous: &Settings) -> Settings {
+        let failures = previous
+            .auth
+            .as_ref()
+            .map(|a| Arc::clone(&a.failures))
+            .unwrap_or_default();
+        Settings::build(cfg, failures)
+    }
+
+    fn build(cfg: &Config, failures: Arc<Failures>) -> Settings {
         Settings {
             policy: Policy::new(cfg),
             limits: cfg.limits.clone(),
@@ -50,6 +66,7 @@ impl Settings {
                     c.realm.clone(),
                     c.max_failures,
                     c.failure_window,
+                    failures,
                 ))
             }),
             relay: cfg.relay_proxy.clone(),

@@ -270,3 +270,229 @@ fn user_cli_lists_and_removes() {
     let text = std::fs::read_to_string(&users).unwrap();
     assert!(text.contains("alice:") && !text.contains("bob:"));
 }
+
+const RELOADS_OK: &str = "splicegate_config_reloads_total{result=\"ok\"}";
+
+/// `splicegate user remove NAME --users-file F` (no pid file: the test sends SIGHUP itself).
+fn remove_user(file: &Path, name: &str) {
+    let out = run_cli(
+        &[
+            "user",
+            "remove",
+            name,
+            "--users-file",
+            file.to_str().unwrap(),
+            "--pid-file",
+            "/nonexistent/splicegate.pid",
+        ],
+        Duration::from_secs(10),
+    );
+    assert!(out.status.success(), "user remove {name}: {out:?}");
+}
+
+/// SIGHUP, then wait until the gateway counts reload number `n` as applied.
+fn reload(gw: &Gateway, n: u32) {
+    gw.signal(libc::SIGHUP);
+    let seen = gw.wait_metric(RELOADS_OK, |v| v >= f64::from(n), Duration::from_secs(10));
+    assert!(seen >= f64::from(n), "reload {n} applied: {seen}");
+}
+
+/// The status a login as `user` gets, read with the long client timeout (a login may wait
+/// behind many queued checks).
+fn login_status(addr: std::net::SocketAddr, target: &str, user: &str, password: &str) -> u16 {
+    use base64::Engine as _;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let head = format!(
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {token}\r\n\r\n"
+    );
+    let mut s = connect(addr);
+    s.write_all(head.as_bytes()).expect("send CONNECT");
+    read_response_head(&mut s)
+        .unwrap_or_else(|e| panic!("login as {user}: no answer: {e}"))
+        .status
+}
+
+#[test]
+fn a_removed_user_stays_out_across_reloads() {
+    let up = Upstream::echo();
+    let dir = TempDir::new("auth-removed");
+    let users = dir.path().join("users");
+    add_user(&users, "alice", "pw-alice");
+    add_user(&users, "bob", "pw-bob");
+    // Failures must not turn the expected 407s into 429s.
+    let Some(gw) = Gateway::start(
+        Config::new()
+            .upstream("ok.test", up.port())
+            // One worker: every login meets the same cache.
+            .workers(1)
+            .raw(&auth_yaml(&users, "  max_failures: 100000\n")),
+    ) else {
+        return;
+    };
+    let target = format!("ok.test:{}", up.port());
+    // Reloads before alice logs in, so that the table she is checked against is not the first
+    // one: old tables must be freed and their memory reused for this test to mean something.
+    for n in 1..=10 {
+        reload(&gw, n);
+        assert_eq!(login_status(gw.addr(), &target, "bob", "pw-bob"), 200);
+    }
+    assert_eq!(login_status(gw.addr(), &target, "alice", "pw-alice"), 200);
+    remove_user(&users, "alice");
+    for n in 11..=30 {
+        reload(&gw, n);
+        assert_eq!(
+            login_status(gw.addr(), &target, "alice", "pw-alice"),
+            407,
+            "alice was removed; reload {n}"
+        );
+        // A user still in the file keeps logging in (and is cached under each new table).
+        assert_eq!(
+            login_status(gw.addr(), &target, "bob", "pw-bob"),
+            200,
+            "reload {n}"
+        );
+    }
+}
+
+#[test]
+fn a_login_storm_during_removal_does_not_let_the_removed_user_back_in() {
+    const STORM: usize = 60;
+    let up = Upstream::echo();
+    let dir = TempDir::new("auth-storm");
+    let users = dir.path().join("users");
+    add_user(&users, "bob", "pw-bob");
+    // alice with a bcrypt hash of cost 6: about 15 ms a check in a debug build, as argon2id is
+    // in a release build, so the storm's checks queue on the verifier.
+    let alice = bcrypt::hash("pw-alice", 6).expect("bcrypt hash");
+    let mut text = std::fs::read_to_string(&users).unwrap();
+    text.push_str(&format!("alice:{alice}\n"));
+    std::fs::write(&users, text).unwrap();
+    let Some(gw) = Gateway::start(
+        Config::new()
+            .upstream("ok.test", up.port())
+            // The rechecks after the reload are for an unknown user (a cost-10 bcrypt each):
+            // they must not time out.
+            .limit("resolve_timeout", "120s")
+            .raw(&auth_yaml(&users, "  max_failures: 100000\n")),
+    ) else {
+        return;
+    };
+    let target = format!("ok.test:{}", up.port());
+    let addr = gw.addr();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let storm: Vec<_> = (0..STORM)
+        .map(|_| {
+            let tx = tx.clone();
+            let target = target.clone();
+            std::thread::spawn(move || {
+                let status = login_status(addr, &target, "alice", "pw-alice");
+                let _ = tx.send(status);
+                status
+            })
+        })
+        .collect();
+    // The first answer means the checks are running; most are still queued.
+    let first = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a first login answered");
+    assert_eq!(first, 200, "alice exists before the removal");
+    remove_user(&users, "alice");
+    reload(&gw, 1);
+    let answered_before = 1 + rx.try_iter().count();
+    assert!(
+        answered_before < STORM,
+        "the reload must land while logins are queued ({answered_before} of {STORM} answered)"
+    );
+    let mut storm_statuses = Vec::new();
+    for t in storm {
+        storm_statuses.push(t.join().expect("storm thread"));
+    }
+    assert!(
+        storm_statuses.iter().all(|s| *s == 200 || *s == 407),
+        "each storm login is let in or challenged: {storm_statuses:?}"
+    );
+    eprintln!(
+        "storm: {answered_before} of {STORM} answered when the reload was applied; {} let in, {} challenged",
+        storm_statuses.iter().filter(|s| **s == 200).count(),
+        storm_statuses.iter().filter(|s| **s == 407).count()
+    );
+    for round in 1..=3 {
+        let logins: Vec<_> = (0..10)
+            .map(|_| {
+                let target = target.clone();
+                std::thread::spawn(move || login_status(addr, &target, "alice", "pw-alice"))
+            })
+            .collect();
+        let statuses: Vec<u16> = logins
+            .into_iter()
+            .map(|t| t.join().expect("login thread"))
+            .collect();
+        assert_eq!(
+            statuses,
+            vec![407; 10],
+            "round {round}: alice was removed before these logins"
+        );
+    }
+    assert_eq!(login_status(addr, &target, "bob", "pw-bob"), 200);
+}
+
+#[test]
+fn a_lockout_survives_a_reload() {
+    let up = Upstream::echo();
+    let dir = TempDir::new("auth-lock-reload");
+    let users = dir.path().join("users");
+    add_user(&users, "alice", "pw");
+    let Some(gw) = Gateway::start(Config::new().upstream("ok.test", up.port()).raw(&auth_yaml(
+        &users,
+        "  max_failures: 3\n  failure_window: 60s\n",
+    ))) else {
+        return;
+    };
+    let target = format!("ok.test:{}", up.port());
+    for _ in 0..3 {
+        assert_eq!(login_status(gw.addr(), &target, "alice", "guess"), 407);
+    }
+    assert_eq!(login_status(gw.addr(), &target, "alice", "pw"), 429);
+    reload(&gw, 1);
+    assert_eq!(
+        login_status(gw.addr(), &target, "alice", "pw"),
+        429,
+        "a reload does not reset the failure count"
+    );
+}
+
+#[test]
+fn a_password_beyond_72_bytes_never_matches_a_bcrypt_hash() {
+    let up = Upstream::echo();
+    let dir = TempDir::new("auth-bcrypt72");
+    let users = dir.path().join("users");
+    let base = "p".repeat(72);
+    let (own, other) = (format!("{base}-own"), format!("{base}-other"));
+    let hash = bcrypt::hash(&own, 4).expect("bcrypt hash");
+    std::fs::write(&users, format!("dave:{hash}\n")).unwrap();
+    let Some(gw) = Gateway::start(
+        Config::new()
+            .upstream("ok.test", up.port())
+            .raw(&auth_yaml(&users, "  max_failures: 100\n")),
+    ) else {
+        return;
+    };
+    let target = format!("ok.test:{}", up.port());
+    assert_eq!(
+        login_status(gw.addr(), &target, "dave", &other),
+        407,
+        "shares only the first 72 bytes"
+    );
+    assert_eq!(
+        login_status(gw.addr(), &target, "dave", &own),
+        407,
+        "bcrypt cannot tell it from the other"
+    );
+    let short = bcrypt::hash("short-enough", 4).expect("bcrypt hash");
+    std::fs::write(&users, format!("dave:{short}\n")).unwrap();
+    reload(&gw, 1);
+    assert_eq!(
+        login_status(gw.addr(), &target, "dave", "short-enough"),
+        200
+    );
+}

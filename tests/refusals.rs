@@ -194,9 +194,38 @@ fn malformed_connect_requests_are_400() {
         assert_closes(&mut s, Duration::from_secs(5));
     }
     let ev = expect_refusal_event_any(&gw, 400, "malformed");
-    eprintln!("400 refusals are logged with event_id {:?}", event_id(&ev));
+    assert_eq!(event_id(&ev), Some(104), "400 refusals are event 104: {ev}");
     expect_rejection_metric(&gw, "malformed", cases.len() as f64);
     up.assert_untouched("malformed requests");
+}
+
+#[test]
+fn duplicate_proxy_authorization_is_400() {
+    let Some((up, gw)) = setup(|c| c) else {
+        return;
+    };
+    let target = format!("{ALLOWED}:{}", up.port());
+    let raw = format!(
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\
+         Proxy-Authorization: Basic YWxpY2U6czNjcmV0\r\n\
+         proxy-authorization: Basic bWFsbG9yeTp4\r\n\r\n"
+    );
+    expect_refusal(&gw, raw.as_bytes(), 400);
+    let ev = expect_refusal_event(&gw, 104, 400, Some("malformed"));
+    assert_eq!(
+        field_str(&ev, "detail").as_deref(),
+        Some("duplicate_proxy_authorization"),
+        "{ev}"
+    );
+    up.assert_untouched("duplicate Proxy-Authorization");
+    // One header is fine (no client_auth here, so it is simply not needed).
+    let one = format!(
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\
+         Proxy-Authorization: Basic YWxpY2U6czNjcmV0\r\n\r\n"
+    );
+    let (mut s, r) = request(gw.addr(), one.as_bytes());
+    assert_eq!(r.expect("an answer").status, 200);
+    echo_roundtrip(&mut s, b"one header");
 }
 
 #[test]

@@ -203,11 +203,12 @@ fn refusal(gw: &Gateway, id: u64, label: &str) -> serde_json::Value {
         Duration::from_secs(10),
         label,
     );
-    gw.wait_metric(
+    let counted = gw.wait_metric(
         &format!("splicegate_rejections_total{{reason=\"{label}\"}}"),
         |v| v >= 1.0,
         Duration::from_secs(5),
     );
+    assert!(counted >= 1.0, "{label} refusal counted: {counted}");
     ev
 }
 
@@ -218,11 +219,12 @@ fn verified(gw: &Gateway, version: &str) -> serde_json::Value {
         Duration::from_secs(10),
         "TLS session verified",
     );
-    gw.wait_metric(
+    let counted = gw.wait_metric(
         &format!("splicegate_tls_sessions_verified_total{{version=\"{version}\"}}"),
         |v| v >= 1.0,
         Duration::from_secs(5),
     );
+    assert!(counted >= 1.0, "TLS {version} session counted: {counted}");
     ev
 }
 
@@ -399,7 +401,9 @@ fn fixture(name: &str) -> Vec<u8> {
 
 #[test]
 fn hand_made_records_are_judged() {
-    let up = Upstream::hold();
+    // Each upstream connection reports how many bytes reached it before the gateway closed it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let up = Upstream::sink(tx);
     let Some(gw) = gateway(up.port(), &["require_sni_match: false"]) else {
         return;
     };
@@ -423,7 +427,15 @@ fn hand_made_records_are_judged() {
         assert_closes(&mut s, Duration::from_secs(5));
     }
     refusal(&gw, 402, "tls_parse");
-    assert_eq!(up.held(), up.held(), "upstream accepted");
+    // Three tunnels were opened (so three upstream connections) and each was refused at its
+    // hello: every one of them closes having received nothing.
+    for i in 0..3 {
+        let (bytes, _) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("upstream connection {i} not closed: {e}"));
+        assert_eq!(bytes, 0, "a refused hello reached the upstream");
+    }
+    assert_eq!(up.accepts(), 3);
     assert!(
         gw.metric_value("splicegate_rejections_total{reason=\"tls_parse\"}") >= 2.0,
         "both counted"

@@ -1225,6 +1225,7 @@ mod tests {
         };
         let text = init_text(&args).unwrap();
         let cfg = Config::from_yaml(&text).unwrap();
+        assert!(!cfg.listen.is_empty());
         assert!(cfg.listen.iter().all(|a| a.port() == 3128));
         assert!(text.contains("# Destination ports a client may CONNECT to"));
     }

@@ -693,8 +693,9 @@ mod tests {
 
     #[test]
     fn embedded_default_parses_and_matches_defaults() {
+        // (`Config::embedded_default()` falls back to `Config::default()` when the text does not
+        // parse, so comparing the two could not fail: parse the text itself.)
         assert_eq!(ok(DEFAULT_YAML), Config::default());
-        assert_eq!(Config::embedded_default(), Config::default());
     }
 
     #[test]

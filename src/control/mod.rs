@@ -379,7 +379,7 @@ impl Control {
             (true, None) => Some((None, None)),
             (false, _) => None,
         };
-        let settings = Arc::new(Settings::new(&cfg));
+        let settings = Arc::new(Settings::after(&cfg, &self.current.load()));
         let prepared = if changes.engine {
             // The old engine's sockets move to the new one for every address that stays, so
             // no socket with clients in its accept queue is closed by the reload.

@@ -103,8 +103,11 @@ pub struct Worker {
     verifier: Verifier,
     checked_tx: mpsc::Sender<Checked>,
     checked_rx: mpsc::Receiver<Checked>,
-    /// `Proxy-Authorization` value -> (user, the users table it was checked against).
-    auth_cache: HashMap<Vec<u8>, (String, usize)>,
+    /// Accepted `Proxy-Authorization` values -> user, every one checked against the users
+    /// table of generation `auth_cache_table`. Written when the verifier accepts a login checked
+    /// against that table; emptied when a reload brings a new table, or when full.
+    auth_cache: HashMap<Vec<u8>, String>,
+    auth_cache_table: u64,
     /// A spare fd, closed to accept-and-refuse one client when the process is out of fds.
     spare: Option<OwnedFd>,
     accept_paused_until: Option<Instant>,
@@ -292,6 +295,7 @@ impl Worker {
             checked_tx,
             checked_rx,
             auth_cache: HashMap::new(),
+            auth_cache_table: 0,
             spare: sys::spare_fd().ok(),
             accept_paused_until: None,
             last_fd_warning: None,
@@ -804,11 +808,8 @@ impl Worker {
             self.start_refusal_bytes(slot, std::borrow::Cow::Owned(auth::challenge(&auth.realm)));
             return None;
         };
-        let table = Arc::as_ptr(&auth) as usize;
-        if let Some((user, at)) = self.auth_cache.get(&header) {
-            if *at == table {
-                return Some(user.clone());
-            }
+        if let Some(user) = self.auth_cache_for(auth.generation()).get(&header) {
+            return Some(user.clone());
         }
         if auth.locked_out(peer.ip(), now) {
             self.auth_refusal(
@@ -879,13 +880,19 @@ impl Worker {
             self.decide(c.slot, target);
             return;
         };
+        if c.table != auth.generation() {
+            // Checked against a users table a reload has replaced meanwhile (the user may be
+            // gone, or have a new password): check again against the table in force.
+            self.decide(c.slot, target);
+            return;
+        }
         if c.ok {
             if let Some(header) = target.proxy_auth.take() {
-                if self.auth_cache.len() >= AUTH_CACHE {
-                    self.auth_cache.clear();
+                let cache = self.auth_cache_for(c.table);
+                if cache.len() >= AUTH_CACHE {
+                    cache.clear();
                 }
-                let table = Arc::as_ptr(&auth) as usize;
-                self.auth_cache.insert(header, (c.user.clone(), table));
+                cache.insert(header, c.user.clone());
             }
             auth.succeeded(peer.ip());
             target.user = Some(c.user);
@@ -901,6 +908,16 @@ impl Worker {
                 &detail,
             );
         }
+    }
+
+    /// The cache of logins accepted under users table `table`: emptied first when it holds
+    /// logins of another table.
+    fn auth_cache_for(&mut self, table: u64) -> &mut HashMap<Vec<u8>, String> {
+        if self.auth_cache_table != table {
+            self.auth_cache.clear();
+            self.auth_cache_table = table;
+        }
+        &mut self.auth_cache
     }
 
     /// A failed or refused login: event 105, `rejections_total{reason="client_auth"}`, and the

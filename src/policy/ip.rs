@@ -468,9 +468,15 @@ mod tests {
     #[test]
     fn table_networks_have_no_host_bits() {
         for r in V4_RANGES {
-            assert!(prefix_match_u32(r.network, r.network, r.len));
+            assert!(r.len <= 32, "{:#x}/{}", r.network, r.len);
             let mask = u32::MAX.checked_shl(32 - r.len).unwrap_or(0);
             assert_eq!(r.network & !mask, 0, "{:#x}/{}", r.network, r.len);
+            // The range's last address is in it, the address after it is not.
+            let last = r.network | !mask;
+            assert!(prefix_match_u32(last, r.network, r.len));
+            if let (Some(next), true) = (last.checked_add(1), r.len > 0) {
+                assert!(!prefix_match_u32(next, r.network, r.len), "{next:#x}");
+            }
         }
         for r in V6_RANGES {
             let mask = u128::MAX.checked_shl(128 - r.len).unwrap_or(0);

@@ -155,11 +155,14 @@ pub enum Malformed {
     Framing,
     /// More than one `Host` header.
     DuplicateHost,
+    /// More than one `Proxy-Authorization` header: which one is checked would be a guess, and
+    /// a guess about credentials is not ours to make.
+    DuplicateProxyAuthorization,
 }
 
 impl Malformed {
     /// Every reason, for pre-registering metric labels.
-    pub const ALL: [Malformed; 11] = [
+    pub const ALL: [Malformed; 12] = [
         Malformed::Method,
         Malformed::RequestLine,
         Malformed::Target,
@@ -171,6 +174,7 @@ impl Malformed {
         Malformed::Header,
         Malformed::Framing,
         Malformed::DuplicateHost,
+        Malformed::DuplicateProxyAuthorization,
     ];
 
     /// Short snake_case reason for logs and metric labels.
@@ -187,6 +191,7 @@ impl Malformed {
             Malformed::Header => "header",
             Malformed::Framing => "framing",
             Malformed::DuplicateHost => "duplicate_host",
+            Malformed::DuplicateProxyAuthorization => "duplicate_proxy_authorization",
         }
     }
 }
@@ -209,8 +214,8 @@ impl From<Malformed> for HeadError {
 ///   seen; a non-token byte in the method is [`Malformed::Method`] on sight;
 /// - the target and version are judged as soon as they end; bare LF and obs-fold lines as soon as
 ///   they are seen;
-/// - everything `httparse` checks, the header count, framing headers and duplicate `Host` headers
-///   are judged once the terminating empty line has arrived.
+/// - everything `httparse` checks, the header count, framing headers and duplicate `Host` or
+///   `Proxy-Authorization` headers are judged once the terminating empty line has arrived.
 ///
 /// The `Host` header is not compared with the authority: a `Host` that differs from the request
 /// target is accepted and ignored, and policy decisions use only [`Head::authority`]. At most one
@@ -415,6 +420,7 @@ fn check_headers(head: &[u8]) -> Result<(), HeadError> {
         Err(_) => return Err(Malformed::Header.into()),
     }
     let mut hosts = 0u32;
+    let mut proxy_auths = 0u32;
     for field in req.headers.iter() {
         let name = field.name;
         if name.eq_ignore_ascii_case("content-length")
@@ -426,6 +432,12 @@ fn check_headers(head: &[u8]) -> Result<(), HeadError> {
             hosts += 1;
             if hosts > 1 {
                 return Err(Malformed::DuplicateHost.into());
+            }
+        }
+        if name.eq_ignore_ascii_case("proxy-authorization") {
+            proxy_auths += 1;
+            if proxy_auths > 1 {
+                return Err(Malformed::DuplicateProxyAuthorization.into());
             }
         }
     }
@@ -1010,6 +1022,14 @@ mod tests {
             (
                 b"Host: a.example:443\r\nhost: a.example:443\r\n",
                 bad(Malformed::DuplicateHost),
+            ),
+            (
+                b"Proxy-Authorization: Basic YTpi\r\nProxy-Authorization: Basic Yzpk\r\n",
+                bad(Malformed::DuplicateProxyAuthorization),
+            ),
+            (
+                b"Proxy-Authorization: Basic YTpi\r\nX: y\r\nPROXY-AUTHORIZATION: Basic YTpi\r\n",
+                bad(Malformed::DuplicateProxyAuthorization),
             ),
             (b" Host: a.example\r\n", bad(Malformed::Header)),
             (b"\tHost: a.example\r\n", bad(Malformed::Header)),
