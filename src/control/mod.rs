@@ -142,7 +142,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         None => (None, None),
     };
     let mut watcher = match (&opts.config_path, opts.watch) {
-        (Some(p), true) => match Watcher::new(p) {
+        (Some(p), true) => match Watcher::new(p, cfg.limits.reload_debounce) {
             Ok(w) => Some(w),
             Err(e) => {
                 warn!(
@@ -218,9 +218,9 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
             tokio::select! {
                 _ = term.recv() => break "SIGTERM",
                 _ = int.recv() => break "SIGINT",
-                _ = hup.recv() => control.reload(Trigger::Signal),
+                _ = hup.recv() => control.reload(Trigger::Signal).await,
                 r = next_change(&mut watcher) => match r {
-                    Ok(()) => control.reload(Trigger::File),
+                    Ok(()) => control.reload(Trigger::File).await,
                     Err(e) => {
                         warn!(
                             event_id = events::INFO,
@@ -237,6 +237,9 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
                         control.notifier.watchdog();
                     }
                 }
+            }
+            if let Some(w) = watcher.as_mut() {
+                w.set_debounce(control.cfg.limits.reload_debounce);
             }
         };
         control.shutdown(how, &mut int).await;
@@ -305,7 +308,11 @@ impl Control {
     }
 
     /// Re-read the file and apply it, or refuse it and keep the old configuration.
-    fn reload(&mut self, trigger: Trigger) {
+    ///
+    /// The file is read with [`watch::read_settled`]: a file still being written is read again
+    /// after `limits.reload_debounce`, and refused when it never holds still. An empty file is
+    /// refused like any invalid one (the defaults are only for `run` without `--config`).
+    async fn reload(&mut self, trigger: Trigger) {
         let Some(path) = self.path.clone() else {
             info!(
                 event_id = events::INFO,
@@ -313,19 +320,29 @@ impl Control {
             );
             return;
         };
-        let bytes = std::fs::read(&path);
+        let (debounce, retries) = (
+            self.cfg.limits.reload_debounce,
+            self.cfg.limits.reload_retries,
+        );
+        let (engine, notifier) = (&self.serving.engine, &self.notifier);
+        let bytes = watch::read_settled(&path, debounce, retries, || {
+            if engine.all_alive() {
+                notifier.watchdog();
+            }
+        })
+        .await;
         if trigger == Trigger::File {
             match &bytes {
                 Ok(b) if self.source.as_deref() == Some(b.as_slice()) => return,
-                // Removed or unreadable for a moment (an editor's save dance): wait for the next
-                // event rather than refusing a file that is about to come back.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                // Removed for a moment (an editor's save dance): wait for the next event rather
+                // than refusing a file that is about to come back.
+                Err(e) if e.not_found() => return,
                 _ => {}
             }
         }
         self.notifier.reloading();
         let outcome = match bytes {
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+            Err(e) => Err(e.to_string()),
             Ok(b) => {
                 let parsed = std::str::from_utf8(&b)
                     .map_err(|e| format!("{}: not UTF-8: {e}", path.display()))
@@ -424,6 +441,17 @@ impl Control {
             engines_retiring = self.retiring.len(),
             "configuration reloaded: the new configuration applies to new connections; open tunnels are untouched"
         );
+        if widens_listen(&self.cfg.listen, &cfg.listen) {
+            warn!(
+                event_id = events::INFO,
+                old_listen = %addr_list(&self.cfg.listen),
+                new_listen = %addr_list(&cfg.listen),
+                listen = %addr_list(&self.serving.bound),
+                path = %path.display(),
+                trigger = trigger.as_str(),
+                "reload widens `listen` beyond loopback: the gateway now accepts clients from other hosts"
+            );
+        }
         if !changes.need_restart.is_empty() {
             warn!(
                 event_id = events::INFO,
@@ -667,6 +695,13 @@ fn keep_ephemeral_ports(
         .collect()
 }
 
+/// `old` listened on loopback addresses only and `new` listens on at least one other address
+/// (a wildcard such as `0.0.0.0` included).
+fn widens_listen(old: &[SocketAddr], new: &[SocketAddr]) -> bool {
+    let local = |a: &SocketAddr| a.ip().to_canonical().is_loopback();
+    old.iter().all(local) && !new.iter().all(local)
+}
+
 fn bind_metrics(a: SocketAddr) -> Result<std::net::TcpListener, String> {
     std::net::TcpListener::bind(a)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -698,6 +733,22 @@ fn addr_list(addrs: &[SocketAddr]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn widening_listen_is_loopback_to_anything_else() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let lo = [a("127.0.0.1:8080"), a("[::1]:8080")];
+        assert!(widens_listen(&lo, &[a("0.0.0.0:8080")]));
+        assert!(widens_listen(
+            &lo,
+            &[a("127.0.0.1:8080"), a("192.0.2.1:8080")]
+        ));
+        assert!(widens_listen(&lo, &[a("[::]:8080")]));
+        assert!(!widens_listen(&lo, &[a("127.0.0.2:9000")]));
+        assert!(!widens_listen(&lo, &[a("[::ffff:127.0.0.1]:9000")]));
+        // Already beyond loopback: not a widening (the change is itemised in event 100 anyway).
+        assert!(!widens_listen(&[a("10.0.0.1:8080")], &[a("0.0.0.0:8080")]));
+    }
 
     #[test]
     fn ephemeral_ports_survive_a_reload() {
