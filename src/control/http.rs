@@ -37,6 +37,10 @@ const RELAY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause after an accept error the spare fd could not get past, so a full fd table or a
 /// persistent error does not spin the control thread.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+/// Attempts to take the spare fd back after it was used, [`RESPARE_PAUSE`] apart: a slot lost
+/// to a worker's own spare-fd refusal comes back within moments.
+const RESPARE_TRIES: usize = 20;
+const RESPARE_PAUSE: Duration = Duration::from_millis(1);
 /// At most one warning per this interval for refused (over the cap) connections and for fd
 /// exhaustion, so a flood cannot flood the log.
 const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -66,17 +70,24 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, current: Shared
                 }
                 if spare.take().is_some() {
                     // The spare's slot is free now: accept into it and answer right here, then
-                    // take the slot back before accepting anything else.
-                    if let Ok((stream, _)) = listener.accept().await {
+                    // take the slot back before accepting anything else. A worker doing the
+                    // same at this instant can win the slot; then this accept fails and the
+                    // spare is retaken below once the worker has given it back.
+                    if let Ok(stream) = accept_now(&listener) {
                         let m = Arc::clone(&metrics);
                         let c = Arc::clone(&current);
                         let _ = tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, m, c)).await;
                     }
+                }
+                for _ in 0..RESPARE_TRIES {
                     spare = spare_fd().ok();
+                    if spare.is_some() {
+                        break;
+                    }
+                    tokio::time::sleep(RESPARE_PAUSE).await;
                 }
                 if spare.is_none() {
                     tokio::time::sleep(ACCEPT_PAUSE).await;
-                    spare = spare_fd().ok();
                 }
                 continue;
             }
@@ -127,6 +138,14 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// `accept4` right away, without a trip through the runtime: the slot the spare just left must
+/// not stay free for a moment longer than needed, as a worker may take it.
+fn accept_now(listener: &TcpListener) -> io::Result<TcpStream> {
+    let (socket, _) = socket2::SockRef::from(listener).accept()?;
+    socket.set_nonblocking(true)?;
+    TcpStream::from_std(socket.into())
 }
 
 fn out_of_fds(e: &io::Error) -> bool {
