@@ -333,17 +333,24 @@ impl Config {
 
     /// Reads, parses and validates a configuration file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        Config::load(path).map(|(cfg, _)| cfg)
+    }
+
+    /// Like [`Config::from_file`], and also returns the text the configuration was parsed from
+    /// (a reload compares the file against it to tell a real change from a touch).
+    pub fn load(path: &Path) -> Result<(Config, String), ConfigError> {
         let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::from_yaml(&src).map_err(|err| match err {
-            ConfigError::Invalid { problems, .. } => ConfigError::Invalid {
+        match Config::from_yaml(&src) {
+            Ok(cfg) => Ok((cfg, src)),
+            Err(ConfigError::Invalid { problems, .. }) => Err(ConfigError::Invalid {
                 path: Some(path.to_path_buf()),
                 problems,
-            },
-            io => io,
-        })
+            }),
+            Err(io) => Err(io),
+        }
     }
 
     /// The configuration in [`DEFAULT_YAML`]. A unit test proves it parses and equals

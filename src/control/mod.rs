@@ -56,6 +56,8 @@ const REAP_INTERVAL: Duration = Duration::from_millis(500);
 pub struct RunOptions {
     /// Where the configuration came from (`None`: the embedded default); re-read on reload.
     pub config_path: Option<PathBuf>,
+    /// The file's bytes the configuration was parsed from.
+    pub config_source: Option<Vec<u8>>,
     /// Write the process id here once serving; removed at exit.
     pub pid_file: Option<PathBuf>,
     /// Watch the configuration file with inotify (on by default).
@@ -186,10 +188,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     );
     let mut control = Control {
         cfg,
-        source: opts
-            .config_path
-            .as_deref()
-            .and_then(|p| std::fs::read(p).ok()),
+        source: opts.config_source.clone(),
         path: opts.config_path.clone(),
         current,
         resolver,
@@ -212,6 +211,13 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     }
 
     let result = rt.block_on(async move {
+        // A change made between the parse and the start of the watch raised no event.
+        if watcher.is_some() {
+            let now = control.path.as_deref().and_then(|p| std::fs::read(p).ok());
+            if now.is_some() && now != control.source {
+                control.reload(Trigger::File).await;
+            }
+        }
         let mut reap = tokio::time::interval(REAP_INTERVAL);
         let mut dog = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         let how = loop {
