@@ -200,5 +200,16 @@ fn metrics_and_readyz_answer_while_the_workers_are_out_of_fds() {
             }
         }
     }
+    // Out of fds, the endpoint idles between requests: accept4's EMFILE must not leave it
+    // spinning on a listener whose queue is empty.
+    let cpu0 = cpu_seconds(gw.pid());
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let share = (cpu_seconds(gw.pid()) - cpu0) / t0.elapsed().as_secs_f64();
+    assert!(
+        share < 0.2,
+        "gateway used {:.0}% of a core while out of fds after serving metrics",
+        share * 100.0
+    );
     drop(idle);
 }

@@ -19,6 +19,7 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -69,11 +70,14 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, current: Shared
                     );
                 }
                 if spare.take().is_some() {
-                    // The spare's slot is free now: accept into it and answer right here, then
-                    // take the slot back before accepting anything else. A worker doing the
-                    // same at this instant can win the slot; then this accept fails and the
-                    // spare is retaken below once the worker has given it back.
-                    if let Ok(stream) = accept_now(&listener) {
+                    // The spare's slot is free now: accept into it at once (one poll, which
+                    // calls accept4 without yielding, so no worker gets the slot first) and
+                    // answer right here, then take the slot back before accepting anything
+                    // else. With the slot free, an empty queue answers EAGAIN and clears the
+                    // readiness that EMFILE left standing (accept4 reports EMFILE before it
+                    // looks at the queue), so the loop cannot spin on it.
+                    let once = std::future::poll_fn(|cx| Poll::Ready(listener.poll_accept(cx)));
+                    if let Poll::Ready(Ok((stream, _))) = once.await {
                         let m = Arc::clone(&metrics);
                         let c = Arc::clone(&current);
                         let _ = tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, m, c)).await;
@@ -89,6 +93,8 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, current: Shared
                 if spare.is_none() {
                     tokio::time::sleep(ACCEPT_PAUSE).await;
                 }
+                // Let the tasks of connections already accepted run.
+                tokio::task::yield_now().await;
                 continue;
             }
             Err(_) => {
@@ -138,14 +144,6 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-/// `accept4` right away, without a trip through the runtime: the slot the spare just left must
-/// not stay free for a moment longer than needed, as a worker may take it.
-fn accept_now(listener: &TcpListener) -> io::Result<TcpStream> {
-    let (socket, _) = socket2::SockRef::from(listener).accept()?;
-    socket.set_nonblocking(true)?;
-    TcpStream::from_std(socket.into())
 }
 
 fn out_of_fds(e: &io::Error) -> bool {
