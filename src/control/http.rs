@@ -55,12 +55,13 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, current: Shared
     let active = Arc::new(AtomicUsize::new(0));
     // The spare fd: closed to make room for one accept when the process is out of fds.
     let mut spare: Option<OwnedFd> = spare_fd().ok();
-    let mut warned: Option<Instant> = None;
+    // When each kind of warning was last logged.
+    let (mut warned_fds, mut warned_cap): (Option<Instant>, Option<Instant>) = (None, None);
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) if out_of_fds(&e) => {
-                if warn_due(&mut warned) {
+                if warn_due(&mut warned_fds) {
                     warn!(
                         event_id = events::INTERNAL_ERROR,
                         reason = "fd_exhausted",
@@ -109,7 +110,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, current: Shared
         if active.load(Ordering::Acquire) >= cap {
             // Never waits: a client that does not read gets a partial answer or none.
             let _ = stream.try_write(OVER_CAP);
-            if warn_due(&mut warned) {
+            if warn_due(&mut warned_cap) {
                 warn!(
                     event_id = events::INTERNAL_ERROR,
                     reason = "metrics_over_capacity",
