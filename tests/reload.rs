@@ -722,3 +722,44 @@ fn a_signal_during_a_write_waits_for_the_writer() {
     assert!(probes >= 5, "the write window was probed ({probes} probes)");
     final_content_applies(&gw, &target);
 }
+
+#[test]
+fn a_file_that_never_holds_still_is_refused_after_the_retries() {
+    let up = Upstream::echo();
+    let strict = Config::new()
+        .upstream(UP, up.port())
+        .raw("allowed_client_networks: [\"10.9.9.0/24\"]")
+        .limit("reload_debounce", "50ms")
+        .limit("reload_retries", "2");
+    let Some(gw) = Gateway::start(strict) else {
+        return;
+    };
+    let target = format!("{UP}:{}", up.port());
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(gw.config_path())
+        .unwrap();
+    writeln!(f, "# a writer that keeps going").unwrap();
+    gw.signal(libc::SIGHUP);
+    // Appending every 10 ms for 1.5 s: no read ever sees the file 50 ms quiet.
+    let writer = thread::spawn(move || {
+        for i in 0..150 {
+            writeln!(f, "# line {i}").unwrap();
+            thread::sleep(Duration::from_millis(10));
+        }
+    });
+    let ev = gw.expect_event(
+        401,
+        |_| true,
+        Duration::from_secs(10),
+        "a file that kept changing refused",
+    );
+    let error = field_str(&ev, "error").unwrap_or_default();
+    assert!(
+        error.contains("kept changing") && error.contains("3 reads"),
+        "{ev}"
+    );
+    refused_until(gw.addr(), &target, Duration::from_millis(300), || false);
+    writer.join().unwrap();
+    assert!(gw.metric_value(FAILED) >= 1.0);
+}
