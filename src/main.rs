@@ -74,10 +74,10 @@ fn main() -> ExitCode {
             no_watch,
         } => {
             let cfg = match &config {
-                Some(p) => Config::from_file(p),
-                None => Ok(Config::embedded_default()),
+                Some(p) => Config::load(p).map(|(c, text)| (c, Some(text.into_bytes()))),
+                None => Ok((Config::embedded_default(), None)),
             };
-            let cfg = match cfg {
+            let (cfg, config_source) = match cfg {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(event_id = events::BAD_CONFIG, "invalid configuration: {e}");
@@ -87,6 +87,7 @@ fn main() -> ExitCode {
             };
             let opts = control::RunOptions {
                 config_path: config,
+                config_source,
                 pid_file,
                 watch: !no_watch,
             };

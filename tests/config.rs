@@ -187,3 +187,81 @@ fn run_with_bad_config_exits_nonzero_without_listening() {
         "nothing may listen on the configured port"
     );
 }
+
+#[test]
+fn empty_or_comment_only_file_is_refused() {
+    for contents in ["", "\n", "# only a comment\n# and another\n", "---\n"] {
+        let dir = TempDir::new("cfg");
+        let path = dir.write("splicegate.yaml", contents);
+        let out = run_cli(
+            &["check-config", path.to_str().unwrap()],
+            Duration::from_secs(10),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "check-config on {contents:?} must fail:\n{stdout}{stderr}"
+        );
+        assert!(
+            !stdout.contains("configuration is valid"),
+            "{contents:?}: {stdout}"
+        );
+        assert!(
+            stderr.contains("configuration is empty") && stderr.contains("splicegate.yaml"),
+            "a clear message naming the file: {stderr}"
+        );
+    }
+    // `{}` says "every default" on purpose, and stays valid.
+    let (ok, text) = check("{}\n");
+    assert!(ok, "{text}");
+}
+
+#[test]
+fn run_with_an_empty_file_exits_nonzero_without_listening() {
+    let dir = TempDir::new("cfg");
+    let path = dir.write("splicegate.yaml", "# emptied by an editor\n");
+    let out = run_cli(
+        &[
+            "run",
+            "--config",
+            path.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ],
+        Duration::from_secs(10),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let events: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        !events.iter().any(|e| event_id(e) == Some(101)),
+        "an empty file must not start the gateway on the defaults:\n{stderr}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| event_id(e) == Some(401) && e.to_string().contains("empty")),
+        "an empty file is logged as event 401:\n{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+}
+
+#[test]
+fn a_public_metrics_address_needs_the_opt_in() {
+    let public = BASE.replace(
+        "metrics_listen: \"127.0.0.1:0\"",
+        "metrics_listen: \"0.0.0.0:0\"",
+    );
+    assert_ne!(public, BASE);
+    let text = expect_bad(&public, "metrics_listen", 2);
+    assert!(text.contains("metrics_public: true"), "{text}");
+    let (ok, text) = check(&format!("{public}metrics_public: true\n"));
+    assert!(ok, "{text}");
+    assert!(text.contains("metrics_public: true"), "{text}");
+    let (ok, text) = check(&format!("{BASE}metrics_public: false\n"));
+    assert!(ok, "loopback needs no opt-in: {text}");
+}

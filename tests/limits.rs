@@ -18,6 +18,18 @@ fn cpu_seconds(pid: u32) -> f64 {
     (t(11) + t(12)) / 100.0
 }
 
+/// fds of `pid` numbered below [`NOFILE`]: the slots RLIMIT_NOFILE leaves it (an fd inherited
+/// above the limit, such as a build jobserver's pipe, does not take one).
+fn slots_used(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|&fd| fd < NOFILE)
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 #[test]
 fn fd_exhaustion_answers_503_and_recovers() {
     if std::process::Command::new("prlimit")
@@ -115,4 +127,89 @@ fn fd_exhaustion_answers_503_and_recovers() {
         .metrics_get("/healthz")
         .expect("healthz answers after fd exhaustion");
     assert_eq!(code, 200);
+}
+
+/// Open silent clients until every fd slot of the gateway is taken (each holds one until the
+/// header timeout); bounded by [`NOFILE`] connections and 2 s per connection.
+fn fill_fd_table(gw: &Gateway, idle: &mut Vec<std::net::TcpStream>) -> bool {
+    // (Not polling /metrics here: its own connection would hold an fd while counting.) A slot
+    // free for a moment while the worker or the metrics endpoint swaps its spare fd is not free:
+    // only one still free 50 ms later gets a client.
+    let full = || {
+        slots_used(gw.pid()) >= NOFILE as usize || {
+            std::thread::sleep(Duration::from_millis(50));
+            slots_used(gw.pid()) >= NOFILE as usize
+        }
+    };
+    for _ in 0..NOFILE {
+        if full() {
+            return true;
+        }
+        let before = slots_used(gw.pid());
+        idle.push(connect(gw.addr()));
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while slots_used(gw.pid()) <= before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    full()
+}
+
+/// The metrics endpoint keeps a spare fd: while the worker holds every fd the process may open
+/// (silent clients fill the table; new clients get 503 from the worker's own spare), `/metrics`
+/// and `/readyz` still answer, each request made with the table full.
+#[test]
+fn metrics_and_readyz_answer_while_the_workers_are_out_of_fds() {
+    if std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP: prlimit (util-linux) is not installed");
+        return;
+    }
+    let cfg = Config::new().workers(1).limit("header_timeout", "60s");
+    let limit = format!("--nofile={NOFILE}:{NOFILE}");
+    let Some(gw) = Gateway::start_wrapped(cfg, &["prlimit", &limit, "--"]) else {
+        return;
+    };
+    assert_eq!(gw.metrics_get("/readyz").expect("readyz").0, 200);
+    let mut idle = Vec::new();
+    assert!(
+        fill_fd_table(&gw, &mut idle),
+        "the fd table never filled: {} of {NOFILE} slots with {} silent clients",
+        slots_used(gw.pid()),
+        idle.len()
+    );
+    // The worker is out of fds: a new client gets its 503.
+    let (_s, r) = request(gw.addr(), connect_head("fd.splicegate.test:443").as_bytes());
+    assert_eq!(r.expect("an answer at the limit").status, 503);
+
+    for round in 0..3 {
+        for path in ["/metrics", "/readyz"] {
+            assert!(
+                fill_fd_table(&gw, &mut idle),
+                "round {round}: the fd table is not full before {path}"
+            );
+            let (code, body) = gw
+                .metrics_get(path)
+                .unwrap_or_else(|e| panic!("round {round}: {path} while out of fds: {e}"));
+            assert_eq!(code, 200, "round {round}: {path}: {body}");
+            if path == "/metrics" {
+                assert!(body.contains("splicegate_errors_total"), "{body}");
+            }
+        }
+    }
+    // Out of fds, the endpoint idles between requests: accept4's EMFILE must not leave it
+    // spinning on a listener whose queue is empty.
+    let cpu0 = cpu_seconds(gw.pid());
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let share = (cpu_seconds(gw.pid()) - cpu0) / t0.elapsed().as_secs_f64();
+    assert!(
+        share < 0.2,
+        "gateway used {:.0}% of a core while out of fds after serving metrics",
+        share * 100.0
+    );
+    drop(idle);
 }

@@ -148,3 +148,69 @@ fn refusals_and_errors_are_labelled() {
     );
     assert_eq!(active, 0.0, "refused connections are no longer active");
 }
+
+/// `limits.metrics_max_connections` (16 by default): a 17th connection while 16 are open is
+/// answered 503 and closed at once, not served and not left waiting; once they close, the
+/// endpoint serves again.
+#[test]
+fn the_metrics_endpoint_serves_at_most_16_connections_at_once() {
+    let Some(gw) = Gateway::start(Config::new()) else {
+        return;
+    };
+    // 16 silent clients: each holds a place until it closes (or the 5 s request timeout).
+    let held: Vec<std::net::TcpStream> = (0..16)
+        .map(|_| {
+            std::net::TcpStream::connect_timeout(&gw.metrics_addr(), Duration::from_secs(2))
+                .expect("connect to the metrics endpoint")
+        })
+        .collect();
+    let mut extra =
+        std::net::TcpStream::connect_timeout(&gw.metrics_addr(), Duration::from_secs(2))
+            .expect("the 17th connect completes in the kernel");
+    let _ = extra.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let t0 = std::time::Instant::now();
+    let (bytes, _) = read_until_closed(&mut extra, Duration::from_secs(3));
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(
+        text.starts_with("HTTP/1.1 503 ") && text.contains("too many connections"),
+        "the 17th connection must be refused with 503, got {text:?}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "the refusal must not wait for a place: {:?}",
+        t0.elapsed()
+    );
+    drop(held);
+    // The places come back as the held connections close.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut last = None;
+    while std::time::Instant::now() < deadline {
+        match gw.metrics_get("/healthz") {
+            Ok((200, _)) => {
+                last = None;
+                break;
+            }
+            other => last = Some(format!("{other:?}")),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(last, None, "the endpoint serves again after the 16 closed");
+    assert!(gw.metrics().contains("splicegate_"));
+}
+
+/// The cap is a setting: with `limits.metrics_max_connections: 2`, the third is refused.
+#[test]
+fn the_metrics_connection_cap_is_configurable() {
+    let Some(gw) = Gateway::start(Config::new().limit("metrics_max_connections", "2")) else {
+        return;
+    };
+    let held: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| {
+            std::net::TcpStream::connect_timeout(&gw.metrics_addr(), Duration::from_secs(2))
+                .expect("connect to the metrics endpoint")
+        })
+        .collect();
+    let (code, body) = gw.metrics_get("/readyz").expect("an answer, not a wait");
+    assert_eq!((code, body.as_str()), (503, "too many connections\n"));
+    drop(held);
+}

@@ -64,6 +64,19 @@ fn unit_file_verifies() {
         assert!(unit.contains(must), "unit lacks {must:?}");
     }
     assert!(!unit.contains("DynamicUser=yes"));
+    // `systemctl reload` validates before it signals, so a refused file fails the reload.
+    let reloads: Vec<&str> = unit
+        .lines()
+        .filter(|l| l.starts_with("ExecReload="))
+        .collect();
+    assert_eq!(
+        reloads,
+        [
+            "ExecReload=/usr/bin/splicegate check-config /etc/splicegate/splicegate.yaml",
+            "ExecReload=/bin/kill -HUP $MAINPID",
+        ],
+        "ExecReload must run check-config, then SIGHUP"
+    );
     // systemd-analyze checks that ExecStart's binary exists: point it at the one under test.
     let dir = TempDir::new("unit");
     let path = dir.write(

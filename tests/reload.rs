@@ -432,3 +432,339 @@ fn systemd_notifications_and_pid_file() {
     assert!(exit.success(), "{exit:?}");
     assert!(!pid_file.exists(), "the pid file is removed at exit");
 }
+
+// ---------------------------------------------------------------------------------------------
+// An emptied, half-written or recreated file never serves the defaults
+// ---------------------------------------------------------------------------------------------
+
+/// What a loopback client saw.
+#[derive(Debug, PartialEq, Eq)]
+enum Probe {
+    /// Closed at accept without a byte: `allowed_client_networks` refused it.
+    Closed,
+    /// The status line of an answer: the client was served.
+    Answered(String),
+    /// Could not connect: the listener moved (as the embedded defaults' `listen` would).
+    NoListener(String),
+}
+
+fn probe_client(addr: SocketAddr, target: &str) -> Probe {
+    let mut s = match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+        Ok(s) => s,
+        Err(e) => return Probe::NoListener(e.to_string()),
+    };
+    // A refused client may be closed before the request is written.
+    let _ = s.write_all(connect_head(target).as_bytes());
+    let (bytes, _) = read_until_closed_or_answered(&mut s);
+    if bytes.is_empty() {
+        Probe::Closed
+    } else {
+        let text = String::from_utf8_lossy(&bytes);
+        Probe::Answered(text.lines().next().unwrap_or_default().to_owned())
+    }
+}
+
+/// Bytes until the peer closes or an answer head is complete (a served tunnel stays open).
+fn read_until_closed_or_answered(s: &mut TcpStream) -> (Vec<u8>, bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return (out, true),
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.windows(4).any(|w| w == b"\r\n\r\n") {
+                    return (out, false);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (out, true),
+            Err(_) => {}
+        }
+    }
+    panic!("a probe got neither an answer nor a close within 5s: {out:?}");
+}
+
+/// Probe every 50 ms until `done` holds (at most `timeout`): each probe must be closed at
+/// accept. Returns how many probes were made.
+fn refused_until(
+    addr: SocketAddr,
+    target: &str,
+    timeout: Duration,
+    done: impl Fn() -> bool,
+) -> u32 {
+    let deadline = Instant::now() + timeout;
+    let mut probes = 0;
+    loop {
+        let p = probe_client(addr, target);
+        probes += 1;
+        assert_eq!(
+            p,
+            Probe::Closed,
+            "probe {probes}: a loopback client must stay refused while the file is not valid"
+        );
+        if done() || Instant::now() >= deadline {
+            return probes;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A gateway whose client networks exclude loopback, the final (valid) configuration that
+/// admits 127.0.0.1, and the CONNECT target.
+fn strict_gateway() -> Option<(Gateway, Upstream, String, String)> {
+    let up = Upstream::echo();
+    let base = Config::new().upstream(UP, up.port());
+    let strict = base
+        .clone()
+        .raw("allowed_client_networks: [\"10.9.9.0/24\"]");
+    // Last line, so a cut in its middle is a YAML syntax error.
+    let open = base
+        .raw("allowed_client_networks: [\"127.0.0.1/32\", \"10.9.9.0/24\"]")
+        .render();
+    let gw = Gateway::start(strict)?;
+    let target = format!("{UP}:{}", up.port());
+    assert_eq!(probe_client(gw.addr(), &target), Probe::Closed);
+    Some((gw, up, open, target))
+}
+
+/// The final content is applied: event 100 names the new network and the client is served.
+fn final_content_applies(gw: &Gateway, target: &str) {
+    reload_event_with(gw, "+127.0.0.1/32");
+    assert_eq!(
+        probe_client(gw.addr(), target),
+        Probe::Answered("HTTP/1.1 200 Connection established".to_owned())
+    );
+    // Every reload that was applied is the final one: nothing in between was.
+    for ev in gw.events(100) {
+        if let Some(changes) = field_str(&ev, "changes") {
+            assert!(
+                changes.contains("+127.0.0.1/32") || changes == "no changes",
+                "only the final content may be applied, got a reload with {changes:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn truncate_then_write_never_serves_the_defaults() {
+    let Some((gw, _up, open, target)) = strict_gateway() else {
+        return;
+    };
+    // `: > gw.yaml`, then the editor writes the new content a moment later.
+    std::fs::File::create(gw.config_path()).unwrap();
+    let probes = refused_until(gw.addr(), &target, Duration::from_secs(10), || {
+        !gw.events(401).is_empty()
+    });
+    let ev = gw.expect_event(401, |_| true, Duration::from_secs(1), "empty file refused");
+    assert!(
+        field_str(&ev, "error").is_some_and(|e| e.contains("configuration is empty")),
+        "{ev}"
+    );
+    assert!(probes >= 2, "the empty window was probed ({probes} probes)");
+    // Still refused after the empty file was refused.
+    refused_until(gw.addr(), &target, Duration::from_millis(500), || false);
+    std::fs::write(gw.config_path(), &open).unwrap();
+    final_content_applies(&gw, &target);
+    assert!(gw.metric_value(FAILED) >= 1.0);
+}
+
+#[test]
+fn a_partial_write_is_refused_until_complete() {
+    let Some((gw, _up, open, target)) = strict_gateway() else {
+        return;
+    };
+    let cut = open.find("\"127.0.").expect("the client network line") + 6;
+    // `printf "$half" > f; sleep 1; printf "$rest" >> f`: the writer stalls for longer than the
+    // debounce with the file closed, so the half document is read, and refused.
+    std::fs::write(gw.config_path(), &open.as_bytes()[..cut]).unwrap();
+    refused_until(gw.addr(), &target, Duration::from_secs(10), || {
+        !gw.events(401).is_empty()
+    });
+    let ev = gw.expect_event(401, |_| true, Duration::from_secs(1), "half file refused");
+    assert!(field_str(&ev, "error").is_some(), "{ev}");
+    refused_until(gw.addr(), &target, Duration::from_millis(500), || false);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(gw.config_path())
+        .unwrap();
+    f.write_all(&open.as_bytes()[cut..]).unwrap();
+    drop(f);
+    final_content_applies(&gw, &target);
+}
+
+#[test]
+fn remove_then_create_then_write_never_serves_the_defaults() {
+    let Some((gw, _up, open, target)) = strict_gateway() else {
+        return;
+    };
+    std::fs::remove_file(gw.config_path()).unwrap();
+    // Gone for a moment: the file watch waits for it to come back, nothing is refused or applied.
+    refused_until(gw.addr(), &target, Duration::from_secs(1), || false);
+    assert!(gw.events(401).is_empty(), "a removed file is waited for");
+    std::fs::File::create(gw.config_path()).unwrap();
+    refused_until(gw.addr(), &target, Duration::from_secs(10), || {
+        !gw.events(401).is_empty()
+    });
+    refused_until(gw.addr(), &target, Duration::from_millis(500), || false);
+    std::fs::write(gw.config_path(), &open).unwrap();
+    final_content_applies(&gw, &target);
+}
+
+#[test]
+fn an_empty_file_on_sighup_is_refused() {
+    let Some((gw, _up, open, target)) = strict_gateway() else {
+        return;
+    };
+    // Written and signalled at once, as `cat /dev/null > f; kill -HUP` would.
+    let tmp = gw.config_path().with_extension("yaml.tmp");
+    std::fs::write(&tmp, "# nothing here yet\n").unwrap();
+    std::fs::rename(&tmp, gw.config_path()).unwrap();
+    gw.signal(libc::SIGHUP);
+    refused_until(gw.addr(), &target, Duration::from_secs(10), || {
+        gw.events(401).len() >= 2
+    });
+    assert!(
+        gw.events(401)
+            .iter()
+            .all(|e| field_str(e, "error").is_some_and(|x| x.contains("configuration is empty"))),
+        "{:?}",
+        gw.events(401)
+    );
+    replace_file(gw.config_path(), &open);
+    gw.signal(libc::SIGHUP);
+    final_content_applies(&gw, &target);
+}
+
+#[test]
+fn widening_listen_beyond_loopback_warns_with_both_values() {
+    let base = Config::new();
+    let Some(gw) = Gateway::start(base.clone()) else {
+        return;
+    };
+    // Another loopback address: no warning.
+    replace_file(
+        gw.config_path(),
+        &base
+            .clone()
+            .listen(&["127.0.0.1:0", "127.0.0.1:0"])
+            .render(),
+    );
+    gw.signal(libc::SIGHUP);
+    reload_event_with(&gw, "listen ");
+    // The wildcard: applied, but loudly.
+    replace_file(
+        gw.config_path(),
+        &base.clone().listen(&["0.0.0.0:0"]).render(),
+    );
+    gw.signal(libc::SIGHUP);
+    let ev = gw.expect_event(
+        100,
+        |e| field_str(e, "new_listen").is_some(),
+        Duration::from_secs(10),
+        "the widening warning",
+    );
+    assert_eq!(field_str(&ev, "level").as_deref(), Some("WARN"), "{ev}");
+    assert_eq!(
+        field_str(&ev, "old_listen").as_deref(),
+        Some("127.0.0.1:0,127.0.0.1:0"),
+        "{ev}"
+    );
+    assert_eq!(
+        field_str(&ev, "new_listen").as_deref(),
+        Some("0.0.0.0:0"),
+        "{ev}"
+    );
+    let warnings: Vec<_> = gw
+        .events(100)
+        .into_iter()
+        .filter(|e| field_str(e, "new_listen").is_some())
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "only the widening reload warns: {warnings:?}"
+    );
+    // Back to loopback (the test does not keep a wildcard listener open).
+    replace_file(gw.config_path(), &base.render());
+    gw.signal(libc::SIGHUP);
+    gw.expect_event(
+        100,
+        |e| field_str(e, "changes").is_some_and(|c| c.contains("-> [127.0.0.1:0]")),
+        Duration::from_secs(10),
+        "back to loopback",
+    );
+}
+
+#[test]
+fn a_signal_during_a_write_waits_for_the_writer() {
+    let Some((gw, _up, open, target)) = strict_gateway() else {
+        return;
+    };
+    // The first part alone is a valid document without the client-network rule: applied as it
+    // stands, it would admit every client.
+    let cut = open
+        .find("allowed_client_networks:")
+        .expect("the client network line");
+    let path = gw.config_path().to_path_buf();
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(&open.as_bytes()[..cut]).unwrap();
+    gw.signal(libc::SIGHUP);
+    let writer = thread::spawn(move || {
+        // Still writing for a while after the signal, a line every 20 ms, then the rest.
+        for i in 0..30 {
+            writeln!(f, "# still writing {i}").unwrap();
+            thread::sleep(Duration::from_millis(20));
+        }
+        f.write_all(&open.as_bytes()[cut..]).unwrap();
+    });
+    let probes = refused_until(gw.addr(), &target, Duration::from_secs(10), || {
+        writer.is_finished()
+    });
+    writer.join().unwrap();
+    assert!(probes >= 5, "the write window was probed ({probes} probes)");
+    final_content_applies(&gw, &target);
+}
+
+#[test]
+fn a_file_that_never_holds_still_is_refused_after_the_retries() {
+    let up = Upstream::echo();
+    let strict = Config::new()
+        .upstream(UP, up.port())
+        .raw("allowed_client_networks: [\"10.9.9.0/24\"]")
+        .limit("reload_debounce", "50ms")
+        .limit("reload_retries", "2");
+    let Some(gw) = Gateway::start(strict) else {
+        return;
+    };
+    let target = format!("{UP}:{}", up.port());
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(gw.config_path())
+        .unwrap();
+    writeln!(f, "# a writer that keeps going").unwrap();
+    gw.signal(libc::SIGHUP);
+    // Appending every 10 ms for 1.5 s: no read ever sees the file 50 ms quiet.
+    let writer = thread::spawn(move || {
+        for i in 0..150 {
+            writeln!(f, "# line {i}").unwrap();
+            thread::sleep(Duration::from_millis(10));
+        }
+    });
+    let ev = gw.expect_event(
+        401,
+        |_| true,
+        Duration::from_secs(10),
+        "a file that kept changing refused",
+    );
+    let error = field_str(&ev, "error").unwrap_or_default();
+    assert!(
+        error.contains("kept changing") && error.contains("3 reads"),
+        "{ev}"
+    );
+    refused_until(gw.addr(), &target, Duration::from_millis(300), || false);
+    writer.join().unwrap();
+    assert!(gw.metric_value(FAILED) >= 1.0);
+}

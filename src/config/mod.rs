@@ -57,8 +57,12 @@ pub const MAX_WORKERS: usize = 1024;
 pub struct Config {
     /// Addresses the gateway accepts clients on.
     pub listen: Vec<SocketAddr>,
-    /// The `/metrics`, `/healthz`, `/readyz` listener; `None` disables it.
+    /// The `/metrics`, `/healthz`, `/readyz` listener; `None` disables it. Loopback unless
+    /// `metrics_public`.
     pub metrics_listen: Option<SocketAddr>,
+    /// `metrics_public: true` allows a `metrics_listen` that is not a loopback address (the
+    /// endpoint has no authentication, so serving it beyond the host is an explicit choice).
+    pub metrics_public: bool,
     /// Worker threads; 0 = one per online CPU (resolved by the engine).
     pub workers: usize,
     /// Which I/O driver the workers use.
@@ -194,6 +198,14 @@ pub struct Limits {
     pub max_pipes: usize,
     /// Requested pipe capacity in bytes, 4096 to 1 MiB (the kernel rounds it).
     pub pipe_size: usize,
+    /// Connections the `/metrics` endpoint serves at once, 1 to 1024; more are answered 503
+    /// and closed.
+    pub metrics_max_connections: usize,
+    /// Quiet time after the last change to the configuration file before the watch reads it,
+    /// and between re-reads of a file that changed while it was read.
+    pub reload_debounce: Duration,
+    /// Times a file that changed while it was read is read again before the reload is refused.
+    pub reload_retries: usize,
 }
 
 impl Default for Limits {
@@ -208,6 +220,9 @@ impl Default for Limits {
             resolve_timeout: Duration::from_secs(5),
             max_pipes: 0,
             pipe_size: 1024 * 1024,
+            metrics_max_connections: 16,
+            reload_debounce: Duration::from_millis(200),
+            reload_retries: 5,
         }
     }
 }
@@ -285,6 +300,7 @@ impl Default for Config {
                 SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 8080),
             ],
             metrics_listen: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9464)),
+            metrics_public: false,
             workers: 0,
             engine: EngineKind::Auto,
             data_path: DataPath::Splice,
@@ -327,17 +343,24 @@ impl Config {
 
     /// Reads, parses and validates a configuration file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        Config::load(path).map(|(cfg, _)| cfg)
+    }
+
+    /// Like [`Config::from_file`], and also returns the text the configuration was parsed from
+    /// (a reload compares the file against it to tell a real change from a touch).
+    pub fn load(path: &Path) -> Result<(Config, String), ConfigError> {
         let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::from_yaml(&src).map_err(|err| match err {
-            ConfigError::Invalid { problems, .. } => ConfigError::Invalid {
+        match Config::from_yaml(&src) {
+            Ok(cfg) => Ok((cfg, src)),
+            Err(ConfigError::Invalid { problems, .. }) => Err(ConfigError::Invalid {
                 path: Some(path.to_path_buf()),
                 problems,
-            },
-            io => io,
-        })
+            }),
+            Err(io) => Err(io),
+        }
     }
 
     /// The configuration in [`DEFAULT_YAML`]. A unit test proves it parses and equals
@@ -381,6 +404,12 @@ impl Config {
             self.metrics_listen
                 .map_or_else(|| "disabled".to_owned(), |a| a.to_string())
         );
+        if self.metrics_public {
+            let _ = writeln!(
+                out,
+                "metrics_public: true (the metrics endpoint may listen beyond loopback)"
+            );
+        }
         if self.workers == 0 {
             let _ = writeln!(out, "workers: 0 (one per online CPU)");
         } else {
@@ -543,6 +572,17 @@ impl Config {
             let _ = writeln!(out, "  max_pipes: {}", l.max_pipes);
         }
         let _ = writeln!(out, "  pipe_size: {}", l.pipe_size);
+        let _ = writeln!(
+            out,
+            "  metrics_max_connections: {}",
+            l.metrics_max_connections
+        );
+        let _ = writeln!(
+            out,
+            "  reload_debounce: {}",
+            format_duration(l.reload_debounce)
+        );
+        let _ = writeln!(out, "  reload_retries: {}", l.reload_retries);
         match &self.relay_proxy {
             None => {
                 let _ = writeln!(out, "relay_proxy: none (direct connections)");
@@ -682,13 +722,31 @@ mod tests {
         assert_eq!(cfg.limits.pipe_size, 1_048_576);
         assert!(cfg.resolver.nameservers.is_empty());
         assert_eq!(cfg.resolver.cache_size, 4096);
-        assert_eq!(
-            ok(""),
-            cfg,
-            "an empty document is the default configuration"
-        );
-        assert_eq!(ok("# nothing but a comment\n"), cfg);
+        assert_eq!(cfg.limits.metrics_max_connections, 16);
+        assert_eq!(cfg.limits.reload_debounce, Duration::from_millis(200));
+        assert_eq!(cfg.limits.reload_retries, 5);
+        assert!(!cfg.metrics_public);
+        assert_eq!(ok("{}\n"), cfg, "`{{}}` asks for every default");
         assert_eq!(ok("limits:\nresolver:\n"), cfg);
+    }
+
+    #[test]
+    fn an_empty_document_is_refused() {
+        for empty in [
+            "",
+            "\n\n",
+            "# nothing but a comment\n",
+            "---\n",
+            "   \n# a\n# b\n",
+            "~\n",
+        ] {
+            let found = problems(empty);
+            assert_eq!(found.len(), 1, "{empty:?}: {found:?}");
+            assert!(
+                found[0].message.contains("the configuration is empty"),
+                "{empty:?}: {found:?}"
+            );
+        }
     }
 
     #[test]
@@ -827,6 +885,36 @@ mod tests {
             "listen",
             1,
             &["both a listen address and metrics_listen"],
+        );
+    }
+
+    #[test]
+    fn a_public_metrics_address_needs_metrics_public() {
+        for public in ["0.0.0.0:9464", "\"[::]:9464\"", "192.0.2.1:9464"] {
+            bad(
+                &format!("workers: 1\nmetrics_listen: {public}\n"),
+                "metrics_listen",
+                2,
+                &["not a loopback address", "metrics_public: true"],
+            );
+            let cfg = ok(&format!("metrics_listen: {public}\nmetrics_public: true\n"));
+            assert!(cfg.metrics_public);
+            assert!(cfg.summary().contains("metrics_public: true"));
+        }
+        for local in [
+            "127.0.0.1:9464",
+            "127.0.0.2:9464",
+            "\"[::1]:9464\"",
+            "\"[::ffff:127.0.0.1]:9464\"",
+        ] {
+            assert!(!ok(&format!("metrics_listen: {local}\n")).metrics_public);
+        }
+        assert_eq!(ok("metrics_listen: null\n").metrics_listen, None);
+        bad(
+            "metrics_public: yes\n",
+            "metrics_public",
+            1,
+            &["true or false"],
         );
     }
 
@@ -1316,6 +1404,31 @@ mod tests {
         assert_eq!(l.resolve_timeout, Duration::from_secs(2));
         assert_eq!(l.max_pipes, 64);
         assert_eq!(l.pipe_size, 65536);
+        let l = ok(
+            "limits:\n  metrics_max_connections: 2\n  reload_debounce: 50ms\n  reload_retries: 0\n",
+        )
+        .limits;
+        assert_eq!(l.metrics_max_connections, 2);
+        assert_eq!(l.reload_debounce, Duration::from_millis(50));
+        assert_eq!(l.reload_retries, 0);
+        bad(
+            "limits:\n  metrics_max_connections: 0\n",
+            "limits.metrics_max_connections",
+            2,
+            &["1 to 1024"],
+        );
+        bad(
+            "limits:\n  reload_debounce: 6s\n",
+            "limits.reload_debounce",
+            2,
+            &["at most 5s"],
+        );
+        bad(
+            "limits:\n  reload_retries: 11\n",
+            "limits.reload_retries",
+            2,
+            &["0 to 10"],
+        );
 
         bad(
             "limits:\n  max_connections: 0\n",

@@ -18,8 +18,9 @@ use serde_saphyr::{MessageFormatter, Spanned};
 
 use super::error::Problem;
 
-/// Parses the document. An empty document (or one holding only comments or `null`) is an
-/// empty configuration.
+/// Parses the document. An empty document (nothing but whitespace, comments, `---` or `null`)
+/// is refused: it is what an interrupted or in-progress write leaves on disk, and reading it as
+/// "every key at its default" would widen what the gateway allows. An explicit `{}` is accepted.
 pub(super) fn parse(src: &str) -> Result<RawConfig, Problem> {
     let mut budget = serde_saphyr::Budget::default();
     // Room for allowlists with a million entries; the input is an operator's file.
@@ -31,10 +32,21 @@ pub(super) fn parse(src: &str) -> Result<RawConfig, Problem> {
     options.leading_zero_numbers_as_strings = true;
     options.with_snippet = false;
     match serde_saphyr::from_str_with_options::<Option<RawConfig>>(src, options) {
-        Ok(raw) => Ok(raw.unwrap_or_default()),
+        Ok(Some(raw)) => Ok(raw),
+        Ok(None) => Err(Problem {
+            key: String::new(),
+            line: None,
+            message: EMPTY_DOCUMENT.to_owned(),
+        }),
         Err(err) => Err(serde_problem(src, &err)),
     }
 }
+
+/// Why an empty document is refused.
+pub(super) const EMPTY_DOCUMENT: &str = "the configuration is empty (nothing but whitespace or \
+    comments): a named configuration file must set its keys, so an emptied or half-written file \
+    is refused rather than read as the built-in defaults (`splicegate default-config` prints \
+    every key; write `{}` to mean \"every key at its default\")";
 
 /// Turns a serde-saphyr error into a [`Problem`] with the key path found from its location.
 fn serde_problem(src: &str, err: &serde_saphyr::Error) -> Problem {
@@ -112,6 +124,8 @@ pub(super) struct RawConfig {
     pub listen: Field,
     #[serde(default, deserialize_with = "present")]
     pub metrics_listen: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub metrics_public: Field,
     #[serde(default, deserialize_with = "present")]
     pub workers: Field,
     #[serde(default, deserialize_with = "present")]
@@ -206,6 +220,12 @@ pub(super) struct RawLimits {
     pub max_pipes: Field,
     #[serde(default, deserialize_with = "present")]
     pub pipe_size: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub metrics_max_connections: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub reload_debounce: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub reload_retries: Field,
 }
 
 /// `resolver:`.
@@ -506,9 +526,15 @@ mod tests {
             "~\n",
             "null\n",
         ] {
-            let raw = parse(src);
-            assert!(raw.is_ok(), "{src:?}: {raw:?}");
+            match parse(src) {
+                Err(p) => assert_eq!(p.message, EMPTY_DOCUMENT, "{src:?}"),
+                Ok(raw) => panic!("{src:?} is empty but parsed: {raw:?}"),
+            }
         }
+        assert!(
+            parse("{}\n").is_ok(),
+            "an explicit empty mapping is accepted"
+        );
     }
 
     #[test]

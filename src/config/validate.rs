@@ -77,6 +77,13 @@ const EXPECT_NAMESERVERS: &str =
 const EXPECT_NAMESERVER: &str =
     "a name server address such as \"127.0.0.1:53\", \"[2001:db8::53]:53\" or \"192.0.2.53\"";
 
+/// The longest `limits.reload_debounce`. With at most [`MAX_RELOAD_RETRIES`] re-reads, a reload
+/// of a file that never holds still gives up within about a minute (the control loop handles
+/// SIGTERM once it has).
+const MAX_RELOAD_DEBOUNCE: Duration = Duration::from_secs(5);
+/// The most `limits.reload_retries`.
+const MAX_RELOAD_RETRIES: usize = 10;
+
 /// Converts the raw document, or returns every problem found.
 pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     let mut c = Checker::default();
@@ -121,6 +128,9 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         metrics_listen: c
             .metrics_listen(raw.metrics_listen.as_ref())
             .unwrap_or(defaults.metrics_listen),
+        metrics_public: c
+            .boolean("metrics_public", raw.metrics_public.as_ref())
+            .unwrap_or(defaults.metrics_public),
         workers: c
             .count(
                 "workers",
@@ -206,6 +216,22 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             c.report("metrics_listen", node, message);
         } else if let Some(node) = raw.listen.as_ref() {
             c.report("listen", node, message);
+        }
+    }
+    // The endpoint has no authentication: serving it beyond this host is an explicit choice.
+    if let (Some(metrics), false) = (cfg.metrics_listen, cfg.metrics_public) {
+        if !metrics.ip().to_canonical().is_loopback() {
+            if let Some(node) = raw.metrics_listen.as_ref() {
+                c.report(
+                    "metrics_listen",
+                    node,
+                    format!(
+                        "{metrics} is not a loopback address: /metrics, /healthz and /readyz \
+                         have no authentication, so serving them beyond this host needs \
+                         `metrics_public: true` (or use 127.0.0.1 / \"[::1]\")"
+                    ),
+                );
+            }
         }
     }
     if c.problems.is_empty() {
@@ -740,6 +766,39 @@ impl Checker {
                     &bytes(4096),
                 )
                 .unwrap_or(d.pipe_size),
+            metrics_max_connections: self
+                .count(
+                    "limits.metrics_max_connections",
+                    raw.metrics_max_connections.as_ref(),
+                    1,
+                    1024,
+                    "a whole number of connections from 1 to 1024",
+                )
+                .unwrap_or(d.metrics_max_connections),
+            reload_debounce: self
+                .duration("limits.reload_debounce", raw.reload_debounce.as_ref())
+                .filter(|t| {
+                    let fits = *t <= MAX_RELOAD_DEBOUNCE;
+                    if let (false, Some(at)) = (fits, raw.reload_debounce.as_ref()) {
+                        self.report(
+                            "limits.reload_debounce",
+                            at,
+                            "expected at most 5s: every saved edit waits this long to apply"
+                                .to_owned(),
+                        );
+                    }
+                    fits
+                })
+                .unwrap_or(d.reload_debounce),
+            reload_retries: self
+                .count(
+                    "limits.reload_retries",
+                    raw.reload_retries.as_ref(),
+                    0,
+                    MAX_RELOAD_RETRIES,
+                    "a whole number from 0 to 10",
+                )
+                .unwrap_or(d.reload_retries),
         }
     }
 

@@ -83,6 +83,14 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
             show(new.metrics_listen),
         );
     }
+    if old.metrics_public != new.metrics_public {
+        scalar(
+            &mut c.items,
+            "metrics_public",
+            old.metrics_public,
+            new.metrics_public,
+        );
+    }
     if old.data_path != new.data_path {
         scalar(
             &mut c.items,
@@ -121,6 +129,12 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
         ("max_header_bytes", o.max_header_bytes, n.max_header_bytes),
         ("max_pipes", o.max_pipes, n.max_pipes),
         ("pipe_size", o.pipe_size, n.pipe_size),
+        (
+            "metrics_max_connections",
+            o.metrics_max_connections,
+            n.metrics_max_connections,
+        ),
+        ("reload_retries", o.reload_retries, n.reload_retries),
     ] {
         if a != b {
             scalar(&mut c.items, &format!("limits.{key}"), a, b);
@@ -132,6 +146,7 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
         ("idle_timeout", o.idle_timeout, n.idle_timeout),
         ("drain_timeout", o.drain_timeout, n.drain_timeout),
         ("resolve_timeout", o.resolve_timeout, n.resolve_timeout),
+        ("reload_debounce", o.reload_debounce, n.reload_debounce),
     ] {
         if a != b {
             scalar(

@@ -3,14 +3,31 @@
 //!
 //! Three fixed GET routes with `Connection: close` do not need an HTTP library: a bounded read of
 //! the request line, a canned answer, and a timeout so a silent client cannot hold a task.
+//!
+//! # Limits
+//! At most `limits.metrics_max_connections` connections are served at once; one more is answered
+//! `503` at once (a non-blocking write of a canned response) and closed, so a flood of scrapes or
+//! of silent connections costs a bounded number of fds and tasks. The endpoint also keeps one
+//! spare fd (`/dev/null`) of its own: when `accept` fails because the process is out of fds (the
+//! workers hold them all), the spare is closed, the waiting client accepted into its slot and
+//! answered, and the spare taken back, so `/metrics` and `/readyz` still answer exactly when an
+//! operator needs them. That one connection is served before the next accept (with the usual
+//! request timeout): out of fds, the endpoint answers one client at a time.
 
+use std::io;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tracing::warn;
 
+use crate::engine::sys::spare_fd;
+use crate::events;
 use crate::metrics::Metrics;
 use crate::relay::RelayHost;
 use crate::settings::Shared;
@@ -18,20 +35,130 @@ use crate::settings::Shared;
 const MAX_REQUEST: usize = 8192;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const RELAY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause after an accept error the spare fd could not get past, so a full fd table or a
+/// persistent error does not spin the control thread.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+/// Attempts to take the spare fd back after it was used, [`RESPARE_PAUSE`] apart: a slot lost
+/// to a worker's own spare-fd refusal comes back within moments.
+const RESPARE_TRIES: usize = 20;
+const RESPARE_PAUSE: Duration = Duration::from_millis(1);
+/// At most one warning per this interval for refused (over the cap) connections and for fd
+/// exhaustion, so a flood cannot flood the log.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+/// The answer to a connection over `limits.metrics_max_connections`.
+const OVER_CAP: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
+    Content-Length: 21\r\nConnection: close\r\nRetry-After: 1\r\nCache-Control: no-store\r\n\r\n\
+    too many connections\n";
 
-/// Serve until the listener fails.
+/// Serve until the task is aborted (a reload that moves or disables `metrics_listen`).
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, current: Shared) {
+    let active = Arc::new(AtomicUsize::new(0));
+    // The spare fd: closed to make room for one accept when the process is out of fds.
+    let mut spare: Option<OwnedFd> = spare_fd().ok();
+    // When each kind of warning was last logged.
+    let (mut warned_fds, mut warned_cap): (Option<Instant>, Option<Instant>) = (None, None);
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) if out_of_fds(&e) => {
+                if warn_due(&mut warned_fds) {
+                    warn!(
+                        event_id = events::INTERNAL_ERROR,
+                        reason = "fd_exhausted",
+                        spare = spare.is_some(),
+                        error = %e,
+                        "metrics endpoint: out of file descriptors; answering with the spare fd"
+                    );
+                }
+                if spare.take().is_some() {
+                    // The spare's slot is free now: accept into it at once (one poll, which
+                    // calls accept4 without yielding, so no worker gets the slot first) and
+                    // answer right here, then take the slot back before accepting anything
+                    // else. With the slot free, an empty queue answers EAGAIN and clears the
+                    // readiness that EMFILE left standing (accept4 reports EMFILE before it
+                    // looks at the queue), so the loop cannot spin on it.
+                    let once = std::future::poll_fn(|cx| Poll::Ready(listener.poll_accept(cx)));
+                    if let Poll::Ready(Ok((stream, _))) = once.await {
+                        let m = Arc::clone(&metrics);
+                        let c = Arc::clone(&current);
+                        let _ = tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, m, c)).await;
+                    }
+                }
+                for _ in 0..RESPARE_TRIES {
+                    spare = spare_fd().ok();
+                    if spare.is_some() {
+                        break;
+                    }
+                    tokio::time::sleep(RESPARE_PAUSE).await;
+                }
+                if spare.is_none() {
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                }
+                // Let the tasks of connections already accepted run.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            Err(_) => {
+                tokio::time::sleep(ACCEPT_PAUSE).await;
+                continue;
+            }
         };
+        if spare.is_none() {
+            spare = spare_fd().ok();
+        }
+        let cap = current.load().limits.metrics_max_connections;
+        if active.load(Ordering::Acquire) >= cap {
+            // Never waits: a client that does not read gets a partial answer or none.
+            let _ = stream.try_write(OVER_CAP);
+            if warn_due(&mut warned_cap) {
+                warn!(
+                    event_id = events::INTERNAL_ERROR,
+                    reason = "metrics_over_capacity",
+                    max_connections = cap,
+                    "metrics endpoint: limits.metrics_max_connections reached; answering 503"
+                );
+            }
+            continue;
+        }
+        let slot = Slot::take(&active);
         let m = Arc::clone(&metrics);
         let c = Arc::clone(&current);
         tokio::spawn(async move {
             let _ = tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, m, c)).await;
+            drop(slot);
         });
     }
+}
+
+/// One of the `limits.metrics_max_connections` places, given back on drop (also when the task is
+/// aborted).
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(active: &Arc<AtomicUsize>) -> Slot {
+        active.fetch_add(1, Ordering::AcqRel);
+        Slot(Arc::clone(active))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn out_of_fds(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
+
+/// Whether a rate-limited warning may be logged now.
+fn warn_due(last: &mut Option<Instant>) -> bool {
+    let now = Instant::now();
+    if last.is_some_and(|t| now.duration_since(t) < WARN_EVERY) {
+        return false;
+    }
+    *last = Some(now);
+    true
 }
 
 async fn handle(

@@ -56,6 +56,8 @@ const REAP_INTERVAL: Duration = Duration::from_millis(500);
 pub struct RunOptions {
     /// Where the configuration came from (`None`: the embedded default); re-read on reload.
     pub config_path: Option<PathBuf>,
+    /// The file's bytes the configuration was parsed from.
+    pub config_source: Option<Vec<u8>>,
     /// Write the process id here once serving; removed at exit.
     pub pid_file: Option<PathBuf>,
     /// Watch the configuration file with inotify (on by default).
@@ -141,7 +143,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         None => (None, None),
     };
     let mut watcher = match (&opts.config_path, opts.watch) {
-        (Some(p), true) => match Watcher::new(p) {
+        (Some(p), true) => match Watcher::new(p, cfg.limits.reload_debounce) {
             Ok(w) => Some(w),
             Err(e) => {
                 warn!(
@@ -185,10 +187,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     );
     let mut control = Control {
         cfg,
-        source: opts
-            .config_path
-            .as_deref()
-            .and_then(|p| std::fs::read(p).ok()),
+        source: opts.config_source.clone(),
         path: opts.config_path.clone(),
         current,
         resolver,
@@ -211,15 +210,22 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     }
 
     let result = rt.block_on(async move {
+        // A change made between the parse and the start of the watch raised no event.
+        if watcher.is_some() {
+            let now = control.path.as_deref().and_then(|p| std::fs::read(p).ok());
+            if now.is_some() && now != control.source {
+                control.reload(Trigger::File).await;
+            }
+        }
         let mut reap = tokio::time::interval(REAP_INTERVAL);
         let mut dog = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         let how = loop {
             tokio::select! {
                 _ = term.recv() => break "SIGTERM",
                 _ = int.recv() => break "SIGINT",
-                _ = hup.recv() => control.reload(Trigger::Signal),
+                _ = hup.recv() => control.reload(Trigger::Signal).await,
                 r = next_change(&mut watcher) => match r {
-                    Ok(()) => control.reload(Trigger::File),
+                    Ok(()) => control.reload(Trigger::File).await,
                     Err(e) => {
                         warn!(
                             event_id = events::INFO,
@@ -236,6 +242,9 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
                         control.notifier.watchdog();
                     }
                 }
+            }
+            if let Some(w) = watcher.as_mut() {
+                w.set_debounce(control.cfg.limits.reload_debounce);
             }
         };
         control.shutdown(how, &mut int).await;
@@ -304,7 +313,11 @@ impl Control {
     }
 
     /// Re-read the file and apply it, or refuse it and keep the old configuration.
-    fn reload(&mut self, trigger: Trigger) {
+    ///
+    /// The file is read with [`watch::read_settled`]: a file still being written is read again
+    /// after `limits.reload_debounce`, and refused when it never holds still. An empty file is
+    /// refused like any invalid one (the defaults are only for `run` without `--config`).
+    async fn reload(&mut self, trigger: Trigger) {
         let Some(path) = self.path.clone() else {
             info!(
                 event_id = events::INFO,
@@ -312,19 +325,29 @@ impl Control {
             );
             return;
         };
-        let bytes = std::fs::read(&path);
+        let (debounce, retries) = (
+            self.cfg.limits.reload_debounce,
+            self.cfg.limits.reload_retries,
+        );
+        let (engine, notifier) = (&self.serving.engine, &self.notifier);
+        let bytes = watch::read_settled(&path, debounce, retries, || {
+            if engine.all_alive() {
+                notifier.watchdog();
+            }
+        })
+        .await;
         if trigger == Trigger::File {
             match &bytes {
                 Ok(b) if self.source.as_deref() == Some(b.as_slice()) => return,
-                // Removed or unreadable for a moment (an editor's save dance): wait for the next
-                // event rather than refusing a file that is about to come back.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                // Removed for a moment (an editor's save dance): wait for the next event rather
+                // than refusing a file that is about to come back.
+                Err(e) if e.not_found() => return,
                 _ => {}
             }
         }
         self.notifier.reloading();
         let outcome = match bytes {
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+            Err(e) => Err(e.to_string()),
             Ok(b) => {
                 let parsed = std::str::from_utf8(&b)
                     .map_err(|e| format!("{}: not UTF-8: {e}", path.display()))
@@ -423,6 +446,17 @@ impl Control {
             engines_retiring = self.retiring.len(),
             "configuration reloaded: the new configuration applies to new connections; open tunnels are untouched"
         );
+        if widens_listen(&self.cfg.listen, &cfg.listen) {
+            warn!(
+                event_id = events::INFO,
+                old_listen = %addr_list(&self.cfg.listen),
+                new_listen = %addr_list(&cfg.listen),
+                listen = %addr_list(&self.serving.bound),
+                path = %path.display(),
+                trigger = trigger.as_str(),
+                "reload widens `listen` beyond loopback: the gateway now accepts clients from other hosts"
+            );
+        }
         if !changes.need_restart.is_empty() {
             warn!(
                 event_id = events::INFO,
@@ -666,6 +700,13 @@ fn keep_ephemeral_ports(
         .collect()
 }
 
+/// `old` listened on loopback addresses only and `new` listens on at least one other address
+/// (a wildcard such as `0.0.0.0` included).
+fn widens_listen(old: &[SocketAddr], new: &[SocketAddr]) -> bool {
+    let local = |a: &SocketAddr| a.ip().to_canonical().is_loopback();
+    old.iter().all(local) && !new.iter().all(local)
+}
+
 fn bind_metrics(a: SocketAddr) -> Result<std::net::TcpListener, String> {
     std::net::TcpListener::bind(a)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -697,6 +738,22 @@ fn addr_list(addrs: &[SocketAddr]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn widening_listen_is_loopback_to_anything_else() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let lo = [a("127.0.0.1:8080"), a("[::1]:8080")];
+        assert!(widens_listen(&lo, &[a("0.0.0.0:8080")]));
+        assert!(widens_listen(
+            &lo,
+            &[a("127.0.0.1:8080"), a("192.0.2.1:8080")]
+        ));
+        assert!(widens_listen(&lo, &[a("[::]:8080")]));
+        assert!(!widens_listen(&lo, &[a("127.0.0.2:9000")]));
+        assert!(!widens_listen(&lo, &[a("[::ffff:127.0.0.1]:9000")]));
+        // Already beyond loopback: not a widening (the change is itemised in event 100 anyway).
+        assert!(!widens_listen(&[a("10.0.0.1:8080")], &[a("0.0.0.0:8080")]));
+    }
 
     #[test]
     fn ephemeral_ports_survive_a_reload() {
