@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv6Addr};
 use std::os::fd::AsFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 
 use crate::engine::sys;
+use crate::policy::HostEntry;
 use crate::resolve::ReplyTo;
 
 /// One user's password hash.
@@ -243,6 +244,37 @@ pub fn challenge(realm: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// `client_auth:`, parsed: Basic proxy authentication of clients. The users file is read and
+/// parsed once, with the rest of the configuration; the run-time [`Auth`] is made from this
+/// table and never reads the file again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientAuthSettings {
+    /// Where the users table was read from (one `name:hash` per line, bcrypt `$2a$`/`$2b$`/`$2y$`
+    /// or argon2 PHC strings).
+    pub users_file: PathBuf,
+    /// The users table as parsed from `users_file`, with its [generation](Users::generation).
+    pub users: Users,
+    /// The `Proxy-Authenticate: Basic realm="..."` value: no `"`, `\` or control characters.
+    pub realm: String,
+    /// Failed logins per client address within `failure_window` before the address is refused
+    /// without checking; at least 1.
+    pub max_failures: u32,
+    /// The window over which failures are counted.
+    pub failure_window: Duration,
+    /// Per-user extra allowlist entries, parsed (same syntax as `allowed_hosts`): `(user,
+    /// entries)` in file order.
+    pub user_hosts: Vec<(String, Vec<HostEntry>)>,
+}
+
+impl ClientAuthSettings {
+    /// The default realm.
+    pub const DEFAULT_REALM: &'static str = "splicegate";
+    /// The default `max_failures`.
+    pub const DEFAULT_MAX_FAILURES: u32 = 5;
+    /// The default `failure_window`.
+    pub const DEFAULT_FAILURE_WINDOW: Duration = Duration::from_secs(60);
+}
+
 /// The users and settings in force, shared by the workers through the settings snapshot.
 #[derive(Debug)]
 pub struct Auth {
@@ -256,6 +288,18 @@ pub struct Auth {
 }
 
 impl Auth {
+    /// The run-time side of `settings`: the parsed table is shared, never read again.
+    /// `failures` is the previous snapshot's table on a reload, a new one at start.
+    pub fn from_settings(settings: &ClientAuthSettings, failures: Arc<Failures>) -> Auth {
+        Auth::new(
+            settings.users.clone(),
+            settings.realm.clone(),
+            settings.max_failures,
+            settings.failure_window,
+            failures,
+        )
+    }
+
     /// `failures` is the previous snapshot's table on a reload, a new one at start.
     pub fn new(
         users: Users,

@@ -19,9 +19,10 @@ use super::raw::{
     Node, RawClientAuth, RawConfig, RawLimits, RawLogging, RawRelay, RawResolver, RawTls,
 };
 use super::{
-    ClientAuthSettings, Config, DataPath, EngineKind, Limits, LoggingSettings, ResolverSettings,
-    TlsSettings, MAX_WORKERS,
+    Config, DataPath, EngineKind, Limits, LoggingSettings, ResolverSettings, TlsSettings,
+    MAX_WORKERS,
 };
+use crate::auth::{ClientAuthSettings, Users};
 use crate::events::limiter::RefusalBudget;
 use crate::policy::{normalize_host, HostEntry, HostPattern};
 use crate::presets::{self, Cloud, Preset, Region, WorkspaceId, MAX_WORKSPACES};
@@ -881,7 +882,37 @@ impl Checker {
         let health_check = self
             .boolean("relay_proxy.health_check", raw.health_check.as_ref())
             .unwrap_or(false);
-        let settings = RelaySettings {
+        let ca_node = raw
+            .ca_file
+            .as_ref()
+            .filter(|f| !matches!(f.value, Node::Null));
+        let tls = match scheme {
+            // Load the trust store now, so a bad ca_file fails the start, not every tunnel.
+            relay::Scheme::Https => match relay::RelayTls::build(&host, ca_file.as_deref()) {
+                Ok(tls) => Some(tls),
+                Err(e) => {
+                    let key = if ca_node.is_some() {
+                        "relay_proxy.ca_file"
+                    } else {
+                        "relay_proxy.address"
+                    };
+                    self.report(key, ca_node.unwrap_or(at), e.to_string());
+                    return None;
+                }
+            },
+            relay::Scheme::Http => {
+                if let Some(f) = ca_node {
+                    self.report(
+                        "relay_proxy.ca_file",
+                        f,
+                        "ca_file only applies to an https:// relay".to_owned(),
+                    );
+                    return None;
+                }
+                None
+            }
+        };
+        Some(RelaySettings {
             scheme,
             host,
             port,
@@ -890,39 +921,8 @@ impl Checker {
             password_file,
             ca_file,
             health_check,
-        };
-        if settings.scheme == relay::Scheme::Https {
-            // Load the trust store now, so a bad ca_file fails the start, not every tunnel.
-            let loaded =
-                relay::client_config(&settings).and_then(|_| relay::server_name(&settings.host));
-            if let Err(e) = loaded {
-                let node = raw
-                    .ca_file
-                    .as_ref()
-                    .filter(|f| !matches!(f.value, Node::Null));
-                let key = if node.is_some() {
-                    "relay_proxy.ca_file"
-                } else {
-                    "relay_proxy.address"
-                };
-                self.report(key, node.unwrap_or(at), e.to_string());
-                return None;
-            }
-        } else if raw
-            .ca_file
-            .as_ref()
-            .is_some_and(|f| !matches!(f.value, Node::Null))
-        {
-            if let Some(f) = raw.ca_file.as_ref() {
-                self.report(
-                    "relay_proxy.ca_file",
-                    f,
-                    "ca_file only applies to an https:// relay".to_owned(),
-                );
-            }
-            return None;
-        }
-        Some(settings)
+            tls,
+        })
     }
 
     /// `client_auth:`; `None` when absent, `null`, or with errors (which are reported).
@@ -931,7 +931,7 @@ impl Checker {
             .ok()
             .filter(|&l| l > 0);
         let raw = &raw.value;
-        let users_file = match raw.users_file.as_ref() {
+        let users = match raw.users_file.as_ref() {
             Some(at) => self.users_file(at),
             None => {
                 self.problems.push(Problem {
@@ -969,8 +969,10 @@ impl Checker {
             None => Some(Vec::new()),
             Some(at) => self.user_hosts(at),
         };
+        let (users_file, users) = users?;
         Some(ClientAuthSettings {
-            users_file: users_file?,
+            users_file,
+            users,
             realm: realm?,
             max_failures: max_failures?,
             failure_window: failure_window?,
@@ -979,9 +981,10 @@ impl Checker {
     }
 
     /// `client_auth.users_file`: a file that exists, can be read now, and parses as a users
-    /// file ([`crate::auth::Users`]): a malformed line or a plain-text password fails the start
-    /// (or the reload) rather than every login.
-    fn users_file(&mut self, at: &Spanned<Node>) -> Option<PathBuf> {
+    /// file: a malformed line or a plain-text password fails the start (or the reload) rather
+    /// than every login. The parsed table is kept: the file is not read again until the next
+    /// reload.
+    fn users_file(&mut self, at: &Spanned<Node>) -> Option<(PathBuf, Users)> {
         const KEY: &str = "client_auth.users_file";
         let text = self.string(KEY, at, EXPECT_USERS_FILE)?;
         if text.is_empty() {
@@ -990,8 +993,8 @@ impl Checker {
         let path = PathBuf::from(text);
         let readable = std::fs::File::open(&path).and_then(|f| f.metadata());
         match readable {
-            Ok(meta) if meta.is_file() => match crate::auth::Users::load(&path) {
-                Ok(_) => Some(path),
+            Ok(meta) if meta.is_file() => match Users::load(&path) {
+                Ok(users) => Some((path, users)),
                 Err(e) => {
                     self.report(KEY, at, e.to_string());
                     None
@@ -1030,14 +1033,14 @@ impl Checker {
     }
 
     /// `client_auth.user_hosts`: user name -> allowlist entries; `null` is an empty mapping.
-    fn user_hosts(&mut self, at: &Spanned<Node>) -> Option<Vec<(String, Vec<String>)>> {
+    fn user_hosts(&mut self, at: &Spanned<Node>) -> Option<Vec<(String, Vec<HostEntry>)>> {
         const KEY: &str = "client_auth.user_hosts";
         let entries: &[(Spanned<Node>, Spanned<Node>)] = match &at.value {
             Node::Map(entries) => entries,
             Node::Null => &[],
             _ => return self.mismatch(KEY, at, EXPECT_USER_HOSTS),
         };
-        let mut out: Vec<(String, Vec<String>)> = Vec::with_capacity(entries.len());
+        let mut out: Vec<(String, Vec<HostEntry>)> = Vec::with_capacity(entries.len());
         let mut ok = true;
         for (name_node, list_node) in entries {
             let name = match &name_node.value {
@@ -1066,7 +1069,7 @@ impl Checker {
                 continue;
             };
             match self.entries(&key, items) {
-                Some(parsed) => out.push((name, parsed.iter().map(ToString::to_string).collect())),
+                Some(parsed) => out.push((name, parsed)),
                 None => ok = false,
             }
         }
