@@ -12,7 +12,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv6Addr};
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -20,9 +19,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-use crate::engine::sys;
+use crate::mailbox::Mailbox;
 use crate::policy::HostEntry;
-use crate::resolve::ReplyTo;
 
 /// One user's password hash.
 #[derive(Clone, PartialEq, Eq)]
@@ -489,8 +487,7 @@ struct Job {
     password: String,
     slot: u32,
     gen: u32,
-    tx: mpsc::Sender<Checked>,
-    wake: ReplyTo,
+    reply: Mailbox<Checked>,
 }
 
 /// Threads that check password hashes for the workers.
@@ -531,17 +528,16 @@ impl Verifier {
                         ok,
                         table: job.auth.generation(),
                     };
-                    if job.tx.send(checked).is_ok() {
-                        sys::eventfd_signal(job.wake.wake.as_fd());
-                    }
+                    job.reply.post(checked);
                 })?;
         }
         Ok(Verifier { tx })
     }
 
-    /// Queue a check; false if the queue is full or the verifier is gone.
+    /// Queue a check; false if the queue is full or the verifier is gone. The answer goes on
+    /// `tx`, and wakes the worker that `wakes` (any of that worker's mailboxes) belongs to.
     #[allow(clippy::too_many_arguments)]
-    pub fn check(
+    pub fn check<W>(
         &self,
         auth: Arc<Auth>,
         user: String,
@@ -549,7 +545,7 @@ impl Verifier {
         slot: u32,
         gen: u32,
         tx: &mpsc::Sender<Checked>,
-        wake: &ReplyTo,
+        wakes: &Mailbox<W>,
     ) -> bool {
         self.tx
             .try_send(Job {
@@ -558,8 +554,7 @@ impl Verifier {
                 password,
                 slot,
                 gen,
-                tx: tx.clone(),
-                wake: wake.clone(),
+                reply: wakes.with_channel(tx.clone()),
             })
             .is_ok()
     }

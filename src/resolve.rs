@@ -7,8 +7,6 @@
 //! worker enforces `resolve_timeout` with its own timer, so a silent DNS server costs one timer.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, OwnedFd};
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +15,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::TokioResolver;
 
-use crate::config::ResolverSettings;
-use crate::engine::sys;
+use crate::mailbox::Mailbox;
 
 /// Why a name did not resolve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,10 +35,24 @@ pub struct Answer {
 }
 
 /// Where a worker wants its answers.
-#[derive(Debug, Clone)]
-pub struct ReplyTo {
-    pub tx: mpsc::Sender<Answer>,
-    pub wake: Arc<OwnedFd>,
+pub type ReplyTo = Mailbox<Answer>;
+
+/// `resolver:`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolverSettings {
+    /// Name servers to query; empty = the system's `/etc/resolv.conf`.
+    pub nameservers: Vec<SocketAddr>,
+    /// Cached answers; 0 disables the cache.
+    pub cache_size: usize,
+}
+
+impl Default for ResolverSettings {
+    fn default() -> ResolverSettings {
+        ResolverSettings {
+            nameservers: Vec::new(),
+            cache_size: 4096,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -84,9 +95,7 @@ impl Resolver {
                         gen: req.gen,
                         result,
                     };
-                    if req.reply.tx.send(answer).is_ok() {
-                        sys::eventfd_signal(req.reply.wake.as_fd());
-                    }
+                    req.reply.post(answer);
                 });
             }
         });

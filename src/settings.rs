@@ -10,9 +10,10 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::auth::{Auth, Failures};
-use crate::config::{Config, DataPath, Limits, TlsSettings};
+use crate::config::{Config, DataPath, Limits};
 use crate::events::limiter::RefusalBudget;
 use crate::policy::Policy;
+use crate::proto::tls::TlsSettings;
 use crate::relay::RelaySettings;
 use rustls_pki_types::ServerName;
 

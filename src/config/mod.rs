@@ -24,7 +24,8 @@ use crate::auth::ClientAuthSettings;
 use crate::events::limiter::RefusalBudget;
 use crate::policy::{HostEntry, PolicySpec};
 use crate::presets::{Cloud, Preset, PresetHost, Region, WorkspaceId};
-use crate::proto::tls::{Tls13Policy, TlsVersion};
+use crate::proto::tls::TlsSettings;
+use crate::resolve::ResolverSettings;
 
 pub use duration::{format_duration, parse_duration, DurationError, MAX_DURATION};
 pub use error::{ConfigError, Problem};
@@ -185,69 +186,11 @@ impl Default for Limits {
     }
 }
 
-/// `resolver:`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ResolverSettings {
-    /// Name servers to query; empty = the system's `/etc/resolv.conf`.
-    pub nameservers: Vec<SocketAddr>,
-    /// Cached answers; 0 disables the cache.
-    pub cache_size: usize,
-}
-
-impl Default for ResolverSettings {
-    fn default() -> ResolverSettings {
-        ResolverSettings {
-            nameservers: Vec::new(),
-            cache_size: 4096,
-        }
-    }
-}
-
 /// `logging:`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LoggingSettings {
     /// The rate limit on refusal events per (client address, reason), per worker.
     pub refusals: RefusalBudget,
-}
-
-/// `tls:`: inspection of the TLS handshake inside each tunnel (see [`crate::proto::tls`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsSettings {
-    /// `false`: plain CONNECT tunnels, no TLS checks at all.
-    pub inspect: bool,
-    /// The oldest TLS version allowed, 1.0 to 1.3; SSL 2.0 and 3.0 are always refused.
-    pub min_version: TlsVersion,
-    /// Refuse a ClientHello without a server name (SNI).
-    pub require_sni: bool,
-    /// Refuse an SNI that differs from the CONNECT host (the domain-fronting guard).
-    pub require_sni_match: bool,
-    /// Time for the client to send its ClientHello (and, when client certificates are checked,
-    /// for the handshake to reach a verdict).
-    pub hello_timeout: Duration,
-    /// Bound on the bytes of the ClientHello, and on those read in each direction while the
-    /// handshake is followed; 1024 to 1 MiB.
-    pub max_hello_bytes: usize,
-    /// Allowed client certificate subjects, in the canonical form of
-    /// [`normalize_subject`](crate::proto::tls::normalize_subject); empty = no check.
-    pub allowed_client_certificates: Vec<String>,
-    /// What to do with a TLS 1.3 session when subjects are checked (its certificate is
-    /// encrypted).
-    pub tls13_client_certificate: Tls13Policy,
-}
-
-impl Default for TlsSettings {
-    fn default() -> TlsSettings {
-        TlsSettings {
-            inspect: true,
-            min_version: TlsVersion::Tls12,
-            require_sni: true,
-            require_sni_match: true,
-            hello_timeout: Duration::from_secs(10),
-            max_hello_bytes: 64 * 1024,
-            allowed_client_certificates: Vec::new(),
-            tls13_client_certificate: Tls13Policy::Deny,
-        }
-    }
 }
 
 impl Default for Config {
@@ -601,6 +544,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::tls::{Tls13Policy, TlsVersion};
     use std::path::PathBuf;
 
     fn ok(yaml: &str) -> Config {

@@ -18,16 +18,14 @@ use super::error::Problem;
 use super::raw::{
     Node, RawClientAuth, RawConfig, RawLimits, RawLogging, RawRelay, RawResolver, RawTls,
 };
-use super::{
-    Config, DataPath, EngineKind, Limits, LoggingSettings, ResolverSettings, TlsSettings,
-    MAX_WORKERS,
-};
+use super::{Config, DataPath, EngineKind, Limits, LoggingSettings, MAX_WORKERS};
 use crate::auth::{ClientAuthSettings, Users};
 use crate::events::limiter::RefusalBudget;
 use crate::policy::{normalize_host, HostEntry, HostPattern};
 use crate::presets::{self, Cloud, Preset, Region, WorkspaceId, MAX_WORKSPACES};
-use crate::proto::tls::{normalize_subject, Tls13Policy, TlsVersion};
+use crate::proto::tls::{normalize_subject, Tls13Policy, TlsSettings, TlsVersion};
 use crate::relay::{self, RelaySettings};
+use crate::resolve::ResolverSettings;
 use std::path::PathBuf;
 
 const EXPECT_LISTEN: &str = "a list of socket addresses such as \"0.0.0.0:8080\"";

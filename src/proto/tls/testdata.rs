@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::config::TlsSettings;
+use super::TlsSettings;
 use crate::proto::connect::Host;
 
 use super::{Inspector, Verdict};
