@@ -26,6 +26,15 @@ pub enum ResolveError {
     Failed,
 }
 
+/// Why the resolver could not be built; lookups then fail with [`ResolveError::Failed`].
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("reading the system DNS configuration: {0}")]
+    SystemConfig(#[source] NetError),
+    #[error("building the resolver: {0}")]
+    Build(#[source] NetError),
+}
+
 /// An answer for the worker's connection `(slot, gen)`.
 #[derive(Debug)]
 pub struct Answer {
@@ -77,11 +86,12 @@ impl Resolver {
         settings: &ResolverSettings,
         timeout: Duration,
         rt: &tokio::runtime::Handle,
-    ) -> (Resolver, Option<String>) {
+    ) -> (Resolver, Option<SetupError>) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Request>();
-        let built = build(settings, timeout);
-        let warning = built.as_ref().err().cloned();
-        let resolver = built.ok().map(Arc::new);
+        let (resolver, warning) = match build(settings, timeout) {
+            Ok(r) => (Some(Arc::new(r)), None),
+            Err(e) => (None, Some(e)),
+        };
         rt.spawn(async move {
             while let Some(req) = rx.recv().await {
                 let resolver = resolver.clone();
@@ -115,10 +125,9 @@ impl Resolver {
     }
 }
 
-fn build(settings: &ResolverSettings, timeout: Duration) -> Result<TokioResolver, String> {
+fn build(settings: &ResolverSettings, timeout: Duration) -> Result<TokioResolver, SetupError> {
     let mut builder = if settings.nameservers.is_empty() {
-        TokioResolver::builder_tokio()
-            .map_err(|e| format!("reading the system DNS configuration: {e}"))?
+        TokioResolver::builder_tokio().map_err(SetupError::SystemConfig)?
     } else {
         let servers = settings.nameservers.iter().map(name_server).collect();
         TokioResolver::builder_with_config(
@@ -133,9 +142,7 @@ fn build(settings: &ResolverSettings, timeout: Duration) -> Result<TokioResolver
     opts.use_hosts_file = ResolveHosts::Always;
     // Names come from CONNECT requests and are absolute: never append search domains.
     opts.ndots = 0;
-    builder
-        .build()
-        .map_err(|e| format!("building the resolver: {e}"))
+    builder.build().map_err(SetupError::Build)
 }
 
 fn name_server(addr: &SocketAddr) -> NameServerConfig {

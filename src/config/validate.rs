@@ -441,9 +441,8 @@ impl Checker {
     fn presets(&mut self, at: Option<&Spanned<Node>>) -> Option<Vec<Preset>> {
         let at = at?;
         let items = self.list("presets", at, EXPECT_PRESETS, true)?;
-        self.distinct_strings("presets", items, EXPECT_PRESET, |text| {
-            Preset::parse(text)
-                .ok_or_else(|| format!("unknown preset {text:?}; expected {EXPECT_PRESET}"))
+        self.distinct_strings("presets", items, EXPECT_PRESET, Preset::parse, |text| {
+            format!("unknown preset {text:?}; expected {EXPECT_PRESET}")
         })
     }
 
@@ -463,31 +462,34 @@ impl Checker {
             );
             return None;
         }
-        self.distinct_strings("workspaces", items, EXPECT_WORKSPACE, |text| {
-            WorkspaceId::parse(text).ok_or_else(|| {
-                format!("{text:?} is not a workspace ID; expected {EXPECT_WORKSPACE}")
-            })
-        })
+        self.distinct_strings(
+            "workspaces",
+            items,
+            EXPECT_WORKSPACE,
+            WorkspaceId::parse,
+            |text| format!("{text:?} is not a workspace ID; expected {EXPECT_WORKSPACE}"),
+        )
     }
 
     /// `regions:`: Azure region names.
     fn regions(&mut self, at: Option<&Spanned<Node>>) -> Option<Vec<Region>> {
         let at = at?;
         let items = self.list("regions", at, EXPECT_REGIONS, true)?;
-        self.distinct_strings("regions", items, EXPECT_REGION, |text| {
-            Region::parse(text)
-                .ok_or_else(|| format!("{text:?} is not a region name; expected {EXPECT_REGION}"))
+        self.distinct_strings("regions", items, EXPECT_REGION, Region::parse, |text| {
+            format!("{text:?} is not a region name; expected {EXPECT_REGION}")
         })
     }
 
-    /// A list of strings each parsed by `parse` (its error is the message), duplicates dropped;
-    /// every bad item is reported as `key[i]` with its line. `None` if any item was bad.
+    /// A list of strings each parsed by `parse`, duplicates dropped; every item `parse` refuses
+    /// is reported as `key[i]` with its line and the message `refused` gives for it. `None` if
+    /// any item was bad.
     fn distinct_strings<T: PartialEq>(
         &mut self,
         key: &str,
         items: &[Spanned<Node>],
         expected: &str,
-        parse: impl Fn(&str) -> Result<T, String>,
+        parse: impl Fn(&str) -> Option<T>,
+        refused: impl Fn(&str) -> String,
     ) -> Option<Vec<T>> {
         let mut out = Vec::new();
         let mut ok = true;
@@ -498,10 +500,11 @@ impl Checker {
                 continue;
             };
             match parse(text) {
-                Ok(v) if !out.contains(&v) => out.push(v),
-                Ok(_) => {}
-                Err(message) => {
+                Some(v) if !out.contains(&v) => out.push(v),
+                Some(_) => {}
+                None => {
                     ok = false;
+                    let message = refused(text);
                     self.report(&item_key, item, message);
                 }
             }
