@@ -45,11 +45,11 @@ impl Settings {
     /// The snapshot that replaces `previous` on a reload: the failed-login counts carry over,
     /// so a reload does not lift a lockout.
     pub fn after(cfg: &Config, previous: &Settings) -> Settings {
-        let failures = previous
-            .auth
-            .as_ref()
-            .map(|a| Arc::clone(&a.failures))
-            .unwrap_or_default();
+        let failures = match &previous.auth {
+            Some(a) => Arc::clone(&a.failures),
+            // Authentication is newly switched on: nobody has failed a login yet.
+            None => Arc::default(),
+        };
         Settings::build(cfg, failures)
     }
 

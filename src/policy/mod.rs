@@ -70,14 +70,8 @@ pub struct Policy {
 impl Policy {
     /// Builds the policy; cannot fail, since every part of `spec` is already parsed.
     pub fn new(spec: &PolicySpec<'_>) -> Policy {
-        let overrides = spec
-            .hosts
-            .iter()
-            .map(|(name, addrs)| {
-                let key = normalize_host(name).unwrap_or_else(|| name.clone());
-                (key, addrs.clone())
-            })
-            .collect();
+        // The names are normalised by the parse that made the spec.
+        let overrides = spec.hosts.iter().cloned().collect();
         let guard = Guard {
             allow_private: spec.allow_private_destinations,
             exempt: Networks::new(spec.allowed_destination_networks),
