@@ -7,8 +7,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use splicegate::config::TlsSettings;
 use splicegate::proto::connect::Host;
+use splicegate::proto::tls::TlsSettings;
 use splicegate::proto::tls::{normalize_subject, Inspector, Verdict};
 
 const HELLO_DEFAULT: &[u8] = include_bytes!("../tests/fixtures/tls/hello_default.bin");

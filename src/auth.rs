@@ -12,16 +12,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv6Addr};
-use std::os::fd::AsFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-use crate::engine::sys;
-use crate::resolve::ReplyTo;
+use crate::mailbox::Mailbox;
+use crate::policy::HostEntry;
 
 /// One user's password hash.
 #[derive(Clone, PartialEq, Eq)]
@@ -80,58 +79,91 @@ impl Eq for Users {}
 pub enum UsersError {
     #[error("cannot read {0}: {1}")]
     Read(String, String),
-    #[error("{file} line {line}: {what}")]
+    #[error("{file} line {line}: {problem}")]
     Line {
         file: String,
         line: usize,
-        what: String,
+        problem: LineProblem,
     },
 }
+
+/// A users file's text was refused at `line` (1-based).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("line {line}: {problem}")]
+pub struct ParseError {
+    pub line: usize,
+    pub problem: LineProblem,
+}
+
+/// What is wrong with one line of a users file.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum LineProblem {
+    #[error("expected `name:hash`")]
+    NotNameHash,
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("user {0}: malformed argon2 hash")]
+    BadArgon2(String),
+    #[error(
+        "user {0}: expected a bcrypt ($2b$...) or argon2 ($argon2id$...) hash, never a plain password"
+    )]
+    NotAHash(String),
+    #[error("user {0} appears twice")]
+    Twice(String),
+}
+
+/// A user name that is empty, too long, or not visible ASCII without ':'.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("user name {0:?}: expected 1 to 64 visible ASCII characters without ':'")]
+pub struct NameError(pub String);
+
+/// A password could not be hashed (`splicegate user add`).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct HashError(#[from] argon2::password_hash::Error);
 
 impl Users {
     pub fn load(path: &Path) -> Result<Users, UsersError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|e| UsersError::Read(shown.clone(), e.to_string()))?;
-        Users::parse(&text).map_err(|(line, what)| UsersError::Line {
+        Users::parse(&text).map_err(|e| UsersError::Line {
             file: shown,
-            line,
-            what,
+            line: e.line,
+            problem: e.problem,
         })
     }
 
     /// Parse the file's text; errors carry the 1-based line.
-    pub fn parse(text: &str) -> Result<Users, (usize, String)> {
+    pub fn parse(text: &str) -> Result<Users, ParseError> {
         let mut hashes = HashMap::new();
         for (i, raw) in text.lines().enumerate() {
+            let at = |problem: LineProblem| ParseError {
+                line: i + 1,
+                problem,
+            };
             let line = raw.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
             let Some((name, hash)) = line.split_once(':') else {
-                return Err((i + 1, "expected `name:hash`".into()));
+                return Err(at(LineProblem::NotNameHash));
             };
-            if let Err(e) = check_name(name) {
-                return Err((i + 1, e));
-            }
-            let hash = if hash.starts_with("$2a$")
-                || hash.starts_with("$2b$")
-                || hash.starts_with("$2y$")
-            {
-                Hash::Bcrypt(hash.to_owned())
-            } else if hash.starts_with("$argon2") {
-                if argon2::PasswordHash::new(hash).is_err() {
-                    return Err((i + 1, format!("user {name}: malformed argon2 hash")));
-                }
-                Hash::Argon2(hash.to_owned())
-            } else {
-                return Err((
-                    i + 1,
-                    format!("user {name}: expected a bcrypt ($2b$...) or argon2 ($argon2id$...) hash, never a plain password"),
-                ));
-            };
+            check_name(name).map_err(|e| at(e.into()))?;
+            let hash =
+                if hash.starts_with("$2a$") || hash.starts_with("$2b$") || hash.starts_with("$2y$")
+                {
+                    Hash::Bcrypt(hash.to_owned())
+                } else if hash.starts_with("$argon2") {
+                    if argon2::PasswordHash::new(hash).is_err() {
+                        return Err(at(LineProblem::BadArgon2(name.to_owned())));
+                    }
+                    Hash::Argon2(hash.to_owned())
+                } else {
+                    return Err(at(LineProblem::NotAHash(name.to_owned())));
+                };
             if hashes.insert(name.to_owned(), hash).is_some() {
-                return Err((i + 1, format!("user {name} appears twice")));
+                return Err(at(LineProblem::Twice(name.to_owned())));
             }
         }
         Ok(Users {
@@ -195,26 +227,23 @@ static DUMMY_BCRYPT: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| bcrypt::hash("splicegate", 10).unwrap_or_default());
 
 /// User names: 1 to 64 printable ASCII characters, no ':' or whitespace.
-pub fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<(), NameError> {
     if name.is_empty()
         || name.len() > 64
         || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
     {
-        return Err(format!(
-            "user name {name:?}: expected 1 to 64 visible ASCII characters without ':'"
-        ));
+        return Err(NameError(name.to_owned()));
     }
     Ok(())
 }
 
 /// Hash a new password with argon2id (for `splicegate user add`).
-pub fn hash_password(password: &str) -> Result<String, String> {
+pub fn hash_password(password: &str) -> Result<String, HashError> {
     use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
     let salt = SaltString::generate(&mut OsRng);
-    argon2::Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
+    Ok(argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)?
+        .to_string())
 }
 
 /// `Proxy-Authorization: Basic <base64(user:password)>` -> `(user, password)`.
@@ -243,6 +272,37 @@ pub fn challenge(realm: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// `client_auth:`, parsed: Basic proxy authentication of clients. The users file is read and
+/// parsed once, with the rest of the configuration; the run-time [`Auth`] is made from this
+/// table and never reads the file again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientAuthSettings {
+    /// Where the users table was read from (one `name:hash` per line, bcrypt `$2a$`/`$2b$`/`$2y$`
+    /// or argon2 PHC strings).
+    pub users_file: PathBuf,
+    /// The users table as parsed from `users_file`, with its [generation](Users::generation).
+    pub users: Users,
+    /// The `Proxy-Authenticate: Basic realm="..."` value: no `"`, `\` or control characters.
+    pub realm: String,
+    /// Failed logins per client address within `failure_window` before the address is refused
+    /// without checking; at least 1.
+    pub max_failures: u32,
+    /// The window over which failures are counted.
+    pub failure_window: Duration,
+    /// Per-user extra allowlist entries, parsed (same syntax as `allowed_hosts`): `(user,
+    /// entries)` in file order.
+    pub user_hosts: Vec<(String, Vec<HostEntry>)>,
+}
+
+impl ClientAuthSettings {
+    /// The default realm.
+    pub const DEFAULT_REALM: &'static str = "splicegate";
+    /// The default `max_failures`.
+    pub const DEFAULT_MAX_FAILURES: u32 = 5;
+    /// The default `failure_window`.
+    pub const DEFAULT_FAILURE_WINDOW: Duration = Duration::from_secs(60);
+}
+
 /// The users and settings in force, shared by the workers through the settings snapshot.
 #[derive(Debug)]
 pub struct Auth {
@@ -256,6 +316,18 @@ pub struct Auth {
 }
 
 impl Auth {
+    /// The run-time side of `settings`: the parsed table is shared, never read again.
+    /// `failures` is the previous snapshot's table on a reload, a new one at start.
+    pub fn from_settings(settings: &ClientAuthSettings, failures: Arc<Failures>) -> Auth {
+        Auth::new(
+            settings.users.clone(),
+            settings.realm.clone(),
+            settings.max_failures,
+            settings.failure_window,
+            failures,
+        )
+    }
+
     /// `failures` is the previous snapshot's table on a reload, a new one at start.
     pub fn new(
         users: Users,
@@ -445,8 +517,7 @@ struct Job {
     password: String,
     slot: u32,
     gen: u32,
-    tx: mpsc::Sender<Checked>,
-    wake: ReplyTo,
+    reply: Mailbox<Checked>,
 }
 
 /// Threads that check password hashes for the workers.
@@ -487,17 +558,16 @@ impl Verifier {
                         ok,
                         table: job.auth.generation(),
                     };
-                    if job.tx.send(checked).is_ok() {
-                        sys::eventfd_signal(job.wake.wake.as_fd());
-                    }
+                    job.reply.post(checked);
                 })?;
         }
         Ok(Verifier { tx })
     }
 
-    /// Queue a check; false if the queue is full or the verifier is gone.
+    /// Queue a check; false if the queue is full or the verifier is gone. The answer goes on
+    /// `tx`, and wakes the worker that `wakes` (any of that worker's mailboxes) belongs to.
     #[allow(clippy::too_many_arguments)]
-    pub fn check(
+    pub fn check<W>(
         &self,
         auth: Arc<Auth>,
         user: String,
@@ -505,7 +575,7 @@ impl Verifier {
         slot: u32,
         gen: u32,
         tx: &mpsc::Sender<Checked>,
-        wake: &ReplyTo,
+        wakes: &Mailbox<W>,
     ) -> bool {
         self.tx
             .try_send(Job {
@@ -514,8 +584,7 @@ impl Verifier {
                 password,
                 slot,
                 gen,
-                tx: tx.clone(),
-                wake: wake.clone(),
+                reply: wakes.with_channel(tx.clone()),
             })
             .is_ok()
     }
@@ -545,17 +614,24 @@ mod tests {
 
     #[test]
     fn users_file_errors_name_the_line() {
-        assert_eq!(Users::parse("alice\n").unwrap_err().0, 1);
+        assert_eq!(
+            Users::parse("alice\n").unwrap_err(),
+            ParseError {
+                line: 1,
+                problem: LineProblem::NotNameHash
+            }
+        );
         assert!(Users::parse("alice:plaintext\n")
             .unwrap_err()
-            .1
+            .to_string()
             .contains("never a plain password"));
-        assert_eq!(Users::parse("\n\nbad name:$2b$04$x\n").unwrap_err().0, 3);
+        let bad_name = Users::parse("\n\nbad name:$2b$04$x\n").unwrap_err();
+        assert_eq!(bad_name.line, 3);
+        assert!(matches!(bad_name.problem, LineProblem::Name(_)));
         let h = bcrypt::hash("x", 4).unwrap();
-        assert!(Users::parse(&format!("a:{h}\na:{h}\n"))
-            .unwrap_err()
-            .1
-            .contains("twice"));
+        let twice = Users::parse(&format!("a:{h}\na:{h}\n")).unwrap_err();
+        assert_eq!(twice.problem, LineProblem::Twice("a".to_owned()));
+        assert_eq!(twice.to_string(), "line 2: user a appears twice");
         assert!(Users::parse("a:$argon2id$v=19$m=19456,t=2,p=1$!!!$###\n").is_err());
     }
 

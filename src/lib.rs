@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`config`]: YAML -> raw serde structs -> a validated [`config::Config`]. `check-config` and
 //!   `run` go through the same parser; every error names the key, the line and what was expected.
+//!   Files the configuration names (users table, relay CA and password) are read and parsed here,
+//!   once per load; the settings types belong to the modules that use them.
 //! - [`policy`]: the allowlist (exact names and `*.` wildcards, each with its own ports or the
 //!   global ones; per-user extras), client networks, static host overrides and
 //!   the private-destination guard, bundled as an immutable [`policy::Policy`] snapshot.
@@ -13,6 +15,8 @@
 //! - [`auth`]: client proxy authentication: the users file, Basic credentials, the verifier
 //!   threads that check password hashes off the workers.
 //! - [`resolve`]: the asynchronous, caching resolver that runs off the workers.
+//! - [`mailbox`]: a worker's channel plus its eventfd wake-up, through which the resolver and
+//!   the auth verifier answer the workers.
 //! - [`engine`]: one worker thread per core, each with its own driver (io_uring or epoll),
 //!   listeners, connection table, timers, and the splice data path with its pipe pool.
 //! - [`control`]: everything off the data path: signals, drain, live reload (SIGHUP and inotify),
@@ -27,6 +31,9 @@
 //!   bound on peer-supplied strings in events and the rate limit on refusal events.
 //!
 //! # Invariants
+//! - Layers point one way (see `docs/architecture.md`, "Layers"; `tests/layering.rs` fails on
+//!   an import cycle between top-level modules): `config` builds the settings that `policy`,
+//!   `proto`, `relay`, `auth` and `resolve` own, and none of them imports `config`.
 //! - Workers share nothing mutable on the per-connection path: each owns its connections, its
 //!   ring, its pipe pool and its metric shard; the policy is an immutable snapshot behind `ArcSwap`.
 //! - A refusal never contacts the upstream and always closes the client connection.
@@ -40,6 +47,7 @@ pub mod config;
 pub mod control;
 pub mod engine;
 pub mod events;
+pub mod mailbox;
 pub mod metrics;
 pub mod policy;
 pub mod presets;

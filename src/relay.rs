@@ -89,7 +89,38 @@ pub struct RelaySettings {
     pub ca_file: Option<PathBuf>,
     /// `/readyz` also checks that the relay accepts TCP connections.
     pub health_check: bool,
+    /// For an `https://` relay (and only then): the TLS client side, built once when the
+    /// configuration is parsed, so a bad `ca_file` fails the start or the reload, never a tunnel.
+    pub tls: Option<RelayTls>,
 }
+
+/// The TLS client configuration for an `https://` relay and the name its certificate must
+/// carry; made by [`RelayTls::build`] while the configuration is parsed.
+#[derive(Debug, Clone)]
+pub struct RelayTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub server_name: ServerName<'static>,
+}
+
+impl RelayTls {
+    /// The system's trust store plus the certificates in `ca_file`, for the relay at `host`.
+    pub fn build(host: &RelayHost, ca_file: Option<&Path>) -> Result<RelayTls, RelayError> {
+        Ok(RelayTls {
+            config: client_config(ca_file)?,
+            server_name: server_name(host)?,
+        })
+    }
+}
+
+/// Equal when they verify the same name: the client configuration is derived from `ca_file`,
+/// which [`RelaySettings`] compares itself (a rustls configuration has no equality).
+impl PartialEq for RelayTls {
+    fn eq(&self, other: &RelayTls) -> bool {
+        self.server_name == other.server_name
+    }
+}
+
+impl Eq for RelayTls {}
 
 impl RelaySettings {
     /// `http://host:port` as configured, without credentials.
@@ -224,12 +255,12 @@ pub fn read_password(path: &Path) -> Result<Secret, RelayError> {
 
 /// The TLS client configuration for an `https://` relay: the system's trust store plus the
 /// certificates in `ca_file`.
-pub fn client_config(settings: &RelaySettings) -> Result<Arc<rustls::ClientConfig>, RelayError> {
+fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, RelayError> {
     let mut roots = rustls::RootCertStore::empty();
     // Unreadable system roots are not fatal when a ca_file names the relay's issuer.
     let native = rustls_native_certs::load_native_certs();
     let _ = roots.add_parsable_certificates(native.certs);
-    if let Some(path) = &settings.ca_file {
+    if let Some(path) = ca_file {
         let shown = path.display().to_string();
         let certs = CertificateDer::pem_file_iter(path)
             .map_err(|e| RelayError::CaFile(shown.clone(), e.to_string()))?
@@ -259,7 +290,7 @@ pub fn client_config(settings: &RelaySettings) -> Result<Arc<rustls::ClientConfi
 }
 
 /// The name the relay's certificate must carry.
-pub fn server_name(host: &RelayHost) -> Result<ServerName<'static>, RelayError> {
+fn server_name(host: &RelayHost) -> Result<ServerName<'static>, RelayError> {
     match host {
         RelayHost::Ip(ip) => Ok(ServerName::IpAddress((*ip).into())),
         RelayHost::Name(n) => {
@@ -359,6 +390,7 @@ mod tests {
             password_file: None,
             ca_file: None,
             health_check: false,
+            tls: None,
         };
         let t = Authority {
             host: Host::Name("ws1.ods.opinsights.azure.com".into()),

@@ -7,8 +7,6 @@
 //! worker enforces `resolve_timeout` with its own timer, so a silent DNS server costs one timer.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, OwnedFd};
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +15,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::TokioResolver;
 
-use crate::config::ResolverSettings;
-use crate::engine::sys;
+use crate::mailbox::Mailbox;
 
 /// Why a name did not resolve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +24,15 @@ pub enum ResolveError {
     NotFound,
     /// The resolver failed (no usable name server, network error, SERVFAIL...).
     Failed,
+}
+
+/// Why the resolver could not be built; lookups then fail with [`ResolveError::Failed`].
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("reading the system DNS configuration: {0}")]
+    SystemConfig(#[source] NetError),
+    #[error("building the resolver: {0}")]
+    Build(#[source] NetError),
 }
 
 /// An answer for the worker's connection `(slot, gen)`.
@@ -38,10 +44,24 @@ pub struct Answer {
 }
 
 /// Where a worker wants its answers.
-#[derive(Debug, Clone)]
-pub struct ReplyTo {
-    pub tx: mpsc::Sender<Answer>,
-    pub wake: Arc<OwnedFd>,
+pub type ReplyTo = Mailbox<Answer>;
+
+/// `resolver:`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolverSettings {
+    /// Name servers to query; empty = the system's `/etc/resolv.conf`.
+    pub nameservers: Vec<SocketAddr>,
+    /// Cached answers; 0 disables the cache.
+    pub cache_size: usize,
+}
+
+impl Default for ResolverSettings {
+    fn default() -> ResolverSettings {
+        ResolverSettings {
+            nameservers: Vec::new(),
+            cache_size: 4096,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -66,11 +86,12 @@ impl Resolver {
         settings: &ResolverSettings,
         timeout: Duration,
         rt: &tokio::runtime::Handle,
-    ) -> (Resolver, Option<String>) {
+    ) -> (Resolver, Option<SetupError>) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Request>();
-        let built = build(settings, timeout);
-        let warning = built.as_ref().err().cloned();
-        let resolver = built.ok().map(Arc::new);
+        let (resolver, warning) = match build(settings, timeout) {
+            Ok(r) => (Some(Arc::new(r)), None),
+            Err(e) => (None, Some(e)),
+        };
         rt.spawn(async move {
             while let Some(req) = rx.recv().await {
                 let resolver = resolver.clone();
@@ -84,9 +105,7 @@ impl Resolver {
                         gen: req.gen,
                         result,
                     };
-                    if req.reply.tx.send(answer).is_ok() {
-                        sys::eventfd_signal(req.reply.wake.as_fd());
-                    }
+                    req.reply.post(answer);
                 });
             }
         });
@@ -106,10 +125,9 @@ impl Resolver {
     }
 }
 
-fn build(settings: &ResolverSettings, timeout: Duration) -> Result<TokioResolver, String> {
+fn build(settings: &ResolverSettings, timeout: Duration) -> Result<TokioResolver, SetupError> {
     let mut builder = if settings.nameservers.is_empty() {
-        TokioResolver::builder_tokio()
-            .map_err(|e| format!("reading the system DNS configuration: {e}"))?
+        TokioResolver::builder_tokio().map_err(SetupError::SystemConfig)?
     } else {
         let servers = settings.nameservers.iter().map(name_server).collect();
         TokioResolver::builder_with_config(
@@ -124,9 +142,7 @@ fn build(settings: &ResolverSettings, timeout: Duration) -> Result<TokioResolver
     opts.use_hosts_file = ResolveHosts::Always;
     // Names come from CONNECT requests and are absolute: never append search domains.
     opts.ndots = 0;
-    builder
-        .build()
-        .map_err(|e| format!("building the resolver: {e}"))
+    builder.build().map_err(SetupError::Build)
 }
 
 fn name_server(addr: &SocketAddr) -> NameServerConfig {

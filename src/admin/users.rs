@@ -42,8 +42,13 @@ pub fn run(cmd: UserCommand, users_file: &Path, pid_file: &Path, json: bool) -> 
     };
     let users = match Users::parse(&text) {
         Ok(u) => u,
-        Err((line, what)) => {
-            eprintln!("splicegate: {} line {line}: {what}", users_file.display());
+        Err(e) => {
+            eprintln!(
+                "splicegate: {} line {}: {}",
+                users_file.display(),
+                e.line,
+                e.problem
+            );
             return 2;
         }
     };
@@ -110,8 +115,8 @@ fn finish(
     name: &str,
 ) -> u8 {
     // Never write a file the gateway would refuse.
-    if let Err((line, e)) = Users::parse(text) {
-        eprintln!("splicegate: the result would be invalid (line {line}: {e}); nothing written");
+    if let Err(e) = Users::parse(text) {
+        eprintln!("splicegate: the result would be invalid ({e}); nothing written");
         return 2;
     }
     if let Err(e) = write_atomic(users_file, text) {
@@ -159,15 +164,27 @@ fn set_line(text: &str, name: &str, line: Option<&str>) -> String {
     out
 }
 
+/// Why no password was read for `user add`.
+#[derive(Debug, thiserror::Error)]
+enum PasswordInputError {
+    #[error("cannot read the password: {0}")]
+    Terminal(#[source] std::io::Error),
+    #[error("the passwords differ")]
+    Differ,
+    #[error("cannot read the password from stdin: {0}")]
+    Stdin(#[source] std::io::Error),
+    #[error("empty password")]
+    Empty,
+}
+
 /// From the terminal without echo (twice), or the first line of a non-terminal stdin.
-fn read_password(name: &str) -> Result<String, String> {
+fn read_password(name: &str) -> Result<String, PasswordInputError> {
     let password = if std::io::stdin().is_terminal() {
         let first = rpassword::prompt_password(format!("Password for {name}: "))
-            .map_err(|e| format!("cannot read the password: {e}"))?;
-        let again = rpassword::prompt_password("Again: ")
-            .map_err(|e| format!("cannot read the password: {e}"))?;
+            .map_err(PasswordInputError::Terminal)?;
+        let again = rpassword::prompt_password("Again: ").map_err(PasswordInputError::Terminal)?;
         if first != again {
-            return Err("the passwords differ".into());
+            return Err(PasswordInputError::Differ);
         }
         first
     } else {
@@ -175,11 +192,11 @@ fn read_password(name: &str) -> Result<String, String> {
         std::io::stdin()
             .lock()
             .read_line(&mut line)
-            .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+            .map_err(PasswordInputError::Stdin)?;
         line.trim_end_matches(['\r', '\n']).to_owned()
     };
     if password.is_empty() {
-        return Err("empty password".into());
+        return Err(PasswordInputError::Empty);
     }
     Ok(password)
 }

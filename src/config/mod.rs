@@ -17,13 +17,15 @@ mod validate;
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use crate::auth::ClientAuthSettings;
 use crate::events::limiter::RefusalBudget;
-use crate::policy::HostEntry;
+use crate::policy::{HostEntry, PolicySpec};
 use crate::presets::{Cloud, Preset, PresetHost, Region, WorkspaceId};
-use crate::proto::tls::{Tls13Policy, TlsVersion};
+use crate::proto::tls::TlsSettings;
+use crate::resolve::ResolverSettings;
 
 pub use duration::{format_duration, parse_duration, DurationError, MAX_DURATION};
 pub use error::{ConfigError, Problem};
@@ -88,7 +90,7 @@ pub struct Config {
     pub allowed_destination_networks: Vec<ipnet::IpNet>,
     /// Networks clients may connect from; empty = any client.
     pub allowed_client_networks: Vec<ipnet::IpNet>,
-    /// Client (proxy) authentication; `None` = none.
+    /// Client (proxy) authentication, with its users table already parsed; `None` = none.
     pub client_auth: Option<ClientAuthSettings>,
     pub limits: Limits,
     pub resolver: ResolverSettings,
@@ -106,34 +108,6 @@ pub struct Config {
     pub regions: Vec<Region>,
     /// The presets expanded, each with its origin; also appended to `allowed_hosts`.
     pub preset_hosts: Vec<PresetHost>,
-}
-
-/// `client_auth:`: Basic proxy authentication of clients. The users file's content is read by
-/// [`crate::auth`]; validation only proves it exists and is readable.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientAuthSettings {
-    /// One `name:hash` per line (bcrypt `$2a$`/`$2b$`/`$2y$` or argon2 PHC strings).
-    pub users_file: PathBuf,
-    /// The `Proxy-Authenticate: Basic realm="..."` value: no `"`, `\` or control characters.
-    pub realm: String,
-    /// Failed logins per client address within `failure_window` before the address is refused
-    /// without checking; at least 1.
-    pub max_failures: u32,
-    /// The window over which failures are counted.
-    pub failure_window: Duration,
-    /// Per-user extra allowlist entries, as written (same syntax as `allowed_hosts`, already
-    /// proven to parse): `(user, entries)` in file order. [`crate::policy::Policy::new`]
-    /// parses them.
-    pub user_hosts: Vec<(String, Vec<String>)>,
-}
-
-impl ClientAuthSettings {
-    /// The default realm.
-    pub const DEFAULT_REALM: &'static str = "splicegate";
-    /// The default `max_failures`.
-    pub const DEFAULT_MAX_FAILURES: u32 = 5;
-    /// The default `failure_window`.
-    pub const DEFAULT_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 }
 
 /// `engine:`: the I/O driver.
@@ -227,69 +201,11 @@ impl Default for Limits {
     }
 }
 
-/// `resolver:`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ResolverSettings {
-    /// Name servers to query; empty = the system's `/etc/resolv.conf`.
-    pub nameservers: Vec<SocketAddr>,
-    /// Cached answers; 0 disables the cache.
-    pub cache_size: usize,
-}
-
-impl Default for ResolverSettings {
-    fn default() -> ResolverSettings {
-        ResolverSettings {
-            nameservers: Vec::new(),
-            cache_size: 4096,
-        }
-    }
-}
-
 /// `logging:`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LoggingSettings {
     /// The rate limit on refusal events per (client address, reason), per worker.
     pub refusals: RefusalBudget,
-}
-
-/// `tls:`: inspection of the TLS handshake inside each tunnel (see [`crate::proto::tls`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsSettings {
-    /// `false`: plain CONNECT tunnels, no TLS checks at all.
-    pub inspect: bool,
-    /// The oldest TLS version allowed, 1.0 to 1.3; SSL 2.0 and 3.0 are always refused.
-    pub min_version: TlsVersion,
-    /// Refuse a ClientHello without a server name (SNI).
-    pub require_sni: bool,
-    /// Refuse an SNI that differs from the CONNECT host (the domain-fronting guard).
-    pub require_sni_match: bool,
-    /// Time for the client to send its ClientHello (and, when client certificates are checked,
-    /// for the handshake to reach a verdict).
-    pub hello_timeout: Duration,
-    /// Bound on the bytes of the ClientHello, and on those read in each direction while the
-    /// handshake is followed; 1024 to 1 MiB.
-    pub max_hello_bytes: usize,
-    /// Allowed client certificate subjects, in the canonical form of
-    /// [`normalize_subject`](crate::proto::tls::normalize_subject); empty = no check.
-    pub allowed_client_certificates: Vec<String>,
-    /// What to do with a TLS 1.3 session when subjects are checked (its certificate is
-    /// encrypted).
-    pub tls13_client_certificate: Tls13Policy,
-}
-
-impl Default for TlsSettings {
-    fn default() -> TlsSettings {
-        TlsSettings {
-            inspect: true,
-            min_version: TlsVersion::Tls12,
-            require_sni: true,
-            require_sni_match: true,
-            hello_timeout: Duration::from_secs(10),
-            max_hello_bytes: 64 * 1024,
-            allowed_client_certificates: Vec::new(),
-            tls13_client_certificate: Tls13Policy::Deny,
-        }
-    }
 }
 
 impl Default for Config {
@@ -367,6 +283,22 @@ impl Config {
     /// [`Config::default`], which is returned should it ever fail to.
     pub fn embedded_default() -> Config {
         Config::from_yaml(DEFAULT_YAML).unwrap_or_default()
+    }
+
+    /// The parts of the configuration the access policy is built from, lent as they are.
+    pub fn policy_spec(&self) -> PolicySpec<'_> {
+        PolicySpec {
+            allowed_hosts: &self.allowed_hosts,
+            allowed_ports: &self.allowed_ports,
+            user_hosts: self
+                .client_auth
+                .as_ref()
+                .map_or(&[], |a| a.user_hosts.as_slice()),
+            hosts: &self.hosts,
+            allow_private_destinations: self.allow_private_destinations,
+            allowed_destination_networks: &self.allowed_destination_networks,
+            allowed_client_networks: &self.allowed_client_networks,
+        }
     }
 
     /// `ports 443,9354,30000-30199` for an entry with its own ports, `ports (global) 443` for
@@ -534,20 +466,13 @@ impl Config {
                     let _ = writeln!(out, "  user_hosts (in addition to the global list):");
                     for (user, entries) in &a.user_hosts {
                         let _ = writeln!(out, "    {user}:");
-                        for text in entries {
-                            match HostEntry::parse(text) {
-                                Ok(entry) => {
-                                    let _ = writeln!(
-                                        out,
-                                        "      - {}  {}",
-                                        entry.pattern(),
-                                        self.ports_text(&entry)
-                                    );
-                                }
-                                Err(_) => {
-                                    let _ = writeln!(out, "      - {text}");
-                                }
-                            }
+                        for entry in entries {
+                            let _ = writeln!(
+                                out,
+                                "      - {}  {}",
+                                entry.pattern(),
+                                self.ports_text(entry)
+                            );
                         }
                     }
                 }
@@ -659,6 +584,8 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::tls::{Tls13Policy, TlsVersion};
+    use std::path::PathBuf;
 
     fn ok(yaml: &str) -> Config {
         match Config::from_yaml(yaml) {
@@ -1158,6 +1085,10 @@ mod tests {
             cfg.client_auth,
             Some(ClientAuthSettings {
                 users_file: PathBuf::from(&file),
+                users: match crate::auth::Users::parse("alice:$2b$04$notarealhashatall\n") {
+                    Ok(u) => u,
+                    Err(e) => panic!("test users: {e:?}"),
+                },
                 realm: "splicegate".to_owned(),
                 max_failures: 5,
                 failure_window: Duration::from_secs(60),
@@ -1181,7 +1112,13 @@ mod tests {
             vec![
                 (
                     "alice".to_owned(),
-                    vec!["*.extra.example.com:443".to_owned(), "b.example".to_owned()]
+                    ["*.extra.example.com:443", "b.example"]
+                        .iter()
+                        .map(|e| match HostEntry::parse(e) {
+                            Ok(entry) => entry,
+                            Err(err) => panic!("{e}: {err}"),
+                        })
+                        .collect()
                 ),
                 ("bob".to_owned(), Vec::new()),
             ]
@@ -1745,6 +1682,23 @@ mod tests {
             .relay_proxy
             .unwrap();
         assert_eq!(https.address(), "https://proxy.corp:443");
+        assert!(
+            https.tls.is_some(),
+            "an https relay's TLS client is built while parsing"
+        );
+        assert!(
+            ok("relay_proxy:\n  address: http://proxy.corp\n")
+                .relay_proxy
+                .is_some_and(|r| r.tls.is_none()),
+            "a plain relay has no TLS client"
+        );
+        // A CA file that exists but holds no certificate fails the parse, not a tunnel.
+        bad(
+            "relay_proxy:\n  address: https://p\n  ca_file: /etc/hostname\n",
+            "relay_proxy.ca_file",
+            3,
+            &["no PEM certificate"],
+        );
         bad(
             "relay_proxy:\n  address: https://p\n  ca_file: /nonexistent.pem\n",
             "relay_proxy.ca_file",

@@ -18,15 +18,14 @@ use super::error::Problem;
 use super::raw::{
     Node, RawClientAuth, RawConfig, RawLimits, RawLogging, RawRelay, RawResolver, RawTls,
 };
-use super::{
-    ClientAuthSettings, Config, DataPath, EngineKind, Limits, LoggingSettings, ResolverSettings,
-    TlsSettings, MAX_WORKERS,
-};
+use super::{Config, DataPath, EngineKind, Limits, LoggingSettings, MAX_WORKERS};
+use crate::auth::{ClientAuthSettings, Users};
 use crate::events::limiter::RefusalBudget;
 use crate::policy::{normalize_host, HostEntry, HostPattern};
 use crate::presets::{self, Cloud, Preset, Region, WorkspaceId, MAX_WORKSPACES};
-use crate::proto::tls::{normalize_subject, Tls13Policy, TlsVersion};
+use crate::proto::tls::{normalize_subject, Tls13Policy, TlsSettings, TlsVersion};
 use crate::relay::{self, RelaySettings};
+use crate::resolve::ResolverSettings;
 use std::path::PathBuf;
 
 const EXPECT_LISTEN: &str = "a list of socket addresses such as \"0.0.0.0:8080\"";
@@ -468,9 +467,8 @@ impl Checker {
     fn presets(&mut self, at: Option<&Spanned<Node>>) -> Option<Vec<Preset>> {
         let at = at?;
         let items = self.list("presets", at, EXPECT_PRESETS, true)?;
-        self.distinct_strings("presets", items, EXPECT_PRESET, |text| {
-            Preset::parse(text)
-                .ok_or_else(|| format!("unknown preset {text:?}; expected {EXPECT_PRESET}"))
+        self.distinct_strings("presets", items, EXPECT_PRESET, Preset::parse, |text| {
+            format!("unknown preset {text:?}; expected {EXPECT_PRESET}")
         })
     }
 
@@ -490,31 +488,34 @@ impl Checker {
             );
             return None;
         }
-        self.distinct_strings("workspaces", items, EXPECT_WORKSPACE, |text| {
-            WorkspaceId::parse(text).ok_or_else(|| {
-                format!("{text:?} is not a workspace ID; expected {EXPECT_WORKSPACE}")
-            })
-        })
+        self.distinct_strings(
+            "workspaces",
+            items,
+            EXPECT_WORKSPACE,
+            WorkspaceId::parse,
+            |text| format!("{text:?} is not a workspace ID; expected {EXPECT_WORKSPACE}"),
+        )
     }
 
     /// `regions:`: Azure region names.
     fn regions(&mut self, at: Option<&Spanned<Node>>) -> Option<Vec<Region>> {
         let at = at?;
         let items = self.list("regions", at, EXPECT_REGIONS, true)?;
-        self.distinct_strings("regions", items, EXPECT_REGION, |text| {
-            Region::parse(text)
-                .ok_or_else(|| format!("{text:?} is not a region name; expected {EXPECT_REGION}"))
+        self.distinct_strings("regions", items, EXPECT_REGION, Region::parse, |text| {
+            format!("{text:?} is not a region name; expected {EXPECT_REGION}")
         })
     }
 
-    /// A list of strings each parsed by `parse` (its error is the message), duplicates dropped;
-    /// every bad item is reported as `key[i]` with its line. `None` if any item was bad.
+    /// A list of strings each parsed by `parse`, duplicates dropped; every item `parse` refuses
+    /// is reported as `key[i]` with its line and the message `refused` gives for it. `None` if
+    /// any item was bad.
     fn distinct_strings<T: PartialEq>(
         &mut self,
         key: &str,
         items: &[Spanned<Node>],
         expected: &str,
-        parse: impl Fn(&str) -> Result<T, String>,
+        parse: impl Fn(&str) -> Option<T>,
+        refused: impl Fn(&str) -> String,
     ) -> Option<Vec<T>> {
         let mut out = Vec::new();
         let mut ok = true;
@@ -525,10 +526,11 @@ impl Checker {
                 continue;
             };
             match parse(text) {
-                Ok(v) if !out.contains(&v) => out.push(v),
-                Ok(_) => {}
-                Err(message) => {
+                Some(v) if !out.contains(&v) => out.push(v),
+                Some(_) => {}
+                None => {
                     ok = false;
+                    let message = refused(text);
                     self.report(&item_key, item, message);
                 }
             }
@@ -940,7 +942,37 @@ impl Checker {
         let health_check = self
             .boolean("relay_proxy.health_check", raw.health_check.as_ref())
             .unwrap_or(false);
-        let settings = RelaySettings {
+        let ca_node = raw
+            .ca_file
+            .as_ref()
+            .filter(|f| !matches!(f.value, Node::Null));
+        let tls = match scheme {
+            // Load the trust store now, so a bad ca_file fails the start, not every tunnel.
+            relay::Scheme::Https => match relay::RelayTls::build(&host, ca_file.as_deref()) {
+                Ok(tls) => Some(tls),
+                Err(e) => {
+                    let key = if ca_node.is_some() {
+                        "relay_proxy.ca_file"
+                    } else {
+                        "relay_proxy.address"
+                    };
+                    self.report(key, ca_node.unwrap_or(at), e.to_string());
+                    return None;
+                }
+            },
+            relay::Scheme::Http => {
+                if let Some(f) = ca_node {
+                    self.report(
+                        "relay_proxy.ca_file",
+                        f,
+                        "ca_file only applies to an https:// relay".to_owned(),
+                    );
+                    return None;
+                }
+                None
+            }
+        };
+        Some(RelaySettings {
             scheme,
             host,
             port,
@@ -949,39 +981,8 @@ impl Checker {
             password_file,
             ca_file,
             health_check,
-        };
-        if settings.scheme == relay::Scheme::Https {
-            // Load the trust store now, so a bad ca_file fails the start, not every tunnel.
-            let loaded =
-                relay::client_config(&settings).and_then(|_| relay::server_name(&settings.host));
-            if let Err(e) = loaded {
-                let node = raw
-                    .ca_file
-                    .as_ref()
-                    .filter(|f| !matches!(f.value, Node::Null));
-                let key = if node.is_some() {
-                    "relay_proxy.ca_file"
-                } else {
-                    "relay_proxy.address"
-                };
-                self.report(key, node.unwrap_or(at), e.to_string());
-                return None;
-            }
-        } else if raw
-            .ca_file
-            .as_ref()
-            .is_some_and(|f| !matches!(f.value, Node::Null))
-        {
-            if let Some(f) = raw.ca_file.as_ref() {
-                self.report(
-                    "relay_proxy.ca_file",
-                    f,
-                    "ca_file only applies to an https:// relay".to_owned(),
-                );
-            }
-            return None;
-        }
-        Some(settings)
+            tls,
+        })
     }
 
     /// `client_auth:`; `None` when absent, `null`, or with errors (which are reported).
@@ -990,7 +991,7 @@ impl Checker {
             .ok()
             .filter(|&l| l > 0);
         let raw = &raw.value;
-        let users_file = match raw.users_file.as_ref() {
+        let users = match raw.users_file.as_ref() {
             Some(at) => self.users_file(at),
             None => {
                 self.problems.push(Problem {
@@ -1028,8 +1029,10 @@ impl Checker {
             None => Some(Vec::new()),
             Some(at) => self.user_hosts(at),
         };
+        let (users_file, users) = users?;
         Some(ClientAuthSettings {
-            users_file: users_file?,
+            users_file,
+            users,
             realm: realm?,
             max_failures: max_failures?,
             failure_window: failure_window?,
@@ -1038,9 +1041,10 @@ impl Checker {
     }
 
     /// `client_auth.users_file`: a file that exists, can be read now, and parses as a users
-    /// file ([`crate::auth::Users`]): a malformed line or a plain-text password fails the start
-    /// (or the reload) rather than every login.
-    fn users_file(&mut self, at: &Spanned<Node>) -> Option<PathBuf> {
+    /// file: a malformed line or a plain-text password fails the start (or the reload) rather
+    /// than every login. The parsed table is kept: the file is not read again until the next
+    /// reload.
+    fn users_file(&mut self, at: &Spanned<Node>) -> Option<(PathBuf, Users)> {
         const KEY: &str = "client_auth.users_file";
         let text = self.string(KEY, at, EXPECT_USERS_FILE)?;
         if text.is_empty() {
@@ -1049,8 +1053,8 @@ impl Checker {
         let path = PathBuf::from(text);
         let readable = std::fs::File::open(&path).and_then(|f| f.metadata());
         match readable {
-            Ok(meta) if meta.is_file() => match crate::auth::Users::load(&path) {
-                Ok(_) => Some(path),
+            Ok(meta) if meta.is_file() => match Users::load(&path) {
+                Ok(users) => Some((path, users)),
                 Err(e) => {
                     self.report(KEY, at, e.to_string());
                     None
@@ -1089,14 +1093,14 @@ impl Checker {
     }
 
     /// `client_auth.user_hosts`: user name -> allowlist entries; `null` is an empty mapping.
-    fn user_hosts(&mut self, at: &Spanned<Node>) -> Option<Vec<(String, Vec<String>)>> {
+    fn user_hosts(&mut self, at: &Spanned<Node>) -> Option<Vec<(String, Vec<HostEntry>)>> {
         const KEY: &str = "client_auth.user_hosts";
         let entries: &[(Spanned<Node>, Spanned<Node>)] = match &at.value {
             Node::Map(entries) => entries,
             Node::Null => &[],
             _ => return self.mismatch(KEY, at, EXPECT_USER_HOSTS),
         };
-        let mut out: Vec<(String, Vec<String>)> = Vec::with_capacity(entries.len());
+        let mut out: Vec<(String, Vec<HostEntry>)> = Vec::with_capacity(entries.len());
         let mut ok = true;
         for (name_node, list_node) in entries {
             let name = match &name_node.value {
@@ -1125,7 +1129,7 @@ impl Checker {
                 continue;
             };
             match self.entries(&key, items) {
-                Some(parsed) => out.push((name, parsed.iter().map(ToString::to_string).collect())),
+                Some(parsed) => out.push((name, parsed)),
                 None => ok = false,
             }
         }

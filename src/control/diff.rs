@@ -269,4 +269,38 @@ mod tests {
             .summary()
             .contains("listen [127.0.0.1:8080] -> [127.0.0.1:8080, 127.0.0.1:8081]"));
     }
+
+    /// The users table is part of the parsed configuration: a reload after the file changed
+    /// says so, and one after no change says nothing, although the path is the same.
+    #[test]
+    fn a_changed_users_table_is_a_client_auth_change() {
+        let dir =
+            std::env::temp_dir().join(format!("splicegate-diff-users-{}", std::process::id()));
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            panic!("create {}: {e}", dir.display());
+        }
+        let file = dir.join("users");
+        let write = |text: &str| {
+            if let Err(e) = std::fs::write(&file, text) {
+                panic!("write {}: {e}", file.display());
+            }
+        };
+        let yaml = format!(
+            "client_auth:\n  users_file: {:?}\n",
+            file.display().to_string()
+        );
+        let load = || match Config::from_yaml(&yaml) {
+            Ok(cfg) => cfg,
+            Err(e) => panic!("{yaml:?}: {e}"),
+        };
+        write("alice:$2b$04$notarealhashatall\n");
+        let a = load();
+        let same = load();
+        write("alice:$2b$04$notarealhashatall\nbob:$2b$04$anotherfakehash\n");
+        let b = load();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(diff(&a, &same).summary(), "no changes");
+        let s = diff(&a, &b).summary();
+        assert!(s.contains("client_auth changed"), "{s}");
+    }
 }

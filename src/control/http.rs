@@ -207,7 +207,13 @@ async fn handle(
             } else if !s.listening.load(Relaxed) {
                 respond(&mut stream, 503, "text/plain", b"starting\n").await
             } else if let Err(why) = relay_reachable(&current).await {
-                respond(&mut stream, 503, "text/plain", why.as_bytes()).await
+                respond(
+                    &mut stream,
+                    503,
+                    "text/plain",
+                    format!("{why}\n").as_bytes(),
+                )
+                .await
             } else {
                 respond(&mut stream, 200, "text/plain", b"ready\n").await
             }
@@ -216,9 +222,21 @@ async fn handle(
     }
 }
 
+/// Why `/readyz` says the relay proxy is not reachable.
+#[derive(Debug, thiserror::Error)]
+enum RelayDown {
+    #[error("relay proxy {address} unreachable: {source}")]
+    Refused {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("relay proxy {address} did not accept within {RELAY_CHECK_TIMEOUT:?}")]
+    Silent { address: String },
+}
+
 /// With `relay_proxy.health_check`, readiness also means the relay accepts a TCP connection
 /// (within [`RELAY_CHECK_TIMEOUT`]): a gateway whose relay is down tells its load balancer.
-async fn relay_reachable(current: &Shared) -> Result<(), String> {
+async fn relay_reachable(current: &Shared) -> Result<(), RelayDown> {
     let settings = current.load_full();
     let Some(relay) = settings.relay.as_ref().filter(|r| r.health_check) else {
         return Ok(());
@@ -229,14 +247,13 @@ async fn relay_reachable(current: &Shared) -> Result<(), String> {
     };
     match tokio::time::timeout(RELAY_CHECK_TIMEOUT, TcpStream::connect(&target)).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(format!(
-            "relay proxy {} unreachable: {e}\n",
-            relay.address()
-        )),
-        Err(_) => Err(format!(
-            "relay proxy {} did not accept within {RELAY_CHECK_TIMEOUT:?}\n",
-            relay.address()
-        )),
+        Ok(Err(e)) => Err(RelayDown::Refused {
+            address: relay.address(),
+            source: e,
+        }),
+        Err(_) => Err(RelayDown::Silent {
+            address: relay.address(),
+        }),
     }
 }
 

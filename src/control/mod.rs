@@ -18,6 +18,7 @@
 //! with what changed and counts in `splicegate_config_reloads_total{result}`.
 
 pub mod diff;
+mod error;
 pub mod http;
 pub mod notify;
 pub mod pidfile;
@@ -42,6 +43,8 @@ use crate::settings::{self, Settings};
 use notify::Notifier;
 use pidfile::PidFile;
 use watch::Watcher;
+
+pub use error::ControlError;
 
 /// fds kept back from the tunnel estimate for listeners, rings, the resolver and logging.
 const FD_RESERVE: u64 = 128;
@@ -81,7 +84,7 @@ struct Retiring {
 }
 
 /// Serve `cfg` until SIGTERM/SIGINT and a drain.
-pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
+pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
     match engine::sys::raise_nofile_limit() {
         Ok(n) => info!(
             event_id = events::INFO,
@@ -100,7 +103,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         .enable_all()
         .thread_name("splicegate-control")
         .build()
-        .map_err(|e| format!("cannot start the control runtime: {e}"))?;
+        .map_err(ControlError::Runtime)?;
 
     let current = settings::shared(&cfg);
     let (resolver, resolver_warning) =
@@ -129,10 +132,10 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     );
     let (mut term, mut int, mut hup) = match signals {
         (Ok(t), Ok(i), Ok(h)) => (t, i, h),
-        _ => {
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             serving.engine.stop();
             serving.engine.join();
-            return Err("cannot install signal handlers".into());
+            return Err(ControlError::Signals(e));
         }
     };
     let (metrics_task, metrics_addr) = match metrics_listener {
@@ -165,7 +168,10 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
             Err(e) => {
                 serving.engine.stop();
                 serving.engine.join();
-                return Err(format!("cannot write the pid file {}: {e}", p.display()));
+                return Err(ControlError::PidFile {
+                    path: p.clone(),
+                    source: e,
+                });
             }
         },
         None => None,
@@ -209,7 +215,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         );
     }
 
-    let result = rt.block_on(async move {
+    rt.block_on(async move {
         // A change made between the parse and the start of the watch raised no event.
         if watcher.is_some() {
             let now = control.path.as_deref().and_then(|p| std::fs::read(p).ok());
@@ -248,11 +254,10 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
             }
         };
         control.shutdown(how, &mut int).await;
-        Ok::<(), String>(())
     });
     drop(pid_file);
     info!(event_id = events::STOPPED, "splicegate stopped");
-    result
+    Ok(())
 }
 
 /// What started a reload.
@@ -347,23 +352,25 @@ impl Control {
         }
         self.notifier.reloading();
         let outcome = match bytes {
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(ControlError::from(e)),
             Ok(b) => {
                 let parsed = std::str::from_utf8(&b)
-                    .map_err(|e| format!("{}: not UTF-8: {e}", path.display()))
+                    .map_err(|e| ControlError::NotUtf8 {
+                        path: path.clone(),
+                        source: e,
+                    })
                     .and_then(|text| {
                         Config::from_yaml(text).map_err(|e| {
                             // Attach the path, as `from_file` would.
-                            match e {
+                            ControlError::Config(match e {
                                 crate::config::ConfigError::Invalid { problems, .. } => {
                                     crate::config::ConfigError::Invalid {
                                         path: Some(path.clone()),
                                         problems,
                                     }
-                                    .to_string()
                                 }
-                                other => other.to_string(),
-                            }
+                                other => other,
+                            })
                         })
                     });
                 parsed.and_then(|cfg| self.apply(cfg, b, &path, trigger))
@@ -391,7 +398,7 @@ impl Control {
         source: Vec<u8>,
         path: &Path,
         trigger: Trigger,
-    ) -> Result<(), String> {
+    ) -> Result<(), ControlError> {
         let changes = diff::diff(&self.cfg, &cfg);
         let new_metrics = match (changes.metrics_listen, cfg.metrics_listen) {
             (true, Some(a)) => {
@@ -476,7 +483,7 @@ impl Control {
     /// and leave a client in the queue. Clients that arrive in between wait in the accept queues
     /// of the handed-over sockets, which never close. Should the new engine fail to start, one
     /// with the previous `listen`/`workers` takes over (on fresh sockets) and the reload fails.
-    fn switch_engine(&mut self, next: Prepared) -> Result<(), String> {
+    fn switch_engine(&mut self, next: Prepared) -> Result<(), ControlError> {
         self.serving.engine.retire();
         // Workers do not acknowledge a drain; give a busy one a moment to act on it before new
         // accepts are armed on the same sockets (clients meanwhile wait in the accept queues).
@@ -496,9 +503,10 @@ impl Control {
                     Ok(n) => (n, Some(e)),
                     Err(e2) => {
                         self.status.listening.store(false, Relaxed);
-                        return Err(format!(
-                            "cannot start the new engine ({e}) nor the previous one ({e2}):                              not accepting connections"
-                        ));
+                        return Err(ControlError::NoEngine {
+                            new: Box::new(e),
+                            previous: Box::new(e2),
+                        });
                     }
                 }
             }
@@ -514,7 +522,7 @@ impl Control {
             .engines_retiring
             .store(self.retiring.len() as i64, Relaxed);
         match failed {
-            Some(e) => Err(format!("cannot start the new engine: {e}")),
+            Some(e) => Err(ControlError::NewEngine(Box::new(e))),
             None => Ok(()),
         }
     }
@@ -612,7 +620,7 @@ fn start_engine(
     cfg: &Config,
     current: &settings::Shared,
     resolver: &Resolver,
-) -> Result<Serving, String> {
+) -> Result<Serving, ControlError> {
     launch_engine(prepare_engine(cfg, None, Vec::new())?, current, resolver)
 }
 
@@ -624,8 +632,9 @@ fn prepare_engine(
     cfg: &Config,
     old: Option<(&Config, &[SocketAddr])>,
     inherited: Vec<engine::Handover>,
-) -> Result<Prepared, String> {
-    let choice = engine::choose(cfg.engine)?;
+) -> Result<Prepared, ControlError> {
+    // The engine's errors are kept as its own text.
+    let choice = engine::choose(cfg.engine).map_err(|e| ControlError::Driver(e.to_string()))?;
     let workers = if cfg.workers == 0 {
         engine::sys::online_cpus()
     } else {
@@ -635,8 +644,8 @@ fn prepare_engine(
         Some((old_cfg, old_bound)) => keep_ephemeral_ports(&cfg.listen, &old_cfg.listen, old_bound),
         None => cfg.listen.clone(),
     };
-    let (listeners, warnings) =
-        engine::bind_listeners_from(&listen, workers, inherited).map_err(|e| e.to_string())?;
+    let (listeners, warnings) = engine::bind_listeners_from(&listen, workers, inherited)
+        .map_err(|e| ControlError::Listen(e.to_string()))?;
     for w in warnings {
         warn!(event_id = events::INFO, "{w}");
     }
@@ -652,7 +661,7 @@ fn launch_engine(
     p: Prepared,
     current: &settings::Shared,
     resolver: &Resolver,
-) -> Result<Serving, String> {
+) -> Result<Serving, ControlError> {
     let bound = p.listeners.bound.clone();
     let shards: Vec<Arc<Shard>> = (0..p.workers).map(|_| Arc::new(Shard::default())).collect();
     let engine = Engine::start(
@@ -662,7 +671,7 @@ fn launch_engine(
         resolver.clone(),
         &shards,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| ControlError::Workers(e.to_string()))?;
     Ok(Serving {
         engine,
         shards,
@@ -707,10 +716,10 @@ fn widens_listen(old: &[SocketAddr], new: &[SocketAddr]) -> bool {
     old.iter().all(local) && !new.iter().all(local)
 }
 
-fn bind_metrics(a: SocketAddr) -> Result<std::net::TcpListener, String> {
+fn bind_metrics(a: SocketAddr) -> Result<std::net::TcpListener, ControlError> {
     std::net::TcpListener::bind(a)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|e| format!("cannot listen on metrics_listen {a}: {e}"))
+        .map_err(|e| ControlError::MetricsListen { addr: a, source: e })
 }
 
 /// Serve `/metrics` on `l`. Must be called inside the runtime.
@@ -718,8 +727,8 @@ fn spawn_metrics(
     l: std::net::TcpListener,
     metrics: &Arc<Metrics>,
     current: &settings::Shared,
-) -> Result<JoinHandle<()>, String> {
-    let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
+) -> Result<JoinHandle<()>, ControlError> {
+    let l = tokio::net::TcpListener::from_std(l).map_err(ControlError::MetricsServe)?;
     Ok(tokio::spawn(http::serve(
         l,
         Arc::clone(metrics),

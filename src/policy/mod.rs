@@ -1,5 +1,5 @@
-//! The gateway's access policy, as one immutable snapshot built from a validated
-//! [`Config`](crate::config::Config).
+//! The gateway's access policy, as one immutable snapshot built from a [`PolicySpec`]: the
+//! validated, already parsed parts of the configuration that the policy owns.
 //!
 //! A client is first checked at accept by [`Policy::client_allowed`] (`allowed_client_networks`;
 //! empty = any client). A CONNECT request then goes through two checks:
@@ -34,6 +34,26 @@ pub use entry::{EntryError, HostEntry};
 pub use ip::{classify, classify_v4, classify_v6, AddrClass};
 pub use ports::{PortList, PortListError, PortSet};
 
+/// What a [`Policy`] is made of, every part already parsed and validated (the configuration
+/// lends its own values; nothing is parsed again here).
+#[derive(Debug, Clone, Copy)]
+pub struct PolicySpec<'a> {
+    /// The host allowlist (`allowed_hosts` plus the presets' entries).
+    pub allowed_hosts: &'a [HostEntry],
+    /// The ports of entries without their own.
+    pub allowed_ports: &'a [u16],
+    /// Each user's own entries (`client_auth.user_hosts`).
+    pub user_hosts: &'a [(String, Vec<HostEntry>)],
+    /// Static name -> addresses overrides (`hosts:`), names normalised.
+    pub hosts: &'a [(String, Vec<IpAddr>)],
+    /// Turns the private-destination guard off.
+    pub allow_private_destinations: bool,
+    /// Networks exempted from the private-destination guard.
+    pub allowed_destination_networks: &'a [ipnet::IpNet],
+    /// Networks clients may connect from; empty = any client.
+    pub allowed_client_networks: &'a [ipnet::IpNet],
+}
+
 /// The immutable policy snapshot shared by all workers.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -48,39 +68,25 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Builds the policy from a validated configuration.
-    pub fn new(cfg: &crate::config::Config) -> Policy {
-        let overrides = cfg
-            .hosts
-            .iter()
-            .map(|(name, addrs)| {
-                let key = normalize_host(name).unwrap_or_else(|| name.clone());
-                (key, addrs.clone())
-            })
-            .collect();
+    /// Builds the policy; cannot fail, since every part of `spec` is already parsed.
+    pub fn new(spec: &PolicySpec<'_>) -> Policy {
+        // The names are normalised by the parse that made the spec.
+        let overrides = spec.hosts.iter().cloned().collect();
         let guard = Guard {
-            allow_private: cfg.allow_private_destinations,
-            exempt: Networks::new(&cfg.allowed_destination_networks),
+            allow_private: spec.allow_private_destinations,
+            exempt: Networks::new(spec.allowed_destination_networks),
         };
-        // Validation has proven every user entry parses; one that did not would be skipped.
-        let users = cfg
-            .client_auth
+        let users = spec
+            .user_hosts
             .iter()
-            .flat_map(|auth| &auth.user_hosts)
-            .map(|(user, entries)| {
-                let parsed: Vec<HostEntry> = entries
-                    .iter()
-                    .filter_map(|e| HostEntry::parse(e).ok())
-                    .collect();
-                (user.clone(), Allowlist::from_entries(&parsed))
-            })
+            .map(|(user, entries)| (user.clone(), Allowlist::from_entries(entries)))
             .filter(|(_, list)| !list.is_empty())
             .collect();
         Policy {
-            allowlist: Allowlist::from_entries(&cfg.allowed_hosts),
-            ports: cfg.allowed_ports.iter().copied().collect(),
+            allowlist: Allowlist::from_entries(spec.allowed_hosts),
+            ports: spec.allowed_ports.iter().copied().collect(),
             users,
-            clients: Networks::new(&cfg.allowed_client_networks),
+            clients: Networks::new(spec.allowed_client_networks),
             overrides,
             guard,
         }
@@ -251,7 +257,7 @@ mod tests {
 
     fn policy(yaml: &str) -> Policy {
         match Config::from_yaml(yaml) {
-            Ok(cfg) => Policy::new(&cfg),
+            Ok(cfg) => Policy::new(&cfg.policy_spec()),
             Err(e) => panic!("test config should parse: {e}"),
         }
     }
@@ -265,7 +271,7 @@ mod tests {
 
     #[test]
     fn default_policy_targets() {
-        let p = Policy::new(&Config::default());
+        let p = Policy::new(&Config::default().policy_spec());
         let ws = "0f0e0d0c-0000-1111-2222-333344445555.ods.opinsights.azure.com";
         assert_eq!(p.check_target(ws, 443), Ok(()));
         assert_eq!(
@@ -296,7 +302,7 @@ mod tests {
 
     #[test]
     fn guard_refuses_private_by_default() {
-        let p = Policy::new(&Config::default());
+        let p = Policy::new(&Config::default().policy_spec());
         assert_eq!(p.check_address(ip("20.50.1.1")), Ok(()));
         assert_eq!(p.check_address(ip("2603:1030::1")), Ok(()));
         let refused: &[(&str, AddrClass)] = &[
@@ -542,7 +548,7 @@ mod tests {
 
     #[test]
     fn client_networks() {
-        let any = Policy::new(&Config::default());
+        let any = Policy::new(&Config::default().policy_spec());
         for addr in ["127.0.0.1", "10.9.9.9", "::1", "2001:db8::1"] {
             assert!(any.client_allowed(ip(addr)), "{addr}");
         }

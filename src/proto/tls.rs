@@ -87,8 +87,8 @@ mod testdata;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::TlsSettings;
 use crate::events;
 use crate::proto::connect::Host;
 
@@ -97,6 +97,46 @@ use record::{Event, Reader, ALERT, HANDSHAKE};
 use subject::CertSubject;
 
 pub use subject::{normalize_subject, SubjectError};
+
+/// `tls:`: inspection of the TLS handshake inside each tunnel (the settings this module runs with).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// `false`: plain CONNECT tunnels, no TLS checks at all.
+    pub inspect: bool,
+    /// The oldest TLS version allowed, 1.0 to 1.3; SSL 2.0 and 3.0 are always refused.
+    pub min_version: TlsVersion,
+    /// Refuse a ClientHello without a server name (SNI).
+    pub require_sni: bool,
+    /// Refuse an SNI that differs from the CONNECT host (the domain-fronting guard).
+    pub require_sni_match: bool,
+    /// Time for the client to send its ClientHello (and, when client certificates are checked,
+    /// for the handshake to reach a verdict).
+    pub hello_timeout: Duration,
+    /// Bound on the bytes of the ClientHello, and on those read in each direction while the
+    /// handshake is followed; 1024 to 1 MiB.
+    pub max_hello_bytes: usize,
+    /// Allowed client certificate subjects, in the canonical form of
+    /// [`normalize_subject`](crate::proto::tls::normalize_subject); empty = no check.
+    pub allowed_client_certificates: Vec<String>,
+    /// What to do with a TLS 1.3 session when subjects are checked (its certificate is
+    /// encrypted).
+    pub tls13_client_certificate: Tls13Policy,
+}
+
+impl Default for TlsSettings {
+    fn default() -> TlsSettings {
+        TlsSettings {
+            inspect: true,
+            min_version: TlsVersion::Tls12,
+            require_sni: true,
+            require_sni_match: true,
+            hello_timeout: Duration::from_secs(10),
+            max_hello_bytes: 64 * 1024,
+            allowed_client_certificates: Vec::new(),
+            tls13_client_certificate: Tls13Policy::Deny,
+        }
+    }
+}
 
 /// Handshake message types (RFC 8446 section 4, RFC 5246 section 7.4).
 const CLIENT_HELLO: u8 = 1;

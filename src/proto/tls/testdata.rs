@@ -12,13 +12,44 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::config::TlsSettings;
+use super::TlsSettings;
 use crate::proto::connect::Host;
 
 use super::{Inspector, Verdict};
 
 /// The fixture directory.
 pub(super) const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
+
+/// Why a capture (or the test PKI) could not be made with openssl.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum CaptureError {
+    #[error("openssl {args}: {source}")]
+    Spawn {
+        args: String,
+        source: std::io::Error,
+    },
+    #[error("openssl {args}: {stderr}")]
+    Openssl { args: String, stderr: String },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("s_client {args} closed after {bytes} bytes")]
+    Closed { args: String, bytes: usize },
+    #[error("no complete ClientHello from s_client {args}")]
+    NoHello { args: String },
+    #[error("s_server has no stdout")]
+    NoStdout,
+    #[error("{line:?}: {source}")]
+    AcceptLine {
+        line: String,
+        source: std::net::AddrParseError,
+    },
+    #[error("s_server exited before listening")]
+    NoListen,
+    #[error("accept: {0}")]
+    Accept(#[source] std::io::Error),
+    #[error("relay thread panicked")]
+    Panicked,
+}
 
 /// How long a capture may take.
 const CAPTURE_DEADLINE: Duration = Duration::from_secs(10);
@@ -268,20 +299,23 @@ pub(super) fn openssl_available() -> bool {
 }
 
 /// Runs `openssl` with `args` in `dir` and waits for it.
-fn openssl(dir: &Path, args: &[&str]) -> Result<(), String> {
+fn openssl(dir: &Path, args: &[&str]) -> Result<(), CaptureError> {
     let out = Command::new("openssl")
         .args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("openssl {args:?}: {e}"))?;
+        .map_err(|e| CaptureError::Spawn {
+            args: format!("{args:?}"),
+            source: e,
+        })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ))
+        Err(CaptureError::Openssl {
+            args: format!("{args:?}"),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
     }
 }
 
@@ -302,7 +336,7 @@ pub(super) fn scratch_dir(tag: &str) -> PathBuf {
 /// Makes a test PKI in `dir`: `ca.pem`, a server certificate `server.pem`/`server.key` for
 /// `a.example`, and client certificates `agent01` (`/O=Contoso/CN=agent01`) and `intruder`
 /// (`/CN=intruder`), all P-256 and signed by the CA.
-pub(super) fn make_pki(dir: &Path) -> Result<(), String> {
+pub(super) fn make_pki(dir: &Path) -> Result<(), CaptureError> {
     let ec = [
         "-newkey",
         "ec",
@@ -369,9 +403,9 @@ impl Drop for Reaped {
 
 /// Captures the records holding the ClientHello `openssl s_client <args>` sends to a plain TCP
 /// listener that never answers.
-pub(super) fn capture_client_hello(args: &[&str]) -> Result<Vec<u8>, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+pub(super) fn capture_client_hello(args: &[&str]) -> Result<Vec<u8>, CaptureError> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
     let child = Command::new("openssl")
         .arg("s_client")
         .arg("-connect")
@@ -380,15 +414,13 @@ pub(super) fn capture_client_hello(args: &[&str]) -> Result<Vec<u8>, String> {
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| e.to_string())?;
+        .spawn()?;
     let _client = Reaped(child);
     let mut conn = accept_within(&listener, CAPTURE_DEADLINE)?;
     let deadline = Instant::now() + CAPTURE_DEADLINE;
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
-    conn.set_read_timeout(Some(Duration::from_millis(100)))
-        .map_err(|e| e.to_string())?;
+    conn.set_read_timeout(Some(Duration::from_millis(100)))?;
     while Instant::now() < deadline {
         if let Some(len) = first_message_records(&got) {
             got.truncate(len);
@@ -396,17 +428,19 @@ pub(super) fn capture_client_hello(args: &[&str]) -> Result<Vec<u8>, String> {
         }
         match conn.read(&mut buf) {
             Ok(0) => {
-                return Err(format!(
-                    "s_client {args:?} closed after {} bytes",
-                    got.len()
-                ))
+                return Err(CaptureError::Closed {
+                    args: format!("{args:?}"),
+                    bytes: got.len(),
+                })
             }
             Ok(n) => got.extend_from_slice(&buf[..n]),
             Err(e) if is_timeout(&e) => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         }
     }
-    Err(format!("no complete ClientHello from s_client {args:?}"))
+    Err(CaptureError::NoHello {
+        args: format!("{args:?}"),
+    })
 }
 
 /// Runs `openssl s_server <server_args>` and `openssl s_client <client_args>` in `dir` with a
@@ -416,7 +450,7 @@ pub(super) fn capture_exchange(
     dir: &Path,
     server_args: &[&str],
     client_args: &[&str],
-) -> Result<(Vec<u8>, Vec<u8>), String> {
+) -> Result<(Vec<u8>, Vec<u8>), CaptureError> {
     let mut server = Command::new("openssl");
     server
         .args(["s_server", "-accept", "127.0.0.1:0", "-naccept", "1"])
@@ -425,10 +459,10 @@ pub(super) fn capture_exchange(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    let mut server = Reaped(server.spawn().map_err(|e| e.to_string())?);
+    let mut server = Reaped(server.spawn()?);
     let server_addr = accept_line(&mut server.0)?;
-    let relay = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let relay_addr = relay.local_addr().map_err(|e| e.to_string())?;
+    let relay = TcpListener::bind("127.0.0.1:0")?;
+    let relay_addr = relay.local_addr()?;
     let client = Command::new("openssl")
         .arg("s_client")
         .arg("-connect")
@@ -438,32 +472,26 @@ pub(super) fn capture_exchange(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| e.to_string())?;
+        .spawn()?;
     let _client = Reaped(client);
     let downstream = accept_within(&relay, CAPTURE_DEADLINE)?;
-    let upstream = TcpStream::connect(server_addr).map_err(|e| e.to_string())?;
+    let upstream = TcpStream::connect(server_addr)?;
     let deadline = Instant::now() + CAPTURE_DEADLINE;
     let c2s = pump(&downstream, &upstream, deadline)?;
     let s2c = pump(&upstream, &downstream, deadline)?;
-    let c2s = c2s
-        .join()
-        .map_err(|_| "relay thread panicked".to_owned())??;
-    let s2c = s2c
-        .join()
-        .map_err(|_| "relay thread panicked".to_owned())??;
+    let c2s = c2s.join().map_err(|_| CaptureError::Panicked)??;
+    let s2c = s2c.join().map_err(|_| CaptureError::Panicked)??;
     Ok((c2s, s2c))
 }
 
-type Pump = thread::JoinHandle<Result<Vec<u8>, String>>;
+type Pump = thread::JoinHandle<Result<Vec<u8>, CaptureError>>;
 
 /// Copies `from` to `to` until end of stream (or the deadline), recording the bytes; closes the
 /// write side of `to` at the end.
-fn pump(from: &TcpStream, to: &TcpStream, deadline: Instant) -> Result<Pump, String> {
-    let mut from = from.try_clone().map_err(|e| e.to_string())?;
-    let mut to = to.try_clone().map_err(|e| e.to_string())?;
-    from.set_read_timeout(Some(Duration::from_millis(50)))
-        .map_err(|e| e.to_string())?;
+fn pump(from: &TcpStream, to: &TcpStream, deadline: Instant) -> Result<Pump, CaptureError> {
+    let mut from = from.try_clone()?;
+    let mut to = to.try_clone()?;
+    from.set_read_timeout(Some(Duration::from_millis(50)))?;
     Ok(thread::spawn(move || {
         let mut seen = Vec::new();
         let mut buf = [0u8; 16384];
@@ -493,37 +521,45 @@ fn is_timeout(e: &std::io::Error) -> bool {
 }
 
 /// Accepts one connection before `limit` passes.
-fn accept_within(listener: &TcpListener, limit: Duration) -> Result<TcpStream, String> {
-    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+fn accept_within(listener: &TcpListener, limit: Duration) -> Result<TcpStream, CaptureError> {
+    listener.set_nonblocking(true)?;
     let deadline = Instant::now() + limit;
     loop {
         match listener.accept() {
             Ok((conn, _)) => {
-                conn.set_nonblocking(false).map_err(|e| e.to_string())?;
+                conn.set_nonblocking(false)?;
                 return Ok(conn);
             }
             Err(e) if is_timeout(&e) && Instant::now() < deadline => {
                 thread::sleep(Duration::from_millis(5));
             }
-            Err(e) => return Err(format!("accept: {e}")),
+            Err(e) => return Err(CaptureError::Accept(e)),
         }
     }
 }
 
 /// Reads `s_server`'s stdout up to its `ACCEPT 127.0.0.1:<port>` line.
-fn accept_line(server: &mut Child) -> Result<SocketAddr, String> {
-    let out = server.stdout.take().ok_or("no stdout")?;
+fn accept_line(server: &mut Child) -> Result<SocketAddr, CaptureError> {
+    let out = server.stdout.take().ok_or(CaptureError::NoStdout)?;
     let mut lines = BufReader::new(out).lines();
     for line in lines.by_ref() {
-        let line = line.map_err(|e| e.to_string())?;
+        let line = line?;
         if let Some(addr) = line.strip_prefix("ACCEPT ") {
-            let addr = addr.trim().parse().map_err(|e| format!("{line:?}: {e}"))?;
+            let addr = match addr.trim().parse() {
+                Ok(a) => a,
+                Err(e) => {
+                    return Err(CaptureError::AcceptLine {
+                        line: line.clone(),
+                        source: e,
+                    })
+                }
+            };
             // Keep draining stdout so that s_server never blocks on a full pipe.
             thread::spawn(move || lines.for_each(drop));
             return Ok(addr);
         }
     }
-    Err("s_server exited before listening".to_owned())
+    Err(CaptureError::NoListen)
 }
 
 /// The exchanges captured as fixtures: (name, s_server arguments, s_client arguments).
