@@ -9,6 +9,7 @@
 pub mod driver;
 pub mod flow;
 pub mod pipe;
+pub mod registry;
 pub mod sys;
 pub mod tls_leg;
 pub mod worker;

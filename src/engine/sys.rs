@@ -333,6 +333,10 @@ mod tests {
         let soft = raise_nofile_limit().unwrap();
         let rl = rustix::process::getrlimit(Resource::Nofile);
         assert_eq!(rl.current, rl.maximum, "the soft limit is the hard limit");
-        assert_eq!(Some(soft), rl.current, "the limit returned is the one in force");
+        assert_eq!(
+            Some(soft),
+            rl.current,
+            "the limit returned is the one in force"
+        );
     }
 }

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use super::driver::{Driver, Event, Key, Side};
 use super::flow::{Cx, Flow, Pumped, Tap};
 use super::pipe::PipePool;
+use super::registry::{Owner, Registered, Registry};
 use super::sys;
 use super::tls_leg::TlsLeg;
 use crate::auth::{self, Checked, Verifier};
@@ -83,6 +84,8 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 pub struct Worker {
     id: usize,
     driver: Driver,
+    /// Which connection socket each driver key belongs to; its guards deregister on drop.
+    registry: Registry,
     /// Listener fds by index; `None` once closed for a drain.
     listeners: Vec<Option<OwnedFd>>,
     slots: Vec<Slot>,
@@ -126,7 +129,7 @@ struct Slot {
 }
 
 struct Conn {
-    client: OwnedFd,
+    client: Registered,
     peer: SocketAddr,
     /// The limits in force when the connection was accepted (a reload does not change them).
     limits: Limits,
@@ -194,7 +197,7 @@ struct Target {
 /// Waiting for the relay proxy's answer to our CONNECT.
 struct Relaying {
     target: Target,
-    upstream: OwnedFd,
+    upstream: Registered,
     addr: SocketAddr,
     started: Instant,
     sent: usize,
@@ -209,13 +212,13 @@ struct Connecting {
     target: Target,
     addrs: Vec<SocketAddr>,
     next: usize,
-    upstream: Option<OwnedFd>,
+    upstream: Option<Registered>,
     addr: SocketAddr,
     started: Instant,
 }
 
 struct Tunnel {
-    upstream: OwnedFd,
+    upstream: Registered,
     target: String,
     addr: SocketAddr,
     u_rd: bool,
@@ -275,6 +278,7 @@ impl Worker {
         Worker {
             id: s.id,
             driver: s.driver,
+            registry: Registry::new(),
             listeners: s.listeners.into_iter().map(Some).collect(),
             slots: Vec::new(),
             free: Vec::new(),
@@ -315,6 +319,7 @@ impl Worker {
         }
         loop {
             let timeout = self.next_timeout();
+            self.registry.flush(&mut self.driver);
             let mut events = std::mem::take(&mut self.events);
             self.driver.wait(timeout, &mut events)?;
             for ev in events.drain(..) {
@@ -424,10 +429,12 @@ impl Worker {
             Event::Ready {
                 slot,
                 gen,
-                side,
                 readable,
                 writable,
             } => {
+                let Some(Owner { slot, gen, side }) = self.registry.owner(slot, gen) else {
+                    return;
+                };
                 let Some(conn) = self.conn_mut(slot, gen) else {
                     return;
                 };
@@ -605,17 +612,20 @@ impl Worker {
             }
         };
         let gen = self.gen_of(slot);
-        let key = Key::Conn {
+        let owner = Owner {
             slot,
             gen,
             side: Side::Client,
         };
-        if let Err(e) = self.driver.register(fd.as_fd(), key) {
-            warn!(event_id = events::INTERNAL_ERROR, client = %peer, error = %e, "cannot watch client socket");
-            self.shard.error(ErrorKind::Internal);
-            self.free.push(slot);
-            return;
-        }
+        let fd = match self.registry.register(&mut self.driver, fd, owner) {
+            Ok(fd) => fd,
+            Err(e) => {
+                warn!(event_id = events::INTERNAL_ERROR, client = %peer, error = %e, "cannot watch client socket");
+                self.shard.error(ErrorKind::Internal);
+                self.free.push(slot);
+                return;
+            }
+        };
         let now = Instant::now();
         let deadline = now + limits.header_timeout;
         self.slots[slot as usize].conn = Some(Conn {
@@ -1080,16 +1090,8 @@ impl Worker {
             let State::Connecting(c) = &mut conn.state else {
                 return;
             };
-            if let Some(old) = c.upstream.take() {
-                self.driver.deregister(
-                    old.as_fd(),
-                    Key::Conn {
-                        slot,
-                        gen,
-                        side: Side::Upstream,
-                    },
-                );
-            }
+            // The previous attempt's socket and its poll go together.
+            drop(c.upstream.take());
             let Some(addr) = c.addrs.get(c.next).copied() else {
                 let e = last.unwrap_or_else(|| io::Error::other("no address"));
                 let kind = connect_error_kind(&e);
@@ -1107,18 +1109,22 @@ impl Worker {
             c.addr = addr;
             match dial(addr) {
                 Ok(fd) => {
-                    let key = Key::Conn {
+                    // Each socket dialled gets a key of its own.
+                    let owner = Owner {
                         slot,
                         gen,
                         side: Side::Upstream,
                     };
-                    let registered = self.driver.register(fd.as_fd(), key);
-                    c.upstream = Some(fd);
-                    if let Err(e) = registered {
-                        last = Some(e);
-                        continue;
+                    match self.registry.register(&mut self.driver, fd, owner) {
+                        Ok(up) => {
+                            c.upstream = Some(up);
+                            return;
+                        }
+                        Err(e) => {
+                            last = Some(e);
+                            continue;
+                        }
                     }
-                    return;
                 }
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
                     let authority = c.target.authority.clone();
@@ -1374,7 +1380,7 @@ impl Worker {
         &mut self,
         slot: u32,
         mut target: Target,
-        upstream: OwnedFd,
+        upstream: Registered,
         addr: SocketAddr,
         started: Instant,
         from_up: Vec<u8>,
@@ -1475,7 +1481,7 @@ impl Worker {
         &mut self,
         slot: u32,
         target: Target,
-        upstream: OwnedFd,
+        upstream: Registered,
         addr: SocketAddr,
         started: Instant,
         mut leg: Box<TlsLeg>,
@@ -1895,9 +1901,8 @@ impl Worker {
         let Some(conn) = self.conn_at(slot) else {
             return;
         };
-        // Drop any half-made upstream socket first.
-        let old = std::mem::replace(&mut conn.state, State::Refusing { bytes, sent: 0 });
-        self.drop_upstream(slot, gen, old);
+        // Any half-made upstream socket closes with its registration as the old state drops.
+        conn.state = State::Refusing { bytes, sent: 0 };
         let deadline = Instant::now() + LINGER;
         if let Some(conn) = self.conn_at(slot) {
             conn.deadline = deadline;
@@ -2093,30 +2098,14 @@ impl Worker {
         let Some(conn) = s.conn.take() else {
             return;
         };
-        let gen = s.gen;
         s.gen = Key::wrap_gen(s.gen.wrapping_add(1));
         self.free.push(slot);
         self.live -= 1;
-        self.driver.deregister(
-            conn.client.as_fd(),
-            Key::Conn {
-                slot,
-                gen,
-                side: Side::Client,
-            },
-        );
         self.shard.active_connections.fetch_sub(1, Relaxed);
         self.shard.client_closed(conn.peer.ip());
-        match conn.state {
-            State::Tunnel(mut t) => {
-                self.driver.deregister(
-                    t.upstream.as_fd(),
-                    Key::Conn {
-                        slot,
-                        gen,
-                        side: Side::Upstream,
-                    },
-                );
+        // Any upstream socket closes with its registration as the state drops.
+        if let State::Tunnel(mut t) = conn.state {
+            {
                 t.up.release(&mut self.pool);
                 t.down.release(&mut self.pool);
                 self.shard.tunnels_active.fetch_sub(1, Relaxed);
@@ -2138,7 +2127,6 @@ impl Worker {
                     "tunnel closed"
                 );
             }
-            other => self.drop_upstream(slot, gen, other),
         }
     }
 }
@@ -2207,26 +2195,6 @@ fn tls_reject(reason: &TlsReason) -> Reject {
         TlsReason::ClientCert { .. }
         | TlsReason::ClientCertMissing
         | TlsReason::ClientCertTls13 => Reject::ClientCert,
-    }
-}
-
-impl Worker {
-    /// Stop watching the upstream socket of a connection that never became a tunnel; the fd
-    /// closes when `state` drops.
-    fn drop_upstream(&mut self, slot: u32, gen: u32, state: State) {
-        let fd = match &state {
-            State::Connecting(c) => c.upstream.as_ref().map(|u| u.as_fd()),
-            State::Relaying(r) => Some(r.upstream.as_fd()),
-            _ => None,
-        };
-        if let Some(fd) = fd {
-            let key = Key::Conn {
-                slot,
-                gen,
-                side: Side::Upstream,
-            };
-            self.driver.deregister(fd, key);
-        }
     }
 }
 
