@@ -11,6 +11,7 @@ pub mod flow;
 pub mod pipe;
 pub mod registry;
 pub mod sys;
+pub mod timers;
 pub mod tls_leg;
 pub mod worker;
 

@@ -6,8 +6,7 @@
 //! answer is not lost to a reset) -> closed. Nothing here blocks: every syscall is non-blocking
 //! and the worker waits only in its driver.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
@@ -24,6 +23,7 @@ use super::flow::{Cx, Flow, Pumped, Tap};
 use super::pipe::PipePool;
 use super::registry::{Owner, Registered, Registry};
 use super::sys;
+use super::timers::Deadlines;
 use super::tls_leg::TlsLeg;
 use crate::auth::{self, Checked, Verifier};
 use crate::config::{DataPath, Limits};
@@ -91,7 +91,8 @@ pub struct Worker {
     slots: Vec<Slot>,
     free: Vec<u32>,
     live: usize,
-    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    /// One deadline per open connection, by slot.
+    deadlines: Deadlines,
     runnable: VecDeque<(u32, u32)>,
     pending_accept: Vec<u32>,
     pool: PipePool,
@@ -283,7 +284,7 @@ impl Worker {
             slots: Vec::new(),
             free: Vec::new(),
             live: 0,
-            timers: BinaryHeap::new(),
+            deadlines: Deadlines::new(),
             runnable: VecDeque::new(),
             pending_accept: Vec::new(),
             pool: PipePool::new(limits.pipe_size, pipes, Arc::clone(&s.shard)),
@@ -389,7 +390,7 @@ impl Worker {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
-        let mut next = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        let mut next = self.deadlines.next();
         for t in [
             self.accept_paused_until,
             self.drain_deadline,
@@ -643,7 +644,7 @@ impl Worker {
         self.live += 1;
         self.shard.active_connections.fetch_add(1, Relaxed);
         self.shard.client_opened(peer.ip());
-        self.timers.push(Reverse((deadline, slot, gen)));
+        self.deadlines.set(slot, deadline);
     }
 
     // ---- the state machine ------------------------------------------------------------------
@@ -869,7 +870,7 @@ impl Worker {
         let conn = self.conn_at(slot)?;
         conn.deadline = now + timeout;
         conn.state = State::Authenticating(taken);
-        self.timers.push(Reverse((now + timeout, slot, gen)));
+        self.deadlines.set(slot, now + timeout);
         None
     }
 
@@ -987,7 +988,7 @@ impl Worker {
             conn.deadline = deadline;
             conn.state = State::Resolving(target);
         }
-        self.timers.push(Reverse((deadline, slot, gen)));
+        self.deadlines.set(slot, deadline);
     }
 
     fn on_answer(&mut self, a: Answer) {
@@ -1058,7 +1059,6 @@ impl Worker {
             return;
         };
         let now = Instant::now();
-        let gen = self.gen_of(slot);
         let Some(conn) = self.conn_at(slot) else {
             return;
         };
@@ -1072,7 +1072,7 @@ impl Worker {
             upstream: None,
             started: now,
         }));
-        self.timers.push(Reverse((deadline, slot, gen)));
+        self.deadlines.set(slot, deadline);
         self.connect_next(slot, None);
     }
 
@@ -1469,9 +1469,7 @@ impl Worker {
         conn.c_rd = true;
         let idle = conn.limits.idle_timeout;
         self.shard.tunnels_active.fetch_add(1, Relaxed);
-        let gen = self.gen_of(slot);
-        self.timers
-            .push(Reverse((now + idle.min(hello_timeout), slot, gen)));
+        self.deadlines.set(slot, now + idle.min(hello_timeout));
         self.pump(slot);
     }
 
@@ -1897,7 +1895,6 @@ impl Worker {
     }
 
     fn start_refusal_bytes(&mut self, slot: u32, bytes: std::borrow::Cow<'static, [u8]>) {
-        let gen = self.gen_of(slot);
         let Some(conn) = self.conn_at(slot) else {
             return;
         };
@@ -1907,7 +1904,7 @@ impl Worker {
         if let Some(conn) = self.conn_at(slot) {
             conn.deadline = deadline;
         }
-        self.timers.push(Reverse((deadline, slot, gen)));
+        self.deadlines.set(slot, deadline);
         self.write_refusal(slot);
     }
 
@@ -1969,12 +1966,8 @@ impl Worker {
     // ---- timers, drain, close ---------------------------------------------------------------
 
     fn fire_timers(&mut self, now: Instant) {
-        while let Some(Reverse((t, slot, gen))) = self.timers.peek().copied() {
-            if t > now {
-                break;
-            }
-            self.timers.pop();
-            let Some(conn) = self.conn_mut(slot, gen) else {
+        while let Some(slot) = self.deadlines.pop_due(now) {
+            let Some(conn) = self.conn_at(slot) else {
                 continue;
             };
             let due = match &conn.state {
@@ -1985,7 +1978,7 @@ impl Worker {
                 _ => conn.deadline,
             };
             if due > now {
-                self.timers.push(Reverse((due, slot, gen)));
+                self.deadlines.set(slot, due);
                 continue;
             }
             self.expire(slot);
@@ -2100,6 +2093,7 @@ impl Worker {
         };
         s.gen = Key::wrap_gen(s.gen.wrapping_add(1));
         self.free.push(slot);
+        self.deadlines.remove(slot);
         self.live -= 1;
         self.shard.active_connections.fetch_sub(1, Relaxed);
         self.shard.client_closed(conn.peer.ip());
