@@ -92,6 +92,10 @@ impl Deadlines {
         self.heap.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
     /// The deadline of `slot`, if set.
     pub fn get(&self, slot: u32) -> Option<Instant> {
         match self.pos.get(slot as usize) {
@@ -197,7 +201,7 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             let slot = (x % 64) as u32;
-            if x % 5 == 0 {
+            if x.is_multiple_of(5) {
                 d.remove(slot);
             } else {
                 d.set(slot, at(t0, x % 1000));
