@@ -101,6 +101,10 @@ pub enum ErrorKind {
     ConnectTimeout,
     ConnectFailed,
     FdExhausted,
+    /// `accept` failed with ENOBUFS or ENOMEM: the kernel is short of memory, not of fds.
+    OutOfMemory,
+    /// Any other persistent `accept` error.
+    Accept,
     TunnelIo,
     RelayAuth,
     RelayRefused,
@@ -120,6 +124,8 @@ impl ErrorKind {
             ErrorKind::ConnectTimeout => "connect_timeout",
             ErrorKind::ConnectFailed => "connect_failed",
             ErrorKind::FdExhausted => "fd_exhausted",
+            ErrorKind::OutOfMemory => "out_of_memory",
+            ErrorKind::Accept => "accept",
             ErrorKind::TunnelIo => "tunnel_io",
             ErrorKind::RelayAuth => "relay_auth",
             ErrorKind::RelayRefused => "relay_refused",

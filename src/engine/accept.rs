@@ -21,8 +21,53 @@ use crate::proto::response::Status;
 /// Accepts per listener per turn.
 pub(in crate::engine) const ACCEPT_BUDGET: usize = 128;
 
-/// Pause after running out of fds with no spare to refuse with.
+/// Pause after running out of fds (after the spare refused what it could).
 pub(in crate::engine) const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// First pause after any other persistent accept error; doubled on each error in a row.
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest pause between accept attempts while errors persist.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Errors that concern one client, not the listener or the process: accept(2) passes pending
+/// network errors of the new connection on, and "should treat them like EAGAIN by retrying".
+fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::EINTR
+                | libc::EPROTO
+                | libc::EPERM
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+        )
+    )
+}
+
+/// Test builds only: `SPLICEGATE_TEST_ACCEPT_ERROR=<errno>` makes every accept of the process
+/// fail with that error (a connection already accepted by io_uring is closed), so tests can
+/// show that a persistent accept error does not spin. Compiled out of release builds.
+#[cfg(debug_assertions)]
+pub(in crate::engine) fn injected_accept_error() -> Option<io::Error> {
+    static ERRNO: std::sync::OnceLock<Option<i32>> = std::sync::OnceLock::new();
+    ERRNO
+        .get_or_init(|| {
+            std::env::var("SPLICEGATE_TEST_ACCEPT_ERROR")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        })
+        .map(io::Error::from_raw_os_error)
+}
+
+#[cfg(not(debug_assertions))]
+pub(in crate::engine) fn injected_accept_error() -> Option<io::Error> {
+    None
+}
 
 impl Worker {
     pub(in crate::engine) fn accept_loop(&mut self, listener: u32) {
@@ -33,8 +78,15 @@ impl Worker {
             let Some(Some(l)) = self.listeners.get(listener as usize) else {
                 return;
             };
-            match sys::accept(l.as_fd()) {
-                Ok(fd) => self.on_accept(fd),
+            let accepted = match injected_accept_error() {
+                Some(e) => Err(e),
+                None => sys::accept(l.as_fd()),
+            };
+            match accepted {
+                Ok(fd) => {
+                    self.accept_backoff = Duration::ZERO;
+                    self.on_accept(fd)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
                     if !self.on_accept_error(listener, e) {
@@ -46,33 +98,61 @@ impl Worker {
         self.pending_accept.push(listener);
     }
 
-    /// Returns whether accepting should go on now (a client was refused and more may wait).
+    /// Returns whether accepting should go on now: only after an error that concerned one
+    /// client. Every other error pauses accepting, for longer each time in a row (reset by the
+    /// next successful accept), so a persistent error never spins the worker.
     pub(in crate::engine) fn on_accept_error(&mut self, listener: u32, e: io::Error) -> bool {
-        match e.raw_os_error() {
-            Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
-                let now = Instant::now();
-                if self
-                    .last_fd_warning
-                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
-                {
-                    self.last_fd_warning = Some(now);
-                    warn!(
-                        event_id = events::INTERNAL_ERROR,
-                        worker = self.id,
-                        reason = "fd_exhausted",
-                        status = 503,
-                        error = %e,
-                        "out of file descriptors: refusing new clients with 503"
-                    );
-                }
-                self.refuse_with_spare(listener)
+        if transient(&e) {
+            // The client went away between SYN and accept, or a network error of its own.
+            debug!(worker = self.id, error = %e, "accept failed");
+            return true;
+        }
+        let kind = match e.raw_os_error() {
+            Some(libc::EMFILE) | Some(libc::ENFILE) => ErrorKind::FdExhausted,
+            Some(libc::ENOBUFS) | Some(libc::ENOMEM) => ErrorKind::OutOfMemory,
+            _ => ErrorKind::Accept,
+        };
+        if kind != ErrorKind::FdExhausted {
+            // (fd exhaustion is counted per client refused with the spare)
+            self.shard.error(kind);
+        }
+        self.accept_backoff = (self.accept_backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+        let now = Instant::now();
+        if self
+            .last_fd_warning
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            self.last_fd_warning = Some(now);
+            let pause_ms = match kind {
+                ErrorKind::FdExhausted => self.accept_backoff.max(ACCEPT_PAUSE),
+                _ => self.accept_backoff,
             }
-            // The client went away between SYN and accept, or a transient error.
-            _ => {
-                debug!(worker = self.id, error = %e, "accept failed");
-                true
+            .as_millis() as u64;
+            match kind {
+                ErrorKind::FdExhausted => warn!(
+                    event_id = events::INTERNAL_ERROR,
+                    worker = self.id,
+                    reason = kind.as_str(),
+                    status = 503,
+                    error = %e,
+                    pause_ms,
+                    "out of file descriptors: refusing new clients with 503"
+                ),
+                _ => warn!(
+                    event_id = events::INTERNAL_ERROR,
+                    worker = self.id,
+                    reason = kind.as_str(),
+                    error = %e,
+                    pause_ms,
+                    "accept failed: pausing accepts on this worker"
+                ),
             }
         }
+        if kind == ErrorKind::FdExhausted {
+            return self.refuse_with_spare(listener);
+        }
+        self.accept_paused_until = Some(now + self.accept_backoff);
+        false
     }
 
     /// Out of fds: refuse the clients already waiting (free the spare, accept one, answer 503,
@@ -100,7 +180,7 @@ impl Worker {
                 break;
             }
         }
-        self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+        self.accept_paused_until = Some(Instant::now() + self.accept_backoff.max(ACCEPT_PAUSE));
         false
     }
 

@@ -5,7 +5,7 @@
 //! the workers. The control thread talks to workers only through [`worker::Command`] messages and
 //! their eventfds.
 
-mod accept;
+pub mod accept;
 pub mod conn;
 #[allow(unsafe_code)]
 pub mod driver;

@@ -83,6 +83,8 @@ pub struct Worker {
     /// A spare fd, closed to accept-and-refuse one client when the process is out of fds.
     pub(super) spare: Option<OwnedFd>,
     pub(super) accept_paused_until: Option<Instant>,
+    /// The current pause after a persistent accept error (zero after a successful accept).
+    pub(super) accept_backoff: Duration,
     pub(super) last_fd_warning: Option<Instant>,
     pub(super) drain_deadline: Option<Instant>,
     pub(super) events: Vec<Event>,
@@ -135,6 +137,7 @@ impl Worker {
             auth_cache: AuthCache::default(),
             spare: sys::spare_fd().ok(),
             accept_paused_until: None,
+            accept_backoff: Duration::ZERO,
             last_fd_warning: None,
             drain_deadline: None,
             events: Vec::with_capacity(1024),
@@ -245,8 +248,16 @@ impl Worker {
     pub(super) fn on_event(&mut self, ev: Event) {
         match ev {
             Event::Accepted { listener, result } => {
+                // Test builds: an injected error replaces the connection (which closes).
+                let result = match super::accept::injected_accept_error() {
+                    Some(e) => Err(e),
+                    None => result,
+                };
                 match result {
-                    Ok(fd) => self.on_accept(fd),
+                    Ok(fd) => {
+                        self.accept_backoff = Duration::ZERO;
+                        self.on_accept(fd)
+                    }
                     Err(e) => {
                         if self.on_accept_error(listener, e) {
                             // More clients may be queued behind the one refused.
