@@ -99,6 +99,23 @@ pub struct Listeners {
 pub struct Handover {
     pub addr: SocketAddr,
     pub sockets: Vec<OwnedFd>,
+    /// The worker serving each socket (`owners[i]` for `sockets[i]`), so the sockets of a worker
+    /// that died can be closed (see [`Engine::start`]).
+    pub owners: Vec<usize>,
+}
+
+impl Handover {
+    /// Close the duplicates of worker `id`'s sockets.
+    fn forget_worker(&mut self, id: usize) {
+        let sockets = std::mem::take(&mut self.sockets);
+        let owners = std::mem::take(&mut self.owners);
+        for (sock, owner) in sockets.into_iter().zip(owners) {
+            if owner != id {
+                self.sockets.push(sock);
+                self.owners.push(owner);
+            }
+        }
+    }
 }
 
 /// Bind every address once per worker with `SO_REUSEPORT`. A port of 0 is resolved by the first
@@ -130,29 +147,34 @@ pub fn bind_listeners_from(
         {
             let h = inherited.swap_remove(i);
             let mut dups = Vec::new();
+            let mut owners = Vec::new();
             let mut served = vec![false; workers];
             for (k, sock) in h.sockets.into_iter().enumerate() {
                 dups.push(sock.try_clone()?);
+                owners.push(k % workers);
                 per_worker[k % workers].push(sock);
                 served[k % workers] = true;
             }
             let unserved = per_worker
                 .iter_mut()
+                .enumerate()
                 .zip(&served)
                 .filter(|(_, s)| !**s)
                 .map(|(w, _)| w);
-            for w in unserved {
+            for (id, w) in unserved {
                 let s = bind_one(*addr).map_err(|e| {
                     io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
                 })?;
                 let fd = OwnedFd::from(s);
                 dups.push(fd.try_clone()?);
+                owners.push(id);
                 w.push(fd);
             }
             bound.push(*addr);
             handover.push(Handover {
                 addr: *addr,
                 sockets: dups,
+                owners,
             });
             continue;
         }
@@ -184,18 +206,21 @@ pub fn bind_listeners_from(
             .ok_or_else(|| io::Error::other("listener has no socket address"))?;
         let first = OwnedFd::from(first);
         let mut dups = vec![first.try_clone()?];
+        let mut owners = vec![0];
         per_worker[0].push(first);
-        for w in per_worker.iter_mut().skip(1) {
+        for (id, w) in per_worker.iter_mut().enumerate().skip(1) {
             let s = bind_one(local)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {local}: {e}")))?;
             let fd = OwnedFd::from(s);
             dups.push(fd.try_clone()?);
+            owners.push(id);
             w.push(fd);
         }
         bound.push(local);
         handover.push(Handover {
             addr: local,
             sockets: dups,
+            owners,
         });
     }
     if bound.is_empty() {
@@ -238,7 +263,8 @@ pub struct Engine {
     workers: Vec<Handle>,
     /// Duplicates of the workers' listening sockets, until [`Engine::take_listeners`] hands them
     /// to a successor or a drain drops them (so the sockets close and new clients are refused).
-    handover: Mutex<Vec<Handover>>,
+    /// Shared with the worker threads: a worker that dies closes its own duplicates.
+    handover: Arc<Mutex<Vec<Handover>>>,
 }
 
 impl Engine {
@@ -255,7 +281,7 @@ impl Engine {
         // One thread checks client passwords for this engine's workers (hash checks are slow on
         // purpose; workers cache the results). It exits with the last worker.
         let verifier = Verifier::start(1)?;
-        let handover = Mutex::new(listeners.handover);
+        let handover = Arc::new(Mutex::new(listeners.handover));
         let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
         let mut workers = Vec::with_capacity(n);
         for (id, fds) in listeners.per_worker.into_iter().enumerate() {
@@ -277,6 +303,7 @@ impl Engine {
                 shard: Arc::clone(&shards[id]),
                 workers: n,
                 verifier: verifier.clone(),
+                handover: Arc::clone(&handover),
             };
             let uring = choice.uring;
             let ready = ready_tx.clone();
@@ -296,7 +323,7 @@ impl Engine {
                 Ok(Err(e)) => {
                     let engine = Engine {
                         workers,
-                        handover: Mutex::new(Vec::new()),
+                        handover: Arc::new(Mutex::new(Vec::new())),
                     };
                     engine.stop();
                     engine.join();
@@ -381,6 +408,7 @@ struct PartialSetup {
     shard: Arc<Shard>,
     workers: usize,
     verifier: Verifier,
+    handover: Arc<Mutex<Vec<Handover>>>,
 }
 
 fn run_worker(
@@ -405,6 +433,8 @@ fn run_worker(
         }
     };
     let id = p.id;
+    let shard = Arc::clone(&p.shard);
+    let handover = p.handover;
     let worker = Worker::new(WorkerSetup {
         id,
         driver,
@@ -418,14 +448,36 @@ fn run_worker(
         workers: p.workers,
         verifier: p.verifier,
     });
+    shard
+        .alive
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = ready.send(Ok(id));
     drop(ready);
-    if let Err(e) = worker.run() {
+    // `run` consumes the worker: when it returns, the worker's connections and its own listener
+    // fds are closed.
+    let result = worker.run();
+    shard
+        .alive
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    if let Err(e) = result {
+        // Close the engine's duplicates of this worker's listeners too: once no fd refers to a
+        // socket, the kernel takes it out of the SO_REUSEPORT group and sends its share of new
+        // clients to the live workers (instead of an accept queue nobody serves).
+        let mut h = match handover.lock() {
+            Ok(h) => h,
+            Err(e) => e.into_inner(),
+        };
+        for addr in h.iter_mut() {
+            addr.forget_worker(id);
+        }
+        drop(h);
         tracing::error!(
             event_id = crate::events::INTERNAL_ERROR,
             worker = id,
+            reason = "worker_died",
             error = %e,
-            "worker stopped on an error"
+            "worker stopped on an error: its listeners are closed, the other workers take its \
+             share of new clients; /readyz answers 503"
         );
     }
 }

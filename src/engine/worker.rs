@@ -153,6 +153,11 @@ impl Worker {
                 self.driver.add_listener(i as u32, fd.as_fd())?;
             }
         }
+        if forced_exit(self.id) {
+            return Err(io::Error::other(
+                "forced to exit by SPLICEGATE_TEST_WORKER_EXIT (test build)",
+            ));
+        }
         loop {
             let timeout = self.next_timeout();
             self.registry.flush(&mut self.driver);
@@ -369,4 +374,20 @@ impl Worker {
 
 impl Worker {
     // ---- the refusal-event rate limit -------------------------------------------------------
+}
+
+/// Test builds only: `SPLICEGATE_TEST_WORKER_EXIT=<worker id>` makes that worker stop on an
+/// error as soon as it runs, so tests can show what a dead worker leaves behind. Compiled out of
+/// release builds.
+#[cfg(debug_assertions)]
+fn forced_exit(id: usize) -> bool {
+    std::env::var("SPLICEGATE_TEST_WORKER_EXIT")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        == Some(id)
+}
+
+#[cfg(not(debug_assertions))]
+fn forced_exit(_id: usize) -> bool {
+    false
 }
