@@ -59,6 +59,8 @@ pub enum Reject {
     ClientCert,
     ClientAuth,
     ClientNetwork,
+    /// An open tunnel a reload no longer allows (`revoke_on_reload`).
+    Revoked,
 }
 
 impl Reject {
@@ -82,6 +84,7 @@ impl Reject {
             Reject::ClientCert => "client_cert",
             Reject::ClientAuth => "client_auth",
             Reject::ClientNetwork => "client_network",
+            Reject::Revoked => "revoked",
         }
     }
 

@@ -33,6 +33,8 @@ pub struct Settings {
     pub relay_tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
     /// The rate limit on refusal events (`logging:`).
     pub refusals: RefusalBudget,
+    /// Re-check open tunnels against this snapshot when it replaces another (`revoke_on_reload`).
+    pub revoke_on_reload: bool,
 }
 
 impl Settings {
@@ -81,6 +83,7 @@ impl Settings {
                     ))
                 }),
             refusals: cfg.logging.refusals,
+            revoke_on_reload: cfg.revoke_on_reload,
         }
     }
 }

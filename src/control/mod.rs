@@ -394,6 +394,11 @@ impl Control {
         }
         // Committed from here on.
         self.current.store(settings);
+        // Open tunnels are re-checked against the new policy (`revoke_on_reload`).
+        self.serving.engine.recheck();
+        for r in &self.retiring {
+            r.engine.recheck();
+        }
         if let Some((listener, addr)) = new_metrics {
             if let Some(task) = self.metrics_task.take() {
                 task.abort();

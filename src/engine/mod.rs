@@ -373,6 +373,12 @@ impl Engine {
         self.drain(far);
     }
 
+    /// Tell the workers that a reload published new settings: with `revoke_on_reload` they
+    /// close the open tunnels the new policy no longer allows.
+    pub fn recheck(&self) {
+        self.send(|| Command::Recheck);
+    }
+
     /// Close everything now.
     pub fn stop(&self) {
         self.drop_listeners();

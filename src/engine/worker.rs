@@ -33,6 +33,8 @@ pub enum Command {
     Drain { deadline: Instant },
     /// Close everything and exit now.
     Stop,
+    /// A reload published new settings: re-check the open tunnels (`revoke_on_reload`).
+    Recheck,
 }
 
 /// Everything a worker needs, built by [`super::Engine::start`].
@@ -176,6 +178,7 @@ impl Worker {
             while let Ok(c) = self.commands.try_recv() {
                 match c {
                     Command::Drain { deadline } => self.start_drain(deadline),
+                    Command::Recheck => self.revoke_disallowed(),
                     Command::Stop => {
                         self.close_all();
                         self.flush_refusal_log();

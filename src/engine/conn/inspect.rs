@@ -168,7 +168,10 @@ impl Worker {
                 self.shard.tls_inspect.observe(took);
                 let cert = match cert {
                     CertCheck::NotRequired => "not required".to_owned(),
-                    CertCheck::Subject(s) => s,
+                    CertCheck::Subject(s) => {
+                        t.cert_subject = Some(s.clone());
+                        s
+                    }
                     CertCheck::Tls13Policy => {
                         "TLS 1.3: allowed by tls13_client_certificate".to_owned()
                     }

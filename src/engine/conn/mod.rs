@@ -24,6 +24,7 @@ pub mod inspect;
 pub mod refusal;
 pub mod relay;
 pub mod resolve;
+pub mod revoke;
 pub mod tunnel;
 
 use std::net::SocketAddr;

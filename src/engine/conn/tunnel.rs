@@ -18,6 +18,7 @@ use crate::engine::registry::Registered;
 use crate::engine::tls_leg::TlsLeg;
 use crate::engine::worker::Worker;
 use crate::events::{self, clip_display, ErrorKind};
+use crate::proto::connect::Authority;
 use crate::proto::response::Status;
 use crate::proto::tls::{Inspector, Verdict};
 
@@ -39,6 +40,12 @@ pub(in crate::engine) struct Tunnel {
     pub(in crate::engine) inspect: Option<Box<Inspection>>,
     pub(in crate::engine) started: Instant,
     pub(in crate::engine) last_activity: Instant,
+    /// What the tunnel was allowed on, for the re-check after a reload (`conn::revoke`): the
+    /// requested authority, the authenticated user, and the client certificate's subject once
+    /// inspection saw one.
+    pub(in crate::engine) authority: Authority,
+    pub(in crate::engine) user: Option<String>,
+    pub(in crate::engine) cert_subject: Option<String>,
 }
 
 impl Worker {
@@ -133,6 +140,9 @@ impl Worker {
             inspect,
             started: now,
             last_activity: now,
+            authority: target.authority,
+            user: target.user,
+            cert_subject: None,
         }));
         // The client may have sent more while we connected.
         conn.c_rd = true;
