@@ -596,7 +596,7 @@ fn prepare_engine(
     old: Option<(&Config, &[SocketAddr])>,
     inherited: Vec<engine::Handover>,
 ) -> Result<Prepared, String> {
-    let choice = engine::choose(cfg.engine)?;
+    let choice = engine::choose(cfg.engine).map_err(|e| e.to_string())?;
     let workers = if cfg.workers == 0 {
         engine::sys::online_cpus()
     } else {

@@ -412,14 +412,28 @@ fn accept_entry(fd: RawFd, idx: u32) -> squeue::Entry {
         .user_data(Key::Listener(idx).encode())
 }
 
+/// Why io_uring cannot be used on this host.
+#[derive(Debug, thiserror::Error)]
+pub enum UringUnavailable {
+    /// Seccomp, `kernel.io_uring_disabled`, or no io_uring in the kernel.
+    #[error("io_uring_setup failed: {0}")]
+    Setup(#[source] io::Error),
+    #[error("io_uring probe failed: {0}")]
+    Probe(#[source] io::Error),
+    #[error("io_uring opcode {0} not supported")]
+    Opcode(&'static str),
+    #[error("io_uring lacks IORING_FEAT_EXT_ARG (kernel older than 5.11)")]
+    NoExtArg,
+}
+
 /// Check that io_uring can be set up here and supports what the driver needs. The error says
 /// why not (seccomp, `kernel.io_uring_disabled`, old kernel).
-pub fn probe_uring() -> Result<(), String> {
-    let ring = IoUring::new(8).map_err(|e| format!("io_uring_setup failed: {e}"))?;
+pub fn probe_uring() -> Result<(), UringUnavailable> {
+    let ring = IoUring::new(8).map_err(UringUnavailable::Setup)?;
     let mut probe = io_uring::Probe::new();
     ring.submitter()
         .register_probe(&mut probe)
-        .map_err(|e| format!("io_uring probe failed: {e}"))?;
+        .map_err(UringUnavailable::Probe)?;
     for (code, name) in [
         (opcode::PollAdd::CODE, "POLL_ADD"),
         (opcode::AcceptMulti::CODE, "ACCEPT"),
@@ -427,11 +441,11 @@ pub fn probe_uring() -> Result<(), String> {
         (opcode::PollRemove::CODE, "POLL_REMOVE"),
     ] {
         if !probe.is_supported(code) {
-            return Err(format!("io_uring opcode {name} not supported"));
+            return Err(UringUnavailable::Opcode(name));
         }
     }
     if !ring.params().is_feature_ext_arg() {
-        return Err("io_uring lacks IORING_FEAT_EXT_ARG (kernel older than 5.11)".into());
+        return Err(UringUnavailable::NoExtArg);
     }
     Ok(())
 }

@@ -54,8 +54,21 @@ impl Choice {
     }
 }
 
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("engine: uring was requested but io_uring is unavailable: {0}")]
+    UringRequested(#[source] driver::UringUnavailable),
+    #[error("worker {id}: cannot set up its driver: {source}")]
+    DriverSetup {
+        id: usize,
+        #[source]
+        source: io::Error,
+    },
+}
+
 /// Resolve `engine: auto|uring|epoll` against what this host allows.
-pub fn choose(kind: EngineKind) -> Result<Choice, String> {
+pub fn choose(kind: EngineKind) -> Result<Choice, EngineError> {
     match kind {
         EngineKind::Epoll => Ok(Choice {
             uring: false,
@@ -66,9 +79,7 @@ pub fn choose(kind: EngineKind) -> Result<Choice, String> {
                 uring: true,
                 why: "engine: uring in the configuration".into(),
             }),
-            Err(e) => Err(format!(
-                "engine: uring was requested but io_uring is unavailable: {e}"
-            )),
+            Err(e) => Err(EngineError::UringRequested(e)),
         },
         EngineKind::Auto => Ok(match driver::probe_uring() {
             Ok(()) => Choice {
@@ -282,7 +293,7 @@ impl Engine {
         // purpose; workers cache the results). It exits with the last worker.
         let verifier = Verifier::start(1)?;
         let handover = Arc::new(Mutex::new(listeners.handover));
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, EngineError>>();
         let mut workers = Vec::with_capacity(n);
         for (id, fds) in listeners.per_worker.into_iter().enumerate() {
             let wake = Arc::new(sys::eventfd()?);
@@ -421,7 +432,7 @@ fn run_worker(
     p: PartialSetup,
     uring: bool,
     wake: OwnedFd,
-    ready: mpsc::Sender<Result<usize, String>>,
+    ready: mpsc::Sender<Result<usize, EngineError>>,
 ) {
     let driver = if uring {
         UringDriver::new(1024, wake).map(|d| Driver::Uring(Box::new(d)))
@@ -431,10 +442,10 @@ fn run_worker(
     let driver = match driver {
         Ok(d) => d,
         Err(e) => {
-            let _ = ready.send(Err(format!(
-                "worker {}: cannot set up its driver: {e}",
-                p.id
-            )));
+            let _ = ready.send(Err(EngineError::DriverSetup {
+                id: p.id,
+                source: e,
+            }));
             return;
         }
     };
