@@ -108,6 +108,19 @@ pub enum Event {
 pub enum Driver {
     Uring(Box<UringDriver>),
     Epoll(EpollDriver),
+    /// Unit tests: records registrations and replays queued events (see [`FakeDriver`]).
+    #[cfg(test)]
+    Fake(FakeDriver),
+}
+
+/// A driver for unit tests of the connection states: it waits for nothing, reports the events
+/// a test queued, and records what the worker registered and removed.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub struct FakeDriver {
+    pub watched: Vec<Key>,
+    pub removed: Vec<Key>,
+    pub queued: Vec<Event>,
 }
 
 impl Driver {
@@ -115,6 +128,8 @@ impl Driver {
         match self {
             Driver::Uring(_) => "uring",
             Driver::Epoll(_) => "epoll",
+            #[cfg(test)]
+            Driver::Fake(_) => "fake",
         }
     }
 
@@ -122,6 +137,8 @@ impl Driver {
         match self {
             Driver::Uring(d) => d.add_listener(idx, fd.as_raw_fd()),
             Driver::Epoll(d) => d.add(fd, Key::Listener(idx)),
+            #[cfg(test)]
+            Driver::Fake(_) => Ok(()),
         }
     }
 
@@ -130,6 +147,8 @@ impl Driver {
         match self {
             Driver::Uring(d) => d.cancel(Key::Listener(idx)),
             Driver::Epoll(d) => d.del(fd),
+            #[cfg(test)]
+            Driver::Fake(_) => {}
         }
     }
 
@@ -144,6 +163,11 @@ impl Driver {
         match self {
             Driver::Uring(d) => d.register(fd.as_raw_fd(), key),
             Driver::Epoll(d) => d.add(fd, key),
+            #[cfg(test)]
+            Driver::Fake(d) => {
+                d.watched.push(key);
+                Ok(())
+            }
         }
     }
 
@@ -154,8 +178,11 @@ impl Driver {
     /// fd removed it from the interest list (epoll(7)). On io_uring the multishot poll is removed
     /// by key (and removed again if a completion shows it survived, see [`UringDriver::wait`]).
     pub fn deregister(&mut self, key: Key) {
-        if let Driver::Uring(d) = self {
-            d.deregister(key)
+        match self {
+            Driver::Uring(d) => d.deregister(key),
+            Driver::Epoll(_) => {}
+            #[cfg(test)]
+            Driver::Fake(d) => d.removed.push(key),
         }
     }
 
@@ -164,6 +191,12 @@ impl Driver {
         match self {
             Driver::Uring(d) => d.wait(timeout, out),
             Driver::Epoll(d) => d.wait(timeout, out),
+            #[cfg(test)]
+            Driver::Fake(d) => {
+                let _ = timeout;
+                out.append(&mut d.queued);
+                Ok(())
+            }
         }
     }
 }

@@ -25,6 +25,8 @@ pub mod refusal;
 pub mod relay;
 pub mod resolve;
 pub mod revoke;
+#[cfg(test)]
+mod tests;
 pub mod tunnel;
 
 use std::net::SocketAddr;
