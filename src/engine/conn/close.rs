@@ -21,6 +21,9 @@ pub(in crate::engine) enum Close {
 }
 
 impl Worker {
+    /// Take the connection out of its slot: the slot's generation moves on (late events and
+    /// answers for it are dropped), its deadline goes, and its sockets close with their
+    /// registrations as the state drops.
     pub(in crate::engine) fn close(&mut self, slot: u32, how: Close) {
         let Some(s) = self.slots.get_mut(slot as usize) else {
             return;
@@ -36,28 +39,26 @@ impl Worker {
         self.shard.client_closed(conn.peer.ip());
         // Any upstream socket closes with its registration as the state drops.
         if let State::Tunnel(mut t) = conn.state {
-            {
-                t.up.release(&mut self.pool);
-                t.down.release(&mut self.pool);
-                self.shard.tunnels_active.fetch_sub(1, Relaxed);
-                let lived = t.started.elapsed();
-                self.shard.tunnel_duration.observe(lived);
-                let reason = match how {
-                    Close::Tunnel(r) => r,
-                    Close::Quiet => "closed",
-                };
-                info!(
-                    event_id = events::INFO,
-                    client = %conn.peer,
-                    target = %t.target,
-                    address = %t.addr,
-                    reason = reason,
-                    bytes_up = t.tls.as_ref().map_or(t.up.bytes, |l| l.bytes_up),
-                    bytes_down = t.tls.as_ref().map_or(t.down.bytes, |l| l.bytes_down),
-                    duration_ms = lived.as_millis() as u64,
-                    "tunnel closed"
-                );
-            }
+            t.up.release(&mut self.pool);
+            t.down.release(&mut self.pool);
+            self.shard.tunnels_active.fetch_sub(1, Relaxed);
+            let lived = t.started.elapsed();
+            self.shard.tunnel_duration.observe(lived);
+            let reason = match how {
+                Close::Tunnel(r) => r,
+                Close::Quiet => "closed",
+            };
+            info!(
+                event_id = events::INFO,
+                client = %conn.peer,
+                target = %t.target,
+                address = %t.addr,
+                reason = reason,
+                bytes_up = t.tls.as_ref().map_or(t.up.bytes, |l| l.bytes_up),
+                bytes_down = t.tls.as_ref().map_or(t.down.bytes, |l| l.bytes_down),
+                duration_ms = lived.as_millis() as u64,
+                "tunnel closed"
+            );
         }
     }
 
