@@ -143,9 +143,10 @@ fn sigterm_without_tunnels_exits_promptly() {
 /// A worker that stops on an error (forced through the test-build-only
 /// `SPLICEGATE_TEST_WORKER_EXIT`): event 400 with the cause, `/readyz` 503,
 /// `splicegate_workers_alive` 1 of 2, and its listeners closed so that every new client is
-/// served by the live worker (none waits in the dead worker's accept queue).
+/// served by the live worker (none waits in the dead worker's accept queue). A second later it
+/// is restarted: 2 alive, `/readyz` 200.
 #[test]
-fn a_dead_worker_hands_its_clients_to_the_live_one_and_readyz_says_503() {
+fn a_dead_worker_hands_its_clients_to_the_live_one_and_is_restarted() {
     let up = Upstream::echo();
     let cfg = Config::new().workers(2).upstream(UP, up.port());
     let Some(gw) = Gateway::start_wrapped(cfg, &["env", "SPLICEGATE_TEST_WORKER_EXIT=0"]) else {
@@ -177,4 +178,24 @@ fn a_dead_worker_hands_its_clients_to_the_live_one_and_readyz_says_503() {
         echo_roundtrip(&mut s, &[i; 1000]);
     }
     assert_eq!(gw.healthz().expect("healthz answers"), 200);
+    // After a pause the worker is started again: both alive, /readyz 200, and clients served.
+    gw.expect_event(
+        100,
+        |e| field_str(e, "message").is_some_and(|m| m.contains("worker restarted")),
+        Duration::from_secs(10),
+        "worker restarted",
+    );
+    assert_eq!(
+        gw.wait_metric(
+            "splicegate_workers_alive",
+            |v| v == 2.0,
+            Duration::from_secs(5)
+        ),
+        2.0
+    );
+    assert_eq!(gw.readyz().expect("readyz answers"), 200);
+    for i in 0..24u8 {
+        let mut s = open_tunnel(gw.addr(), &target);
+        echo_roundtrip(&mut s, &[i; 1000]);
+    }
 }

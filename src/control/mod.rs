@@ -492,6 +492,22 @@ impl Control {
 
     /// Join retired engines whose workers have all exited.
     fn reap(&mut self) {
+        // A worker of the serving engine that died is started again after a pause.
+        for (worker, result) in self.serving.engine.restart_dead() {
+            match result {
+                Ok(()) => info!(
+                    event_id = events::INFO,
+                    worker, "worker restarted after it stopped on an error"
+                ),
+                Err(e) => tracing::error!(
+                    event_id = events::INTERNAL_ERROR,
+                    worker,
+                    reason = "worker_died",
+                    error = %e,
+                    "a dead worker could not be restarted; trying again"
+                ),
+            }
+        }
         if self.retiring.is_empty() {
             return;
         }

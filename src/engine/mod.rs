@@ -12,6 +12,7 @@ pub mod driver;
 pub mod flow;
 pub mod pipe;
 pub mod registry;
+mod restart;
 pub mod sys;
 pub mod timers;
 pub mod tls_leg;
@@ -61,6 +62,12 @@ pub enum EngineError {
     UringRequested(#[source] driver::UringUnavailable),
     #[error("worker {id}: cannot set up its driver: {source}")]
     DriverSetup {
+        id: usize,
+        #[source]
+        source: io::Error,
+    },
+    #[error("worker {id}: cannot be restarted: {source}")]
+    Restart {
         id: usize,
         #[source]
         source: io::Error,
@@ -269,9 +276,26 @@ struct Handle {
     wake: Arc<OwnedFd>,
 }
 
+/// What it takes to start a worker: kept by the [`Engine`] so a worker that died can be started
+/// again (`restart.rs`).
+struct Spawn {
+    uring: bool,
+    settings: Shared,
+    resolver: Resolver,
+    verifier: Verifier,
+    shards: Vec<Arc<Shard>>,
+    /// The bound listen addresses (ports resolved), for a restarted worker's own sockets.
+    bound: Vec<SocketAddr>,
+}
+
 /// The running workers.
 pub struct Engine {
     workers: Vec<Handle>,
+    spawn: Spawn,
+    /// Set by a drain or stop: a worker that exits then is not restarted.
+    stopping: std::sync::atomic::AtomicBool,
+    /// When each dead worker was first seen dead (restarts wait [`restart::RESTART_PAUSE`]).
+    deaths: Vec<Option<Instant>>,
     /// Duplicates of the workers' listening sockets, until [`Engine::take_listeners`] hands them
     /// to a successor or a drain drops them (so the sockets close and new clients are refused).
     /// Shared with the worker threads: a worker that dies closes its own duplicates.
@@ -293,39 +317,18 @@ impl Engine {
         // purpose; workers cache the results). It exits with the last worker.
         let verifier = Verifier::start(1)?;
         let handover = Arc::new(Mutex::new(listeners.handover));
+        let spawn = Spawn {
+            uring: choice.uring,
+            settings,
+            resolver,
+            verifier,
+            shards: shards.to_vec(),
+            bound: listeners.bound,
+        };
         let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, EngineError>>();
         let mut workers = Vec::with_capacity(n);
         for (id, fds) in listeners.per_worker.into_iter().enumerate() {
-            let wake = Arc::new(sys::eventfd()?);
-            let (ctx, crx) = mpsc::channel();
-            let (atx, arx) = mpsc::channel();
-            let wake_for_driver = wake.as_fd().try_clone_to_owned()?;
-            let setup = PartialSetup {
-                id,
-                listeners: fds,
-                settings: Arc::clone(&settings),
-                resolver: resolver.clone(),
-                reply: ReplyTo {
-                    tx: atx,
-                    wake: Arc::clone(&wake),
-                },
-                answers: arx,
-                commands: crx,
-                shard: Arc::clone(&shards[id]),
-                workers: n,
-                verifier: verifier.clone(),
-                handover: Arc::clone(&handover),
-            };
-            let uring = choice.uring;
-            let ready = ready_tx.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("splicegate-w{id}"))
-                .spawn(move || run_worker(setup, uring, wake_for_driver, ready))?;
-            workers.push(Handle {
-                thread,
-                commands: ctx,
-                wake,
-            });
+            workers.push(spawn.worker(id, n, fds, &handover, ready_tx.clone())?);
         }
         drop(ready_tx);
         for _ in 0..n {
@@ -334,6 +337,9 @@ impl Engine {
                 Ok(Err(e)) => {
                     let engine = Engine {
                         workers,
+                        spawn,
+                        stopping: true.into(),
+                        deaths: vec![None; n],
                         handover: Arc::new(Mutex::new(Vec::new())),
                     };
                     engine.stop();
@@ -343,7 +349,13 @@ impl Engine {
                 Err(_) => return Err(io::Error::other("a worker exited during start-up")),
             }
         }
-        Ok(Engine { workers, handover })
+        Ok(Engine {
+            workers,
+            spawn,
+            stopping: false.into(),
+            deaths: vec![None; n],
+            handover,
+        })
     }
 
     fn send(&self, make: impl Fn() -> Command) {
@@ -355,6 +367,8 @@ impl Engine {
 
     /// Stop accepting everywhere; workers exit when empty or at `deadline`.
     pub fn drain(&self, deadline: Instant) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.drop_listeners();
         self.send(|| Command::Drain { deadline });
     }
@@ -392,6 +406,8 @@ impl Engine {
 
     /// Close everything now.
     pub fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.drop_listeners();
         self.send(|| Command::Stop);
     }
@@ -411,6 +427,48 @@ impl Engine {
         for w in self.workers {
             let _ = w.thread.join();
         }
+    }
+}
+
+impl Spawn {
+    /// Start worker `id` (of `n`) on `fds`; it reports on `ready` once its driver is up.
+    fn worker(
+        &self,
+        id: usize,
+        n: usize,
+        fds: Vec<OwnedFd>,
+        handover: &Arc<Mutex<Vec<Handover>>>,
+        ready: mpsc::Sender<Result<usize, EngineError>>,
+    ) -> io::Result<Handle> {
+        let wake = Arc::new(sys::eventfd()?);
+        let (ctx, crx) = mpsc::channel();
+        let (atx, arx) = mpsc::channel();
+        let wake_for_driver = wake.as_fd().try_clone_to_owned()?;
+        let setup = PartialSetup {
+            id,
+            listeners: fds,
+            settings: Arc::clone(&self.settings),
+            resolver: self.resolver.clone(),
+            reply: ReplyTo {
+                tx: atx,
+                wake: Arc::clone(&wake),
+            },
+            answers: arx,
+            commands: crx,
+            shard: Arc::clone(&self.shards[id]),
+            workers: n,
+            verifier: self.verifier.clone(),
+            handover: Arc::clone(handover),
+        };
+        let uring = self.uring;
+        let thread = std::thread::Builder::new()
+            .name(format!("splicegate-w{id}"))
+            .spawn(move || run_worker(setup, uring, wake_for_driver, ready))?;
+        Ok(Handle {
+            thread,
+            commands: ctx,
+            wake,
+        })
     }
 }
 

@@ -380,14 +380,16 @@ impl Worker {
 }
 
 /// Test builds only: `SPLICEGATE_TEST_WORKER_EXIT=<worker id>` makes that worker stop on an
-/// error as soon as it runs, so tests can show what a dead worker leaves behind. Compiled out of
-/// release builds.
+/// error as soon as it first runs (once per process: its restart runs normally), so tests can
+/// show what a dead worker leaves behind. Compiled out of release builds.
 #[cfg(debug_assertions)]
 fn forced_exit(id: usize) -> bool {
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     std::env::var("SPLICEGATE_TEST_WORKER_EXIT")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         == Some(id)
+        && !DONE.swap(true, std::sync::atomic::Ordering::Relaxed)
 }
 
 #[cfg(not(debug_assertions))]
