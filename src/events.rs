@@ -59,6 +59,8 @@ pub enum Reject {
     ClientCert,
     ClientAuth,
     ClientNetwork,
+    /// An open tunnel a reload no longer allows (`revoke_on_reload`).
+    Revoked,
 }
 
 impl Reject {
@@ -82,6 +84,7 @@ impl Reject {
             Reject::ClientCert => "client_cert",
             Reject::ClientAuth => "client_auth",
             Reject::ClientNetwork => "client_network",
+            Reject::Revoked => "revoked",
         }
     }
 
@@ -101,6 +104,10 @@ pub enum ErrorKind {
     ConnectTimeout,
     ConnectFailed,
     FdExhausted,
+    /// `accept` failed with ENOBUFS or ENOMEM: the kernel is short of memory, not of fds.
+    OutOfMemory,
+    /// Any other persistent `accept` error.
+    Accept,
     TunnelIo,
     RelayAuth,
     RelayRefused,
@@ -120,6 +127,8 @@ impl ErrorKind {
             ErrorKind::ConnectTimeout => "connect_timeout",
             ErrorKind::ConnectFailed => "connect_failed",
             ErrorKind::FdExhausted => "fd_exhausted",
+            ErrorKind::OutOfMemory => "out_of_memory",
+            ErrorKind::Accept => "accept",
             ErrorKind::TunnelIo => "tunnel_io",
             ErrorKind::RelayAuth => "relay_auth",
             ErrorKind::RelayRefused => "relay_refused",

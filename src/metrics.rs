@@ -35,6 +35,7 @@ pub const UPSTREAM_CONNECT: &str = "splicegate_upstream_connect_seconds";
 pub const TLS_VERIFIED: &str = "splicegate_tls_sessions_verified";
 pub const TLS_INSPECT: &str = "splicegate_tls_inspect_seconds";
 pub const DRAINING: &str = "splicegate_draining";
+pub const WORKERS_ALIVE: &str = "splicegate_workers_alive";
 pub const ENGINE: &str = "splicegate_engine";
 pub const CONFIG_RELOADS: &str = "splicegate_config_reloads";
 pub const ENGINES_RETIRING: &str = "splicegate_engines_retiring";
@@ -116,6 +117,9 @@ pub struct Shard {
     pub tls_inspect: Histogram,
     /// Open connections per client address, for `splicegate_connected_clients`.
     pub clients: Mutex<HashMap<IpAddr, u32>>,
+    /// True while this shard's worker thread runs (set once its driver is up, cleared when it
+    /// exits for any reason), for `splicegate_workers_alive` and `/readyz`.
+    pub alive: AtomicBool,
 }
 
 impl Default for Shard {
@@ -135,6 +139,7 @@ impl Default for Shard {
             tls_verified: std::array::from_fn(|_| AtomicU64::new(0)),
             tls_inspect: Histogram::new(&INSPECT_BUCKETS),
             clients: Mutex::new(HashMap::new()),
+            alive: AtomicBool::new(false),
         }
     }
 }
@@ -218,11 +223,14 @@ pub struct Metrics {
     pub status: Arc<Status>,
     /// The driver kind of the current engine (`uring` or `epoll`); replaced on reload.
     pub engine: Mutex<&'static str>,
+    /// The shards of the serving engine (one per configured worker); replaced on reload.
+    serving: Mutex<Vec<Arc<Shard>>>,
 }
 
 impl Metrics {
     pub fn new(shards: Vec<Arc<Shard>>, status: Arc<Status>, engine: &'static str) -> Metrics {
         Metrics {
+            serving: Mutex::new(shards.clone()),
             shards: Mutex::new(shards),
             retired: Arc::new(Shard::default()),
             status,
@@ -238,6 +246,19 @@ impl Metrics {
         if let Ok(mut e) = self.engine.lock() {
             *e = engine;
         }
+        if let Ok(mut v) = self.serving.lock() {
+            *v = shards.to_vec();
+        }
+    }
+
+    /// `(alive, configured)` workers of the serving engine.
+    pub fn workers(&self) -> (usize, usize) {
+        let v = match self.serving.lock() {
+            Ok(v) => v,
+            Err(e) => e.into_inner(),
+        };
+        let alive = v.iter().filter(|s| s.alive.load(Relaxed)).count();
+        (alive, v.len())
     }
 
     /// Fold the shards of an engine whose workers have all exited into `retired`.
@@ -457,6 +478,12 @@ impl Collector for Metrics {
             DRAINING,
             "1 while the gateway drains after SIGTERM.",
             i64::from(self.status.draining.load(Relaxed)),
+        )?;
+        gauge(
+            &mut enc,
+            WORKERS_ALIVE,
+            "Workers of the serving engine running (fewer than configured: one has died).",
+            self.workers().0 as i64,
         )?;
         {
             let mut m = enc.encode_descriptor(

@@ -34,6 +34,8 @@ pub struct Settings {
     pub relay_tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
     /// The rate limit on refusal events (`logging:`).
     pub refusals: RefusalBudget,
+    /// Re-check open tunnels against this snapshot when it replaces another (`revoke_on_reload`).
+    pub revoke_on_reload: bool,
 }
 
 impl Settings {
@@ -73,6 +75,7 @@ impl Settings {
                 .and_then(|r| r.tls.as_ref())
                 .map(|t| (Arc::clone(&t.config), t.server_name.clone())),
             refusals: cfg.logging.refusals,
+            revoke_on_reload: cfg.revoke_on_reload,
         }
     }
 }

@@ -139,3 +139,63 @@ fn sigterm_without_tunnels_exits_promptly() {
     let ev = gw.expect_event(102, |_| true, Duration::from_secs(2), "stopped");
     assert_eq!(field_str(&ev, "level").as_deref(), Some("INFO"), "{ev}");
 }
+
+/// A worker that stops on an error (forced through the test-build-only
+/// `SPLICEGATE_TEST_WORKER_EXIT`): event 400 with the cause, `/readyz` 503,
+/// `splicegate_workers_alive` 1 of 2, and its listeners closed so that every new client is
+/// served by the live worker (none waits in the dead worker's accept queue). A second later it
+/// is restarted: 2 alive, `/readyz` 200.
+#[test]
+fn a_dead_worker_hands_its_clients_to_the_live_one_and_is_restarted() {
+    let up = Upstream::echo();
+    let cfg = Config::new().workers(2).upstream(UP, up.port());
+    let Some(gw) = Gateway::start_wrapped(cfg, &["env", "SPLICEGATE_TEST_WORKER_EXIT=0"]) else {
+        return;
+    };
+    let ev = gw.expect_event(
+        400,
+        |e| field_str(e, "reason").as_deref() == Some("worker_died"),
+        Duration::from_secs(5),
+        "worker died",
+    );
+    assert!(
+        field_str(&ev, "error").is_some_and(|e| e.contains("SPLICEGATE_TEST_WORKER_EXIT")),
+        "the event carries the cause: {ev}"
+    );
+    assert_eq!(gw.readyz().expect("readyz answers"), 503);
+    assert_eq!(gw.metric_value("splicegate_workers_alive"), 1.0);
+    // Every new client is served: with the dead worker's socket still open, about half would
+    // wait forever in its accept queue.
+    let target = format!("{UP}:{}", up.port());
+    for i in 0..24u8 {
+        let s = TcpStream::connect(gw.addr()).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut s = s;
+        s.write_all(connect_head(&target).as_bytes()).unwrap();
+        let r = read_response_head(&mut s)
+            .unwrap_or_else(|e| panic!("client {i} got no answer (stranded?): {e}"));
+        assert_eq!(r.status, 200, "client {i}");
+        echo_roundtrip(&mut s, &[i; 1000]);
+    }
+    assert_eq!(gw.healthz().expect("healthz answers"), 200);
+    // After a pause the worker is started again: both alive, /readyz 200, and clients served.
+    gw.expect_event(
+        100,
+        |e| field_str(e, "message").is_some_and(|m| m.contains("worker restarted")),
+        Duration::from_secs(10),
+        "worker restarted",
+    );
+    assert_eq!(
+        gw.wait_metric(
+            "splicegate_workers_alive",
+            |v| v == 2.0,
+            Duration::from_secs(5)
+        ),
+        2.0
+    );
+    assert_eq!(gw.readyz().expect("readyz answers"), 200);
+    for i in 0..24u8 {
+        let mut s = open_tunnel(gw.addr(), &target);
+        echo_roundtrip(&mut s, &[i; 1000]);
+    }
+}

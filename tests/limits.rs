@@ -213,3 +213,54 @@ fn metrics_and_readyz_answer_while_the_workers_are_out_of_fds() {
     );
     drop(idle);
 }
+
+/// A persistent accept error pauses accepting with an exponential back-off instead of retrying at
+/// once: with every accept failing (injected through the test-build-only
+/// `SPLICEGATE_TEST_ACCEPT_ERROR`), the gateway stays near idle and counts a bounded number of
+/// errors. ENOBUFS is counted as `out_of_memory`, not as fd exhaustion; EINVAL (any other error)
+/// as `accept`.
+#[test]
+fn persistent_accept_errors_back_off_without_spinning() {
+    for (errno, kind) in [(libc::EINVAL, "accept"), (libc::ENOBUFS, "out_of_memory")] {
+        let up = Upstream::echo();
+        let cfg = Config::new().workers(1).upstream(NAME, up.port());
+        let var = format!("SPLICEGATE_TEST_ACCEPT_ERROR={errno}");
+        let Some(gw) = Gateway::start_wrapped(cfg, &["env", &var]) else {
+            return;
+        };
+        // Clients trigger the (failing) accepts; they are never served.
+        let clients: Vec<_> = (0..3)
+            .filter_map(|_| std::net::TcpStream::connect(gw.addr()).ok())
+            .collect();
+        assert!(!clients.is_empty(), "the kernel queues the clients");
+        let cpu0 = cpu_seconds(gw.pid());
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs(2));
+        let used = cpu_seconds(gw.pid()) - cpu0;
+        let share = used / t0.elapsed().as_secs_f64();
+        assert!(
+            share < 0.2,
+            "errno {errno}: gateway used {:.0}% of a core while accept failed",
+            share * 100.0
+        );
+        let query = format!("splicegate_errors_total{{kind=\"{kind}\"}}");
+        let errors = gw.metric_value(&query);
+        assert!(
+            (1.0..100.0).contains(&errors),
+            "errno {errno}: {errors} accept errors counted in 2 s (back-off: about 10)"
+        );
+        assert_eq!(
+            gw.metric_value("splicegate_errors_total{kind=\"fd_exhausted\"}"),
+            0.0,
+            "errno {errno} is not fd exhaustion"
+        );
+        gw.expect_event(
+            400,
+            |e| field_str(e, "reason").as_deref() == Some(kind),
+            Duration::from_secs(5),
+            "accept error event",
+        );
+        let (code, _) = gw.metrics_get("/healthz").expect("healthz answers");
+        assert_eq!(code, 200);
+    }
+}

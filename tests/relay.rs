@@ -683,3 +683,69 @@ fn readyz_checks_the_relay_when_asked() {
     };
     assert_eq!(gw.readyz().expect("readyz"), 200);
 }
+
+/// An `https://` relay whose TLS set-up fails (it answers the ClientHello in plain HTTP): the
+/// client gets 502, and the relay socket is closed for real — the relay sees EOF at once (an fd
+/// closed with its io_uring poll still armed would stay open in the kernel) — and the gateway's
+/// fd count returns to its baseline. No Squid or stunnel needed.
+#[test]
+fn https_relay_tls_setup_failure_closes_the_relay_socket() {
+    let (tx, rx) = mpsc::channel::<Option<Duration>>();
+    let tx = std::sync::Mutex::new(tx);
+    let fake = Upstream::with_handler(move |mut s| {
+        let mut buf = [0u8; 4096];
+        // The gateway's ClientHello, answered with something that is not TLS.
+        if !matches!(s.read(&mut buf), Ok(n) if n > 0) {
+            return;
+        }
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\n");
+        let answered = Instant::now();
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        // Read until EOF (or the timeout): bounded by 5 s and 1000 reads.
+        let mut eof = None;
+        for _ in 0..1000 {
+            match s.read(&mut buf) {
+                Ok(0) => {
+                    eof = Some(answered.elapsed());
+                    break;
+                }
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    eof = Some(answered.elapsed());
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let _ = tx.lock().map(|t| t.send(eof));
+    });
+    let ca = TlsUpstream::start();
+    let relay = format!(
+        "{}  ca_file: {}\n",
+        relay_yaml(&format!("https://127.0.0.1:{}", fake.port()), None),
+        yq(&ca.cert().display().to_string())
+    );
+    let Some(gw) = gateway(443, &relay, |c| c) else {
+        return;
+    };
+    let baseline = gw.fd_count();
+    expect_refusal(&gw, connect_head(&format!("{NAME}:443")).as_bytes(), 502);
+    let ev = network_error(&gw, "relay_refused");
+    assert!(
+        field_str(&ev, "detail").unwrap_or_default().contains("TLS"),
+        "the event says the TLS set-up failed: {ev}"
+    );
+    let eof = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the fake relay reports");
+    assert!(
+        eof.is_some_and(|t| t < Duration::from_secs(1)),
+        "the relay socket was not closed within 1 s ({eof:?})\n{}",
+        gw.log_dump()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.fd_count() > baseline && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(gw.fd_count(), baseline, "fds back to the baseline");
+}

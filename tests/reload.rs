@@ -768,3 +768,82 @@ fn a_file_that_never_holds_still_is_refused_after_the_retries() {
     writer.join().unwrap();
     assert!(gw.metric_value(FAILED) >= 1.0);
 }
+
+const GONE: &str = "gone.splicegate.test";
+
+/// Tunnels to `UP` and `GONE` (both to the echo upstream), then a reload that drops `GONE` from
+/// the allowlist. Returns the gateway, the upstream and the two tunnels after the reload was
+/// applied.
+fn revoke_scenario(extra: &str) -> Option<(Gateway, Upstream, TcpStream, TcpStream)> {
+    let up = Upstream::echo();
+    let port = up.port();
+    let keep_cfg = Config::new().upstream(UP, port).raw(extra);
+    let gw = Gateway::start(keep_cfg.clone().upstream(GONE, port))?;
+    let mut kept = open_tunnel(gw.addr(), &format!("{UP}:{port}"));
+    let mut gone = open_tunnel(gw.addr(), &format!("{GONE}:{port}"));
+    echo_roundtrip(&mut kept, b"before");
+    echo_roundtrip(&mut gone, b"before");
+    replace_file(gw.config_path(), &keep_cfg.render());
+    gw.signal(libc::SIGHUP);
+    reload_event_with(&gw, &format!("-{GONE}"));
+    Some((gw, up, kept, gone))
+}
+
+/// A reload that removes a host closes the open tunnel to it within 1 s (event 105,
+/// `reason="revoked"`, counted), while a tunnel to a host still allowed keeps streaming
+/// byte-exact.
+#[test]
+fn reload_revokes_tunnels_the_new_policy_forbids() {
+    let Some((gw, _up, mut kept, mut gone)) = revoke_scenario("") else {
+        return;
+    };
+    let t0 = Instant::now();
+    let ev = gw.expect_event(
+        105,
+        |e| field_str(e, "reason").as_deref() == Some("revoked"),
+        Duration::from_secs(1),
+        "revocation event within 1 s",
+    );
+    assert!(
+        field_str(&ev, "target").is_some_and(|t| t.starts_with(GONE)),
+        "the event names the revoked tunnel: {ev}"
+    );
+    let closed = assert_closes(&mut gone, Duration::from_secs(1));
+    assert!(closed.is_empty(), "nothing more came through: {closed:?}");
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    assert_eq!(
+        gw.metric_value("splicegate_rejections_total{reason=\"revoked\"}"),
+        1.0
+    );
+    // The allowed tunnel is untouched: 4 MiB byte-exact after the reload.
+    let data = Pattern::bytes(7, 4 << 20);
+    let reader = {
+        let mut r = kept.try_clone().unwrap();
+        let n = data.len() as u64;
+        thread::spawn(move || read_exact_hash(&mut r, n))
+    };
+    kept.write_all(&data).unwrap();
+    let got = reader.join().unwrap().expect("echo back");
+    assert_eq!(got, sha256(&data), "byte-exact through the kept tunnel");
+    assert_eq!(
+        gw.events(105).len(),
+        1,
+        "only the revoked tunnel: {:?}",
+        gw.events(105)
+    );
+}
+
+/// `revoke_on_reload: false`: a tunnel to a removed host keeps running; no event.
+#[test]
+fn reload_with_revoke_off_keeps_open_tunnels() {
+    let Some((gw, _up, _kept, mut gone)) = revoke_scenario("revoke_on_reload: false\n") else {
+        return;
+    };
+    thread::sleep(Duration::from_millis(1500));
+    echo_roundtrip(&mut gone, b"still here after the reload");
+    assert!(gw.events(105).is_empty(), "{:?}", gw.events(105));
+    assert_eq!(
+        gw.metric_value("splicegate_rejections_total{reason=\"revoked\"}"),
+        0.0
+    );
+}

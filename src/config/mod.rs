@@ -86,6 +86,9 @@ pub struct Config {
     pub hosts: Vec<(String, Vec<IpAddr>)>,
     /// Turns the private-destination guard off entirely.
     pub allow_private_destinations: bool,
+    /// A reload re-checks every open tunnel against the new policy and closes those it no
+    /// longer allows.
+    pub revoke_on_reload: bool,
     /// Networks exempted from the private-destination guard.
     pub allowed_destination_networks: Vec<ipnet::IpNet>,
     /// Networks clients may connect from; empty = any client.
@@ -227,6 +230,7 @@ impl Default for Config {
                 .collect(),
             hosts: Vec::new(),
             allow_private_destinations: false,
+            revoke_on_reload: true,
             allowed_destination_networks: Vec::new(),
             allowed_client_networks: Vec::new(),
             client_auth: None,
@@ -429,6 +433,7 @@ impl Config {
                     .collect()
             )
         );
+        let _ = writeln!(out, "revoke_on_reload: {}", self.revoke_on_reload);
         let _ = writeln!(
             out,
             "allowed_client_networks: {}",
@@ -695,6 +700,7 @@ mod tests {
             "allowed_hosts:",
             "hosts:",
             "allow_private_destinations:",
+            "revoke_on_reload:",
             "allowed_destination_networks:",
             "allowed_client_networks:",
             "client_auth:",
@@ -1614,6 +1620,7 @@ mod tests {
             "myws.ods.opinsights.azure.com -> 203.0.113.10",
             "allow_private_destinations: false",
             "allowed_destination_networks: 10.0.0.0/8",
+            "revoke_on_reload: true",
             "max_connections: 100000",
             "max_header_bytes: 16384",
             "header_timeout: 10s",

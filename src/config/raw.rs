@@ -141,6 +141,8 @@ pub(super) struct RawConfig {
     #[serde(default, deserialize_with = "present")]
     pub allow_private_destinations: Field,
     #[serde(default, deserialize_with = "present")]
+    pub revoke_on_reload: Field,
+    #[serde(default, deserialize_with = "present")]
     pub allowed_destination_networks: Field,
     #[serde(default, deserialize_with = "present")]
     pub allowed_client_networks: Field,

@@ -175,6 +175,9 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
                 raw.allow_private_destinations.as_ref(),
             )
             .unwrap_or(defaults.allow_private_destinations),
+        revoke_on_reload: c
+            .boolean("revoke_on_reload", raw.revoke_on_reload.as_ref())
+            .unwrap_or(defaults.revoke_on_reload),
         allowed_destination_networks: c
             .networks(
                 "allowed_destination_networks",

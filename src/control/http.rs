@@ -202,10 +202,15 @@ async fn handle(
         "/healthz" | "/live" => respond(&mut stream, 200, "text/plain", b"ok\n").await,
         "/readyz" | "/ready" => {
             let s = &metrics.status;
+            let (alive, configured) = metrics.workers();
             if s.draining.load(Relaxed) {
                 respond(&mut stream, 503, "text/plain", b"draining\n").await
             } else if !s.listening.load(Relaxed) {
                 respond(&mut stream, 503, "text/plain", b"starting\n").await
+            } else if alive < configured {
+                // A worker died: its share of clients is served by the others, at reduced capacity.
+                let why = format!("{alive} of {configured} workers alive\n");
+                respond(&mut stream, 503, "text/plain", why.as_bytes()).await
             } else if let Err(why) = relay_reachable(&current).await {
                 respond(
                     &mut stream,

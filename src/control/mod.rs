@@ -424,6 +424,11 @@ impl Control {
         }
         // Committed from here on.
         self.current.store(settings);
+        // Open tunnels are re-checked against the new policy (`revoke_on_reload`).
+        self.serving.engine.recheck();
+        for r in &self.retiring {
+            r.engine.recheck();
+        }
         if let Some((listener, addr)) = new_metrics {
             if let Some(task) = self.metrics_task.take() {
                 task.abort();
@@ -529,6 +534,22 @@ impl Control {
 
     /// Join retired engines whose workers have all exited.
     fn reap(&mut self) {
+        // A worker of the serving engine that died is started again after a pause.
+        for (worker, result) in self.serving.engine.restart_dead() {
+            match result {
+                Ok(()) => info!(
+                    event_id = events::INFO,
+                    worker, "worker restarted after it stopped on an error"
+                ),
+                Err(e) => tracing::error!(
+                    event_id = events::INTERNAL_ERROR,
+                    worker,
+                    reason = "worker_died",
+                    error = %e,
+                    "a dead worker could not be restarted; trying again"
+                ),
+            }
+        }
         if self.retiring.is_empty() {
             return;
         }

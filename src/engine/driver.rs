@@ -94,9 +94,9 @@ pub enum Event {
     /// A socket woke up. Errors and hang-ups are reported as both readable and writable, so
     /// that the next syscall surfaces them.
     Ready {
+        /// The poll-table slot and generation of the registration (see `registry`).
         slot: u32,
         gen: u32,
-        side: Side,
         readable: bool,
         writable: bool,
     },
@@ -108,6 +108,19 @@ pub enum Event {
 pub enum Driver {
     Uring(Box<UringDriver>),
     Epoll(EpollDriver),
+    /// Unit tests: records registrations and replays queued events (see [`FakeDriver`]).
+    #[cfg(test)]
+    Fake(FakeDriver),
+}
+
+/// A driver for unit tests of the connection states: it waits for nothing, reports the events
+/// a test queued, and records what the worker registered and removed.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub struct FakeDriver {
+    pub watched: Vec<Key>,
+    pub removed: Vec<Key>,
+    pub queued: Vec<Event>,
 }
 
 impl Driver {
@@ -115,6 +128,8 @@ impl Driver {
         match self {
             Driver::Uring(_) => "uring",
             Driver::Epoll(_) => "epoll",
+            #[cfg(test)]
+            Driver::Fake(_) => "fake",
         }
     }
 
@@ -122,6 +137,8 @@ impl Driver {
         match self {
             Driver::Uring(d) => d.add_listener(idx, fd.as_raw_fd()),
             Driver::Epoll(d) => d.add(fd, Key::Listener(idx)),
+            #[cfg(test)]
+            Driver::Fake(_) => Ok(()),
         }
     }
 
@@ -130,6 +147,8 @@ impl Driver {
         match self {
             Driver::Uring(d) => d.cancel(Key::Listener(idx)),
             Driver::Epoll(d) => d.del(fd),
+            #[cfg(test)]
+            Driver::Fake(_) => {}
         }
     }
 
@@ -144,15 +163,26 @@ impl Driver {
         match self {
             Driver::Uring(d) => d.register(fd.as_raw_fd(), key),
             Driver::Epoll(d) => d.add(fd, key),
+            #[cfg(test)]
+            Driver::Fake(d) => {
+                d.watched.push(key);
+                Ok(())
+            }
         }
     }
 
-    /// Forget a socket. Events already queued for its key may still arrive: the worker drops
-    /// them by generation.
-    pub fn deregister(&mut self, fd: BorrowedFd<'_>, key: Key) {
+    /// Forget a socket's key; its fd may be closed already. Events already queued for the key
+    /// may still arrive: the worker's poll table drops them by generation.
+    ///
+    /// On epoll there is nothing to do: connection sockets are never duplicated, so closing the
+    /// fd removed it from the interest list (epoll(7)). On io_uring the multishot poll is removed
+    /// by key (and removed again if a completion shows it survived, see [`UringDriver::wait`]).
+    pub fn deregister(&mut self, key: Key) {
         match self {
             Driver::Uring(d) => d.deregister(key),
-            Driver::Epoll(d) => d.del(fd),
+            Driver::Epoll(_) => {}
+            #[cfg(test)]
+            Driver::Fake(d) => d.removed.push(key),
         }
     }
 
@@ -161,6 +191,12 @@ impl Driver {
         match self {
             Driver::Uring(d) => d.wait(timeout, out),
             Driver::Epoll(d) => d.wait(timeout, out),
+            #[cfg(test)]
+            Driver::Fake(d) => {
+                let _ = timeout;
+                out.append(&mut d.queued);
+                Ok(())
+            }
         }
     }
 }
@@ -171,8 +207,10 @@ const POLL_MASK: u32 =
 /// The io_uring driver.
 pub struct UringDriver {
     ring: IoUring,
-    /// Live poll registrations, so a multishot poll that ends (rare: CQ overflow) is re-armed.
-    polls: HashMap<u64, RawFd>,
+    /// Live poll registrations by poll-table slot: the slot's generation and fd, so a multishot
+    /// poll that ends (rare: CQ overflow) is re-armed, and a completion for a removed key is
+    /// recognised without hashing.
+    polls: Vec<Option<(u32, RawFd)>>,
     /// Listener fds by index, and whether their multishot accept is armed.
     listeners: HashMap<u32, (RawFd, bool)>,
     wake: OwnedFd,
@@ -195,7 +233,7 @@ impl UringDriver {
         }
         let mut d = UringDriver {
             ring,
-            polls: HashMap::new(),
+            polls: Vec::new(),
             listeners: HashMap::new(),
             wake,
         };
@@ -230,12 +268,26 @@ impl UringDriver {
     }
 
     fn register(&mut self, fd: RawFd, key: Key) -> io::Result<()> {
-        self.polls.insert(key.encode(), fd);
+        let Key::Conn { slot, gen, .. } = key else {
+            return Err(io::Error::other("only connection sockets are polled"));
+        };
+        let i = slot as usize;
+        if self.polls.len() <= i {
+            self.polls.resize(i + 1, None);
+        }
+        self.polls[i] = Some((gen, fd));
         self.push(poll_entry(fd, key))
     }
 
+    fn polled(&self, key: Key) -> Option<RawFd> {
+        polled(&self.polls, key)
+    }
+
     fn deregister(&mut self, key: Key) {
-        if self.polls.remove(&key.encode()).is_some() {
+        if self.polled(key).is_some() {
+            if let Key::Conn { slot, .. } = key {
+                self.polls[slot as usize] = None;
+            }
             let _ = self.push(
                 opcode::PollRemove::new(key.encode())
                     .build()
@@ -308,11 +360,11 @@ impl UringDriver {
                         result,
                     });
                 }
-                key @ Key::Conn { slot, gen, side } => {
+                key @ Key::Conn { slot, gen, .. } => {
                     if res == -libc::ECANCELED {
                         continue;
                     }
-                    if !self.polls.contains_key(&key.encode()) {
+                    if polled(&self.polls, key).is_none() {
                         // Deregistered, but the POLL_REMOVE found the poll mid-completion
                         // (-EALREADY) and the multishot poll went on: remove it again, or it
                         // would keep the closed socket's file alive.
@@ -325,7 +377,7 @@ impl UringDriver {
                         rearm.push(key);
                     }
                     let mask = if res >= 0 { res as u32 } else { POLL_MASK };
-                    out.push(ready(slot, gen, side, mask));
+                    out.push(ready(slot, gen, mask));
                 }
                 Key::Wake => {
                     sys::eventfd_drain(self.wake.as_fd());
@@ -347,7 +399,7 @@ impl UringDriver {
         for key in rearm {
             let fd = match key {
                 Key::Wake => Some(self.wake.as_raw_fd()),
-                k => self.polls.get(&k.encode()).copied(),
+                k => self.polled(k),
             };
             if let Some(fd) = fd {
                 self.push(poll_entry(fd, key))?;
@@ -357,13 +409,23 @@ impl UringDriver {
     }
 }
 
+/// The fd of a live registration in a slot-indexed poll table (`None` for a stale key).
+fn polled(polls: &[Option<(u32, RawFd)>], key: Key) -> Option<RawFd> {
+    let Key::Conn { slot, gen, .. } = key else {
+        return None;
+    };
+    match polls.get(slot as usize) {
+        Some(Some((g, fd))) if *g == gen => Some(*fd),
+        _ => None,
+    }
+}
+
 /// A readiness event from a poll(2)-style mask (`EPOLL*` and `POLL*` bits have the same values).
-fn ready(slot: u32, gen: u32, side: Side, mask: u32) -> Event {
+fn ready(slot: u32, gen: u32, mask: u32) -> Event {
     let bad = mask & (libc::POLLERR | libc::POLLHUP) as u32 != 0;
     Event::Ready {
         slot,
         gen,
-        side,
         readable: bad || mask & (libc::POLLIN | libc::POLLRDHUP) as u32 != 0,
         writable: bad || mask & libc::POLLOUT as u32 != 0,
     }
@@ -383,14 +445,28 @@ fn accept_entry(fd: RawFd, idx: u32) -> squeue::Entry {
         .user_data(Key::Listener(idx).encode())
 }
 
+/// Why io_uring cannot be used on this host.
+#[derive(Debug, thiserror::Error)]
+pub enum UringUnavailable {
+    /// Seccomp, `kernel.io_uring_disabled`, or no io_uring in the kernel.
+    #[error("io_uring_setup failed: {0}")]
+    Setup(#[source] io::Error),
+    #[error("io_uring probe failed: {0}")]
+    Probe(#[source] io::Error),
+    #[error("io_uring opcode {0} not supported")]
+    Opcode(&'static str),
+    #[error("io_uring lacks IORING_FEAT_EXT_ARG (kernel older than 5.11)")]
+    NoExtArg,
+}
+
 /// Check that io_uring can be set up here and supports what the driver needs. The error says
 /// why not (seccomp, `kernel.io_uring_disabled`, old kernel).
-pub fn probe_uring() -> Result<(), String> {
-    let ring = IoUring::new(8).map_err(|e| format!("io_uring_setup failed: {e}"))?;
+pub fn probe_uring() -> Result<(), UringUnavailable> {
+    let ring = IoUring::new(8).map_err(UringUnavailable::Setup)?;
     let mut probe = io_uring::Probe::new();
     ring.submitter()
         .register_probe(&mut probe)
-        .map_err(|e| format!("io_uring probe failed: {e}"))?;
+        .map_err(UringUnavailable::Probe)?;
     for (code, name) in [
         (opcode::PollAdd::CODE, "POLL_ADD"),
         (opcode::AcceptMulti::CODE, "ACCEPT"),
@@ -398,11 +474,11 @@ pub fn probe_uring() -> Result<(), String> {
         (opcode::PollRemove::CODE, "POLL_REMOVE"),
     ] {
         if !probe.is_supported(code) {
-            return Err(format!("io_uring opcode {name} not supported"));
+            return Err(UringUnavailable::Opcode(name));
         }
     }
     if !ring.params().is_feature_ext_arg() {
-        return Err("io_uring lacks IORING_FEAT_EXT_ARG (kernel older than 5.11)".into());
+        return Err(UringUnavailable::NoExtArg);
     }
     Ok(())
 }
@@ -454,7 +530,7 @@ impl EpollDriver {
         for r in &self.ready {
             match Key::decode(r.key) {
                 Key::Listener(i) => out.push(Event::ListenerReady { listener: i }),
-                Key::Conn { slot, gen, side } => out.push(ready(slot, gen, side, r.bits)),
+                Key::Conn { slot, gen, .. } => out.push(ready(slot, gen, r.bits)),
                 Key::Wake => {
                     sys::eventfd_drain(self.wake.as_fd());
                     out.push(Event::Wake);

@@ -5,11 +5,16 @@
 //! the workers. The control thread talks to workers only through [`worker::Command`] messages and
 //! their eventfds.
 
+pub mod accept;
+pub mod conn;
 #[allow(unsafe_code)]
 pub mod driver;
 pub mod flow;
 pub mod pipe;
+pub mod registry;
+mod restart;
 pub mod sys;
+pub mod timers;
 pub mod tls_leg;
 pub mod worker;
 
@@ -50,8 +55,27 @@ impl Choice {
     }
 }
 
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("engine: uring was requested but io_uring is unavailable: {0}")]
+    UringRequested(#[source] driver::UringUnavailable),
+    #[error("worker {id}: cannot set up its driver: {source}")]
+    DriverSetup {
+        id: usize,
+        #[source]
+        source: io::Error,
+    },
+    #[error("worker {id}: cannot be restarted: {source}")]
+    Restart {
+        id: usize,
+        #[source]
+        source: io::Error,
+    },
+}
+
 /// Resolve `engine: auto|uring|epoll` against what this host allows.
-pub fn choose(kind: EngineKind) -> Result<Choice, String> {
+pub fn choose(kind: EngineKind) -> Result<Choice, EngineError> {
     match kind {
         EngineKind::Epoll => Ok(Choice {
             uring: false,
@@ -62,9 +86,7 @@ pub fn choose(kind: EngineKind) -> Result<Choice, String> {
                 uring: true,
                 why: "engine: uring in the configuration".into(),
             }),
-            Err(e) => Err(format!(
-                "engine: uring was requested but io_uring is unavailable: {e}"
-            )),
+            Err(e) => Err(EngineError::UringRequested(e)),
         },
         EngineKind::Auto => Ok(match driver::probe_uring() {
             Ok(()) => Choice {
@@ -95,6 +117,23 @@ pub struct Listeners {
 pub struct Handover {
     pub addr: SocketAddr,
     pub sockets: Vec<OwnedFd>,
+    /// The worker serving each socket (`owners[i]` for `sockets[i]`), so the sockets of a worker
+    /// that died can be closed (see [`Engine::start`]).
+    pub owners: Vec<usize>,
+}
+
+impl Handover {
+    /// Close the duplicates of worker `id`'s sockets.
+    fn forget_worker(&mut self, id: usize) {
+        let sockets = std::mem::take(&mut self.sockets);
+        let owners = std::mem::take(&mut self.owners);
+        for (sock, owner) in sockets.into_iter().zip(owners) {
+            if owner != id {
+                self.sockets.push(sock);
+                self.owners.push(owner);
+            }
+        }
+    }
 }
 
 /// Bind every address once per worker with `SO_REUSEPORT`. A port of 0 is resolved by the first
@@ -126,29 +165,34 @@ pub fn bind_listeners_from(
         {
             let h = inherited.swap_remove(i);
             let mut dups = Vec::new();
+            let mut owners = Vec::new();
             let mut served = vec![false; workers];
             for (k, sock) in h.sockets.into_iter().enumerate() {
                 dups.push(sock.try_clone()?);
+                owners.push(k % workers);
                 per_worker[k % workers].push(sock);
                 served[k % workers] = true;
             }
             let unserved = per_worker
                 .iter_mut()
+                .enumerate()
                 .zip(&served)
                 .filter(|(_, s)| !**s)
                 .map(|(w, _)| w);
-            for w in unserved {
+            for (id, w) in unserved {
                 let s = bind_one(*addr).map_err(|e| {
                     io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
                 })?;
                 let fd = OwnedFd::from(s);
                 dups.push(fd.try_clone()?);
+                owners.push(id);
                 w.push(fd);
             }
             bound.push(*addr);
             handover.push(Handover {
                 addr: *addr,
                 sockets: dups,
+                owners,
             });
             continue;
         }
@@ -180,18 +224,21 @@ pub fn bind_listeners_from(
             .ok_or_else(|| io::Error::other("listener has no socket address"))?;
         let first = OwnedFd::from(first);
         let mut dups = vec![first.try_clone()?];
+        let mut owners = vec![0];
         per_worker[0].push(first);
-        for w in per_worker.iter_mut().skip(1) {
+        for (id, w) in per_worker.iter_mut().enumerate().skip(1) {
             let s = bind_one(local)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {local}: {e}")))?;
             let fd = OwnedFd::from(s);
             dups.push(fd.try_clone()?);
+            owners.push(id);
             w.push(fd);
         }
         bound.push(local);
         handover.push(Handover {
             addr: local,
             sockets: dups,
+            owners,
         });
     }
     if bound.is_empty() {
@@ -229,12 +276,30 @@ struct Handle {
     wake: Arc<OwnedFd>,
 }
 
+/// What it takes to start a worker: kept by the [`Engine`] so a worker that died can be started
+/// again (`restart.rs`).
+struct Spawn {
+    uring: bool,
+    settings: Shared,
+    resolver: Resolver,
+    verifier: Verifier,
+    shards: Vec<Arc<Shard>>,
+    /// The bound listen addresses (ports resolved), for a restarted worker's own sockets.
+    bound: Vec<SocketAddr>,
+}
+
 /// The running workers.
 pub struct Engine {
     workers: Vec<Handle>,
+    spawn: Spawn,
+    /// Set by a drain or stop: a worker that exits then is not restarted.
+    stopping: std::sync::atomic::AtomicBool,
+    /// When each dead worker was first seen dead (restarts wait [`restart::RESTART_PAUSE`]).
+    deaths: Vec<Option<Instant>>,
     /// Duplicates of the workers' listening sockets, until [`Engine::take_listeners`] hands them
     /// to a successor or a drain drops them (so the sockets close and new clients are refused).
-    handover: Mutex<Vec<Handover>>,
+    /// Shared with the worker threads: a worker that dies closes its own duplicates.
+    handover: Arc<Mutex<Vec<Handover>>>,
 }
 
 impl Engine {
@@ -251,39 +316,19 @@ impl Engine {
         // One thread checks client passwords for this engine's workers (hash checks are slow on
         // purpose; workers cache the results). It exits with the last worker.
         let verifier = Verifier::start(1)?;
-        let handover = Mutex::new(listeners.handover);
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
+        let handover = Arc::new(Mutex::new(listeners.handover));
+        let spawn = Spawn {
+            uring: choice.uring,
+            settings,
+            resolver,
+            verifier,
+            shards: shards.to_vec(),
+            bound: listeners.bound,
+        };
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, EngineError>>();
         let mut workers = Vec::with_capacity(n);
         for (id, fds) in listeners.per_worker.into_iter().enumerate() {
-            let wake = Arc::new(sys::eventfd()?);
-            let (ctx, crx) = mpsc::channel();
-            let (atx, arx) = mpsc::channel();
-            let wake_for_driver = wake.as_fd().try_clone_to_owned()?;
-            let setup = PartialSetup {
-                id,
-                listeners: fds,
-                settings: Arc::clone(&settings),
-                resolver: resolver.clone(),
-                reply: ReplyTo {
-                    tx: atx,
-                    wake: Arc::clone(&wake),
-                },
-                answers: arx,
-                commands: crx,
-                shard: Arc::clone(&shards[id]),
-                workers: n,
-                verifier: verifier.clone(),
-            };
-            let uring = choice.uring;
-            let ready = ready_tx.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("splicegate-w{id}"))
-                .spawn(move || run_worker(setup, uring, wake_for_driver, ready))?;
-            workers.push(Handle {
-                thread,
-                commands: ctx,
-                wake,
-            });
+            workers.push(spawn.worker(id, n, fds, &handover, ready_tx.clone())?);
         }
         drop(ready_tx);
         for _ in 0..n {
@@ -292,7 +337,10 @@ impl Engine {
                 Ok(Err(e)) => {
                     let engine = Engine {
                         workers,
-                        handover: Mutex::new(Vec::new()),
+                        spawn,
+                        stopping: true.into(),
+                        deaths: vec![None; n],
+                        handover: Arc::new(Mutex::new(Vec::new())),
                     };
                     engine.stop();
                     engine.join();
@@ -301,7 +349,13 @@ impl Engine {
                 Err(_) => return Err(io::Error::other("a worker exited during start-up")),
             }
         }
-        Ok(Engine { workers, handover })
+        Ok(Engine {
+            workers,
+            spawn,
+            stopping: false.into(),
+            deaths: vec![None; n],
+            handover,
+        })
     }
 
     fn send(&self, make: impl Fn() -> Command) {
@@ -313,6 +367,8 @@ impl Engine {
 
     /// Stop accepting everywhere; workers exit when empty or at `deadline`.
     pub fn drain(&self, deadline: Instant) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.drop_listeners();
         self.send(|| Command::Drain { deadline });
     }
@@ -342,8 +398,16 @@ impl Engine {
         self.drain(far);
     }
 
+    /// Tell the workers that a reload published new settings: with `revoke_on_reload` they
+    /// close the open tunnels the new policy no longer allows.
+    pub fn recheck(&self) {
+        self.send(|| Command::Recheck);
+    }
+
     /// Close everything now.
     pub fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.drop_listeners();
         self.send(|| Command::Stop);
     }
@@ -366,6 +430,48 @@ impl Engine {
     }
 }
 
+impl Spawn {
+    /// Start worker `id` (of `n`) on `fds`; it reports on `ready` once its driver is up.
+    fn worker(
+        &self,
+        id: usize,
+        n: usize,
+        fds: Vec<OwnedFd>,
+        handover: &Arc<Mutex<Vec<Handover>>>,
+        ready: mpsc::Sender<Result<usize, EngineError>>,
+    ) -> io::Result<Handle> {
+        let wake = Arc::new(sys::eventfd()?);
+        let (ctx, crx) = mpsc::channel();
+        let (atx, arx) = mpsc::channel();
+        let wake_for_driver = wake.as_fd().try_clone_to_owned()?;
+        let setup = PartialSetup {
+            id,
+            listeners: fds,
+            settings: Arc::clone(&self.settings),
+            resolver: self.resolver.clone(),
+            reply: ReplyTo {
+                tx: atx,
+                wake: Arc::clone(&wake),
+            },
+            answers: arx,
+            commands: crx,
+            shard: Arc::clone(&self.shards[id]),
+            workers: n,
+            verifier: self.verifier.clone(),
+            handover: Arc::clone(handover),
+        };
+        let uring = self.uring;
+        let thread = std::thread::Builder::new()
+            .name(format!("splicegate-w{id}"))
+            .spawn(move || run_worker(setup, uring, wake_for_driver, ready))?;
+        Ok(Handle {
+            thread,
+            commands: ctx,
+            wake,
+        })
+    }
+}
+
 struct PartialSetup {
     id: usize,
     listeners: Vec<OwnedFd>,
@@ -377,13 +483,14 @@ struct PartialSetup {
     shard: Arc<Shard>,
     workers: usize,
     verifier: Verifier,
+    handover: Arc<Mutex<Vec<Handover>>>,
 }
 
 fn run_worker(
     p: PartialSetup,
     uring: bool,
     wake: OwnedFd,
-    ready: mpsc::Sender<Result<usize, String>>,
+    ready: mpsc::Sender<Result<usize, EngineError>>,
 ) {
     let driver = if uring {
         UringDriver::new(1024, wake).map(|d| Driver::Uring(Box::new(d)))
@@ -393,14 +500,16 @@ fn run_worker(
     let driver = match driver {
         Ok(d) => d,
         Err(e) => {
-            let _ = ready.send(Err(format!(
-                "worker {}: cannot set up its driver: {e}",
-                p.id
-            )));
+            let _ = ready.send(Err(EngineError::DriverSetup {
+                id: p.id,
+                source: e,
+            }));
             return;
         }
     };
     let id = p.id;
+    let shard = Arc::clone(&p.shard);
+    let handover = p.handover;
     let worker = Worker::new(WorkerSetup {
         id,
         driver,
@@ -414,14 +523,36 @@ fn run_worker(
         workers: p.workers,
         verifier: p.verifier,
     });
+    shard
+        .alive
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = ready.send(Ok(id));
     drop(ready);
-    if let Err(e) = worker.run() {
+    // `run` consumes the worker: when it returns, the worker's connections and its own listener
+    // fds are closed.
+    let result = worker.run();
+    shard
+        .alive
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    if let Err(e) = result {
+        // Close the engine's duplicates of this worker's listeners too: once no fd refers to a
+        // socket, the kernel takes it out of the SO_REUSEPORT group and sends its share of new
+        // clients to the live workers (instead of an accept queue nobody serves).
+        let mut h = match handover.lock() {
+            Ok(h) => h,
+            Err(e) => e.into_inner(),
+        };
+        for addr in h.iter_mut() {
+            addr.forget_worker(id);
+        }
+        drop(h);
         tracing::error!(
             event_id = crate::events::INTERNAL_ERROR,
             worker = id,
+            reason = "worker_died",
             error = %e,
-            "worker stopped on an error"
+            "worker stopped on an error: its listeners are closed, the other workers take its \
+             share of new clients; /readyz answers 503"
         );
     }
 }

@@ -138,6 +138,12 @@ impl Default for TlsSettings {
     }
 }
 
+/// Whether the subject of an allowed session ([`CertCheck::Subject`]) is on `allowed` (used to
+/// re-check open tunnels when a reload changes `tls.allowed_client_certificates`).
+pub fn subject_allowed(canonical: &str, allowed: &[String]) -> bool {
+    subject::canonical_allowed(canonical, allowed)
+}
+
 /// Handshake message types (RFC 8446 section 4, RFC 5246 section 7.4).
 const CLIENT_HELLO: u8 = 1;
 const SERVER_HELLO: u8 = 2;

@@ -153,6 +153,21 @@ impl CertSubject {
     }
 }
 
+/// Whether a subject reported in canonical form (`CertCheck::Subject`) is on `allowed`: the
+/// same test as [`CertSubject::is_allowed`], with the single CN recovered from the canonical
+/// text (its AVAs are separated by unescaped `,` and `+`).
+pub(super) fn canonical_allowed(canonical: &str, allowed: &[String]) -> bool {
+    if allowed.iter().any(|a| a == canonical) {
+        return true;
+    }
+    let cns: Vec<&str> = split_unescaped(canonical, b',')
+        .into_iter()
+        .flat_map(|rdn| split_unescaped(rdn, b'+'))
+        .filter(|ava| ava.starts_with("CN="))
+        .collect();
+    matches!(cns.as_slice(), [cn] if allowed.iter().any(|a| a == cn))
+}
+
 /// The text of an attribute value: the string for the string types, else `#` and hex (and
 /// `true`).
 fn attribute_text(value: &Any<'_>) -> (String, bool) {
@@ -313,6 +328,28 @@ fn unescape(raw: &str) -> Result<String, SubjectError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_subjects_are_rechecked_like_parsed_ones() {
+        let subject = "CN=agent01,O=Contoso";
+        let allowed =
+            |list: &[&str]| -> Vec<String> { list.iter().map(|s| s.to_string()).collect() };
+        assert!(canonical_allowed(
+            subject,
+            &allowed(&["CN=agent01,O=Contoso"])
+        ));
+        assert!(
+            canonical_allowed(subject, &allowed(&["CN=agent01"])),
+            "single CN"
+        );
+        assert!(!canonical_allowed(subject, &allowed(&["CN=agent02"])));
+        assert!(!canonical_allowed(subject, &allowed(&["O=Contoso"])));
+        // Two CNs: no single-CN match.
+        assert!(!canonical_allowed("CN=a,CN=b", &allowed(&["CN=a"])));
+        // An escaped comma stays inside its value.
+        assert!(canonical_allowed("CN=a\\,b,O=x", &allowed(&["CN=a\\,b"])));
+        assert!(!canonical_allowed("CN=a\\,b,O=x", &allowed(&["CN=a"])));
+    }
 
     fn norm(s: &str) -> String {
         match normalize_subject(s) {

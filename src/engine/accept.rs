@@ -1,0 +1,281 @@
+//! Accepting: owns the listener side of a worker — accept loops, accept errors and their
+//! back-off, the spare fd used to refuse clients when out of fds, and the birth of a `Conn`.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use socket2::SockRef;
+use tracing::{debug, warn};
+
+use crate::config::DataPath;
+use crate::engine::conn::{Conn, State};
+use crate::engine::driver::Side;
+use crate::engine::registry::Owner;
+use crate::engine::sys;
+use crate::engine::worker::{Slot, Worker};
+use crate::events::{self, ErrorKind, Reject};
+use crate::proto::response::Status;
+
+/// Accepts per listener per turn.
+pub(in crate::engine) const ACCEPT_BUDGET: usize = 128;
+
+/// Pause after running out of fds (after the spare refused what it could).
+pub(in crate::engine) const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// First pause after any other persistent accept error; doubled on each error in a row.
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest pause between accept attempts while errors persist.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Errors that concern one client, not the listener or the process: accept(2) passes pending
+/// network errors of the new connection on, and "should treat them like EAGAIN by retrying".
+fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::EINTR
+                | libc::EPROTO
+                | libc::EPERM
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+        )
+    )
+}
+
+/// Test builds only: `SPLICEGATE_TEST_ACCEPT_ERROR=<errno>` makes every accept of the process
+/// fail with that error (a connection already accepted by io_uring is closed), so tests can
+/// show that a persistent accept error does not spin. Compiled out of release builds.
+#[cfg(debug_assertions)]
+pub(in crate::engine) fn injected_accept_error() -> Option<io::Error> {
+    static ERRNO: std::sync::OnceLock<Option<i32>> = std::sync::OnceLock::new();
+    ERRNO
+        .get_or_init(|| {
+            std::env::var("SPLICEGATE_TEST_ACCEPT_ERROR")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        })
+        .map(io::Error::from_raw_os_error)
+}
+
+#[cfg(not(debug_assertions))]
+pub(in crate::engine) fn injected_accept_error() -> Option<io::Error> {
+    None
+}
+
+impl Worker {
+    pub(in crate::engine) fn accept_loop(&mut self, listener: u32) {
+        for _ in 0..ACCEPT_BUDGET {
+            if self.accept_paused_until.is_some() {
+                return;
+            }
+            let Some(Some(l)) = self.listeners.get(listener as usize) else {
+                return;
+            };
+            let accepted = match injected_accept_error() {
+                Some(e) => Err(e),
+                None => sys::accept(l.as_fd()),
+            };
+            match accepted {
+                Ok(fd) => {
+                    self.accept_backoff = Duration::ZERO;
+                    self.on_accept(fd)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    if !self.on_accept_error(listener, e) {
+                        return;
+                    }
+                }
+            }
+        }
+        self.pending_accept.push(listener);
+    }
+
+    /// Returns whether accepting should go on now: only after an error that concerned one
+    /// client. Every other error pauses accepting, for longer each time in a row (reset by the
+    /// next successful accept), so a persistent error never spins the worker.
+    pub(in crate::engine) fn on_accept_error(&mut self, listener: u32, e: io::Error) -> bool {
+        if transient(&e) {
+            // The client went away between SYN and accept, or a network error of its own.
+            debug!(worker = self.id, error = %e, "accept failed");
+            return true;
+        }
+        let kind = match e.raw_os_error() {
+            Some(libc::EMFILE) | Some(libc::ENFILE) => ErrorKind::FdExhausted,
+            Some(libc::ENOBUFS) | Some(libc::ENOMEM) => ErrorKind::OutOfMemory,
+            _ => ErrorKind::Accept,
+        };
+        if kind != ErrorKind::FdExhausted {
+            // (fd exhaustion is counted per client refused with the spare)
+            self.shard.error(kind);
+        }
+        self.accept_backoff = (self.accept_backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+        let now = Instant::now();
+        if self
+            .last_fd_warning
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            self.last_fd_warning = Some(now);
+            let pause_ms = match kind {
+                ErrorKind::FdExhausted => self.accept_backoff.max(ACCEPT_PAUSE),
+                _ => self.accept_backoff,
+            }
+            .as_millis() as u64;
+            match kind {
+                ErrorKind::FdExhausted => warn!(
+                    event_id = events::INTERNAL_ERROR,
+                    worker = self.id,
+                    reason = kind.as_str(),
+                    status = 503,
+                    error = %e,
+                    pause_ms,
+                    "out of file descriptors: refusing new clients with 503"
+                ),
+                _ => warn!(
+                    event_id = events::INTERNAL_ERROR,
+                    worker = self.id,
+                    reason = kind.as_str(),
+                    error = %e,
+                    pause_ms,
+                    "accept failed: pausing accepts on this worker"
+                ),
+            }
+        }
+        if kind == ErrorKind::FdExhausted {
+            return self.refuse_with_spare(listener);
+        }
+        self.accept_paused_until = Some(now + self.accept_backoff);
+        false
+    }
+
+    /// Out of fds: refuse the clients already waiting (free the spare, accept one, answer 503,
+    /// close it, take the spare back), then pause accepting for a moment. The pause is what keeps
+    /// this from spinning: `accept4` (and io_uring's accept) fail with EMFILE before looking at
+    /// the queue, so without it every retry would fail at once. Returns whether to go on
+    /// accepting now (never).
+    pub(in crate::engine) fn refuse_with_spare(&mut self, listener: u32) -> bool {
+        for _ in 0..ACCEPT_BUDGET {
+            let Some(Some(l)) = self.listeners.get(listener as usize) else {
+                break;
+            };
+            if self.spare.take().is_none() {
+                break;
+            }
+            let waiting = sys::accept(l.as_fd());
+            if let Ok(fd) = waiting.as_ref() {
+                refuse_now(fd, Status::ServiceUnavailable);
+                self.shard.reject(Reject::OverCapacity);
+                self.shard.error(ErrorKind::FdExhausted);
+            }
+            drop(waiting);
+            self.spare = sys::spare_fd().ok();
+            if self.spare.is_none() {
+                break;
+            }
+        }
+        self.accept_paused_until = Some(Instant::now() + self.accept_backoff.max(ACCEPT_PAUSE));
+        false
+    }
+
+    pub(in crate::engine) fn on_accept(&mut self, fd: OwnedFd) {
+        let sock = SockRef::from(&fd);
+        let peer = match sock.peer_addr().ok().and_then(|a| a.as_socket()) {
+            Some(p) => p,
+            None => return, // already disconnected
+        };
+        // A connection accepted just as the drain began (an io_uring accept that completed
+        // before its cancellation) is served like any other: its client is already connected.
+        let current = self.settings.load();
+        if !current.policy.client_allowed(peer.ip()) {
+            // Not even HTTP for it: closed at accept.
+            self.shard.reject(Reject::ClientNetwork);
+            if self.refusal_logged(peer.ip(), Reject::ClientNetwork, events::NOT_ALLOWED) {
+                warn!(
+                    event_id = events::NOT_ALLOWED,
+                    client = %peer,
+                    reason = Reject::ClientNetwork.as_str(),
+                    "client address not in allowed_client_networks: connection closed"
+                );
+            }
+            return;
+        }
+        let limits = current.limits.clone();
+        let splice = current.data_path == DataPath::Splice;
+        if self.live >= limits.max_connections.div_ceil(self.workers) {
+            refuse_now(&fd, Status::ServiceUnavailable);
+            self.shard.reject(Reject::OverCapacity);
+            if self.refusal_logged(peer.ip(), Reject::OverCapacity, events::INTERNAL_ERROR) {
+                warn!(
+                    event_id = events::INTERNAL_ERROR,
+                    client = %peer,
+                    reason = Reject::OverCapacity.as_str(),
+                    status = 503,
+                    "connection limit reached"
+                );
+            }
+            return;
+        }
+        let _ = sock.set_tcp_nodelay(true);
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(Slot { gen: 0, conn: None });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let gen = self.gen_of(slot);
+        let owner = Owner {
+            slot,
+            gen,
+            side: Side::Client,
+        };
+        let fd = match self.registry.register(&mut self.driver, fd, owner) {
+            Ok(fd) => fd,
+            Err(e) => {
+                warn!(event_id = events::INTERNAL_ERROR, client = %peer, error = %e, "cannot watch client socket");
+                self.shard.error(ErrorKind::Internal);
+                self.free.push(slot);
+                return;
+            }
+        };
+        let now = Instant::now();
+        let deadline = now + limits.header_timeout;
+        self.slots[slot as usize].conn = Some(Conn {
+            client: fd,
+            peer,
+            limits,
+            splice,
+            deadline,
+            c_rd: false,
+            c_wr: true,
+            state: State::Head {
+                buf: Vec::with_capacity(1024),
+            },
+        });
+        self.live += 1;
+        self.shard.active_connections.fetch_add(1, Relaxed);
+        self.shard.client_opened(peer.ip());
+        self.deadlines.set(slot, deadline);
+    }
+}
+
+/// Answer and close a client that gets no slot. What it already sent is read first, so the close
+/// is a FIN rather than a reset that could destroy the answer before the client reads it.
+pub(in crate::engine) fn refuse_now(fd: &OwnedFd, status: Status) {
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        match sys::recv(fd.as_fd(), &mut sink) {
+            Ok(n) if n > 0 => continue,
+            _ => break,
+        }
+    }
+    let _ = sys::send(fd.as_fd(), status.bytes(), false);
+    let _ = sys::shutdown_write(fd.as_fd());
+}

@@ -1,0 +1,123 @@
+//! A connection's life as typed states: owns [`Conn`] (the client socket's registration, peer,
+//! limits) and the [`State`] enum, one variant per phase. Each phase file owns its state's data
+//! and the transitions out of it; a transition moves the old state out by value, so whatever the
+//! new state does not take (an upstream [`Registered`] socket, a pipe) is dropped — and a
+//! registered socket deregisters itself on drop.
+//!
+//! ```text
+//!   Head ──► [Authenticating] ──► [Resolving] ──► Connecting ──► [Relaying] ──► Tunnel ──► closed
+//!     │             │                  │              │               │            (inspect)
+//!     └─────────────┴──────────────────┴──────────────┴───────────────┴──► Refusing ──► Lingering ──► closed
+//! ```
+//!
+//! Phases: [`head`] (read and parse the CONNECT head, policy decision), [`auth`] (client
+//! passwords and their cache), [`resolve`] (hand-off to the resolver), [`dial`] (connect to the
+//! checked addresses), [`relay`] (the relay proxy's handshake), [`tunnel`] (the `200` and the
+//! byte path), [`inspect`] (TLS inspection until its verdict), [`refusal`] (canned answers and
+//! lingering), [`close`] (timeouts and the end of a connection).
+
+pub mod auth;
+pub mod close;
+pub mod dial;
+pub mod head;
+pub mod inspect;
+pub mod refusal;
+pub mod relay;
+pub mod resolve;
+pub mod revoke;
+#[cfg(test)]
+mod tests;
+pub mod tunnel;
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use self::dial::Connecting;
+use self::relay::Relaying;
+use self::tunnel::Tunnel;
+use crate::config::Limits;
+use crate::engine::registry::Registered;
+use crate::engine::worker::Worker;
+use crate::proto::connect::Authority;
+
+pub(in crate::engine) struct Conn {
+    pub(in crate::engine) client: Registered,
+    pub(in crate::engine) peer: SocketAddr,
+    /// The limits in force when the connection was accepted (a reload does not change them).
+    pub(in crate::engine) limits: Limits,
+    /// Relay with `splice(2)` (else copy through user space).
+    pub(in crate::engine) splice: bool,
+    /// Deadline of the current phase (not used by `Tunnel`, which runs on its idle timer).
+    pub(in crate::engine) deadline: Instant,
+    pub(in crate::engine) c_rd: bool,
+    pub(in crate::engine) c_wr: bool,
+    pub(in crate::engine) state: State,
+}
+
+pub(in crate::engine) enum State {
+    Head {
+        buf: Vec<u8>,
+    },
+    Resolving(Target),
+    /// Waiting for the verifier to check the client's password.
+    Authenticating(Target),
+    Connecting(Box<Connecting>),
+    Relaying(Box<Relaying>),
+    Tunnel(Box<Tunnel>),
+    Refusing {
+        bytes: std::borrow::Cow<'static, [u8]>,
+        sent: usize,
+    },
+    Lingering {
+        discarded: usize,
+    },
+}
+
+impl Target {
+    fn new(authority: Authority, early: Vec<u8>, proxy_auth: Option<Vec<u8>>) -> Target {
+        Target {
+            authority,
+            early,
+            relay_request: None,
+            proxy_auth,
+            user: None,
+        }
+    }
+}
+
+impl Conn {
+    /// Move the state out to transform it, leaving a placeholder the caller replaces.
+    fn take_state(&mut self) -> State {
+        std::mem::replace(&mut self.state, State::Lingering { discarded: 0 })
+    }
+}
+
+/// An allowed CONNECT on its way to a tunnel.
+pub(in crate::engine) struct Target {
+    pub(in crate::engine) authority: Authority,
+    /// Client bytes that followed the head (an early ClientHello): sent upstream first.
+    pub(in crate::engine) early: Vec<u8>,
+    /// With a relay proxy: the CONNECT request for the relay (the addresses dialled are the
+    /// relay's, and the private-destination guard does not apply to them).
+    pub(in crate::engine) relay_request: Option<Vec<u8>>,
+    /// The `Proxy-Authorization` header value, when client authentication is on.
+    pub(in crate::engine) proxy_auth: Option<Vec<u8>>,
+    /// The authenticated user.
+    pub(in crate::engine) user: Option<String>,
+}
+
+impl Worker {
+    pub(in crate::engine) fn drive(&mut self, slot: u32) {
+        let Some(conn) = self.conn_at(slot) else {
+            return;
+        };
+        match conn.state {
+            State::Head { .. } => self.read_head(slot),
+            State::Tunnel(_) => self.pump(slot),
+            State::Refusing { .. } => self.write_refusal(slot),
+            State::Lingering { .. } => self.linger(slot),
+            State::Relaying(_) => self.relay_handshake(slot),
+            State::Resolving(_) | State::Authenticating(_) | State::Connecting(_) => {}
+        }
+    }
+}

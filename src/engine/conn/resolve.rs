@@ -1,0 +1,76 @@
+//! The `Resolving` phase: owns the hand-off of a name to the resolver and the handling of its
+//! answer. Kept thin on purpose: it only turns an answer into addresses for [`super::dial`] or
+//! into a refusal.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::engine::conn::{State, Target};
+use crate::engine::worker::Worker;
+use crate::events::ErrorKind;
+use crate::proto::response::Status;
+use crate::resolve::{Answer, ResolveError};
+
+impl Worker {
+    /// Hand `name` to the resolver; the answer comes back through [`Worker::on_answer`].
+    pub(in crate::engine) fn resolve(&mut self, slot: u32, target: Target, name: &str) {
+        let gen = self.gen_of(slot);
+        let now = Instant::now();
+        let Some(timeout) = self.conn_at(slot).map(|c| c.limits.resolve_timeout) else {
+            return;
+        };
+        let deadline = now + timeout;
+        if !self.resolver.lookup(name, slot, gen, &self.reply) {
+            self.fail(
+                slot,
+                Some(&target.authority),
+                ErrorKind::DnsFailure,
+                Status::BadGateway,
+                "resolver unavailable",
+            );
+            return;
+        }
+        if let Some(conn) = self.conn_at(slot) {
+            conn.deadline = deadline;
+            conn.state = State::Resolving(target);
+        }
+        self.deadlines.set(slot, deadline);
+    }
+
+    pub(in crate::engine) fn on_answer(&mut self, a: Answer) {
+        let Some(conn) = self.conn_mut(a.slot, a.gen) else {
+            return;
+        };
+        if !matches!(conn.state, State::Resolving(_)) {
+            return;
+        }
+        let State::Resolving(target) = conn.take_state() else {
+            return;
+        };
+        match a.result {
+            Ok(ips) if target.relay_request.is_some() => {
+                let port = self.settings.load().relay.as_ref().map_or(0, |r| r.port);
+                let addrs = ips
+                    .into_iter()
+                    .map(|ip| SocketAddr::new(ip, port))
+                    .collect();
+                self.connect_to(a.slot, target, addrs);
+            }
+            Ok(ips) => self.connect_checked(a.slot, target, ips),
+            Err(ResolveError::NotFound) => self.fail(
+                a.slot,
+                Some(&target.authority),
+                ErrorKind::DnsFailure,
+                Status::BadGateway,
+                "name not found",
+            ),
+            Err(ResolveError::Failed) => self.fail(
+                a.slot,
+                Some(&target.authority),
+                ErrorKind::DnsFailure,
+                Status::BadGateway,
+                "name resolution failed",
+            ),
+        }
+    }
+}

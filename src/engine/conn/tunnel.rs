@@ -1,0 +1,295 @@
+//! The `Tunnel` phase: owns the upstream socket, the two [`Flow`]s (or the TLS leg through an
+//! `https://` relay), and the optional inspection; establishes the tunnel and pumps its bytes.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::info;
+
+use crate::engine::conn::close::Close;
+use crate::engine::conn::inspect::{Hello, Inspection};
+use crate::engine::conn::{State, Target};
+use crate::engine::flow::{Cx, Flow, Pumped, Tap};
+use crate::engine::registry::Registered;
+use crate::engine::tls_leg::TlsLeg;
+use crate::engine::worker::Worker;
+use crate::events::{self, clip_display, ErrorKind};
+use crate::proto::connect::Authority;
+use crate::proto::response::Status;
+use crate::proto::tls::{Inspector, Verdict};
+
+/// Bytes one direction may read per turn before other connections get theirs.
+pub(in crate::engine) const TURN_BUDGET: usize = 1 << 20;
+
+pub(in crate::engine) struct Tunnel {
+    pub(in crate::engine) upstream: Registered,
+    pub(in crate::engine) target: String,
+    pub(in crate::engine) addr: SocketAddr,
+    pub(in crate::engine) u_rd: bool,
+    pub(in crate::engine) u_wr: bool,
+    pub(in crate::engine) up: Flow,
+    pub(in crate::engine) down: Flow,
+    /// Through an `https://` relay the relay leg is TLS and both directions copy through it
+    /// (the `Flow`s are unused).
+    pub(in crate::engine) tls: Option<Box<TlsLeg>>,
+    /// TLS inspection until its verdict (`tls.inspect`).
+    pub(in crate::engine) inspect: Option<Box<Inspection>>,
+    pub(in crate::engine) started: Instant,
+    pub(in crate::engine) last_activity: Instant,
+    /// What the tunnel was allowed on, for the re-check after a reload (`conn::revoke`): the
+    /// requested authority, the authenticated user, and the client certificate's subject once
+    /// inspection saw one.
+    pub(in crate::engine) authority: Authority,
+    pub(in crate::engine) user: Option<String>,
+    pub(in crate::engine) cert_subject: Option<String>,
+}
+
+impl Worker {
+    /// The upstream (or the relay's tunnel) is up: answer `200` and start relaying. `from_up` is
+    /// data the upstream already sent (after a relay's answer), delivered after the `200`.
+    #[allow(clippy::too_many_arguments)]
+    pub(in crate::engine) fn establish(
+        &mut self,
+        slot: u32,
+        mut target: Target,
+        upstream: Registered,
+        addr: SocketAddr,
+        started: Instant,
+        from_up: Vec<u8>,
+        tls: Option<Box<TlsLeg>>,
+    ) {
+        if self.conn_at(slot).is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let early = std::mem::take(&mut target.early);
+        let tls_settings = Arc::clone(&self.settings.load().tls);
+        let hello_timeout = tls_settings.hello_timeout;
+        let mut inspect = Inspector::new(tls_settings, &target.authority.host).map(|inspector| {
+            Box::new(Inspection {
+                inspector,
+                started: now,
+                deadline: now + hello_timeout,
+                held: Vec::new(),
+                following: false,
+            })
+        });
+        // Early client bytes are held for the inspector, or go first to the upstream.
+        let early = match inspect.as_mut() {
+            Some(ins) => {
+                if !early.is_empty() {
+                    ins.inspector.client_bytes(&early);
+                    ins.held = early;
+                }
+                Vec::new()
+            }
+            None => early,
+        };
+        let Some(conn) = self
+            .slots
+            .get_mut(slot as usize)
+            .and_then(|s| s.conn.as_mut())
+        else {
+            return;
+        };
+        // Through a TLS leg, the leg carries the 200 and the early data; the flows stay empty.
+        let mut tls = tls;
+        let (up, down) = match tls.as_mut() {
+            Some(leg) => {
+                if leg.forward_up(&early, &self.shard.bytes_upstream).is_err() {
+                    self.close(slot, Close::Quiet);
+                    return;
+                }
+                (Flow::default(), Flow::default())
+            }
+            None => (
+                Flow::with_pending(early),
+                Flow::with_answer(Status::Established.bytes(), from_up),
+            ),
+        };
+        let peer = conn.peer;
+        // Only logged: bounded like any peer-supplied string in an event.
+        let target_s = clip_display(&target.authority);
+        let via = if target.relay_request.is_some() {
+            "relay"
+        } else {
+            "direct"
+        };
+        info!(
+            event_id = events::INFO,
+            client = %peer,
+            target = %target_s,
+            address = %addr,
+            via = via,
+            connect_ms = now.duration_since(started).as_secs_f64() * 1e3,
+            "tunnel established"
+        );
+        conn.state = State::Tunnel(Box::new(Tunnel {
+            upstream,
+            target: target_s,
+            addr,
+            u_rd: true,
+            u_wr: true,
+            up,
+            down,
+            tls,
+            inspect,
+            started: now,
+            last_activity: now,
+            authority: target.authority,
+            user: target.user,
+            cert_subject: None,
+        }));
+        // The client may have sent more while we connected.
+        conn.c_rd = true;
+        let idle = conn.limits.idle_timeout;
+        self.shard.tunnels_active.fetch_add(1, Relaxed);
+        self.deadlines.set(slot, now + idle.min(hello_timeout));
+        self.pump(slot);
+    }
+
+    /// Through an `https://` relay: the tunnel copies through the TLS leg.
+    #[allow(clippy::too_many_arguments)]
+    pub(in crate::engine) fn establish_tls(
+        &mut self,
+        slot: u32,
+        target: Target,
+        upstream: Registered,
+        addr: SocketAddr,
+        started: Instant,
+        mut leg: Box<TlsLeg>,
+        from_relay: Vec<u8>,
+    ) {
+        leg.start_tunnel(Status::Established.bytes(), &from_relay);
+        self.establish(slot, target, upstream, addr, started, Vec::new(), Some(leg));
+    }
+
+    pub(in crate::engine) fn pump(&mut self, slot: u32) {
+        let gen = self.gen_of(slot);
+        let inspecting_hello = match self.conn_at(slot).map(|c| &c.state) {
+            Some(State::Tunnel(t)) => t.inspect.as_ref().is_some_and(|i| !i.following),
+            _ => return,
+        };
+        if inspecting_hello {
+            match self.inspect_hello(slot) {
+                Hello::Relay => {}
+                Hello::Wait | Hello::Closed => return,
+            }
+        }
+        let Some(conn) = self
+            .slots
+            .get_mut(slot as usize)
+            .and_then(|s| s.conn.as_mut())
+        else {
+            return;
+        };
+        let State::Tunnel(t) = &mut conn.state else {
+            return;
+        };
+        let Tunnel {
+            upstream,
+            u_rd,
+            u_wr,
+            up,
+            down,
+            tls,
+            inspect,
+            last_activity,
+            ..
+        } = &mut **t;
+        // While the handshake is followed, every chunk passes the inspector first. Both taps
+        // share the inspector through a RefCell: they are called one after the other, never
+        // at once.
+        let cell = inspect
+            .as_mut()
+            .map(|ins| std::cell::RefCell::new(&mut ins.inspector));
+        let mut tap_up = |b: &[u8]| {
+            cell.as_ref()
+                .is_none_or(|c| !matches!(c.borrow_mut().client_bytes(b), Verdict::Deny(_)))
+        };
+        let mut tap_down = |b: &[u8]| {
+            cell.as_ref()
+                .is_none_or(|c| !matches!(c.borrow_mut().server_bytes(b), Verdict::Deny(_)))
+        };
+        let following = cell.is_some();
+        // (done, more) or an I/O error.
+        let result: io::Result<(bool, bool)> = if let Some(leg) = tls.as_mut() {
+            let turn = leg.pump(
+                conn.client.as_fd(),
+                upstream.as_fd(),
+                &mut conn.c_rd,
+                &mut conn.c_wr,
+                u_rd,
+                u_wr,
+                &mut self.scratch,
+                &self.shard.bytes_upstream,
+                &self.shard.bytes_downstream,
+                following.then_some(&mut tap_up as Tap<'_>),
+                following.then_some(&mut tap_down as Tap<'_>),
+            );
+            turn.map(|turn| {
+                if turn.moved {
+                    *last_activity = Instant::now();
+                }
+                (turn.done, turn.more)
+            })
+        } else {
+            let mut cx = Cx {
+                pool: &mut self.pool,
+                scratch: &mut self.scratch,
+                splice: conn.splice,
+                shard: &self.shard,
+                moved: false,
+            };
+            let a = up.pump(
+                conn.client.as_fd(),
+                upstream.as_fd(),
+                &mut conn.c_rd,
+                u_wr,
+                &self.shard.bytes_upstream,
+                TURN_BUDGET,
+                &mut cx,
+                following.then_some(&mut tap_up as Tap<'_>),
+            );
+            let b = match a {
+                Ok(_) => down.pump(
+                    upstream.as_fd(),
+                    conn.client.as_fd(),
+                    u_rd,
+                    &mut conn.c_wr,
+                    &self.shard.bytes_downstream,
+                    TURN_BUDGET,
+                    &mut cx,
+                    following.then_some(&mut tap_down as Tap<'_>),
+                ),
+                Err(_) => Ok(Pumped::Blocked),
+            };
+            if cx.moved {
+                *last_activity = Instant::now();
+            }
+            match (a, b) {
+                (Err(e), _) | (_, Err(e)) => Err(e),
+                (Ok(a), Ok(b)) => Ok((
+                    a == Pumped::Done && b == Pumped::Done,
+                    a == Pumped::Budget || b == Pumped::Budget,
+                )),
+            }
+        };
+        if following && self.inspection_verdict(slot) {
+            return;
+        }
+        match result {
+            Err(_) => {
+                self.shard.error(ErrorKind::TunnelIo);
+                self.close(slot, Close::Tunnel("reset"));
+            }
+            Ok((true, _)) => self.close(slot, Close::Tunnel("closed")),
+            Ok((false, true)) => self.runnable.push_back((slot, gen)),
+            Ok((false, false)) => {}
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Restarting a worker that died: owns the decision (the engine still serves, the worker has
+//! been dead for [`RESTART_PAUSE`]) and the start of a replacement on new `SO_REUSEPORT`
+//! sockets for the same addresses, with the dead worker's metric shard.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::{bind_one, Engine, EngineError};
+
+/// How long a dead worker stays dead before it is started again: bounds a crash loop to one
+/// restart per worker per pause, and leaves `/readyz` at 503 long enough to be seen.
+pub(super) const RESTART_PAUSE: Duration = Duration::from_secs(1);
+/// How long a restarted worker may take to set up its driver.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Engine {
+    /// Start again every worker that died (on an error) at least [`RESTART_PAUSE`] ago, unless
+    /// the engine is draining or stopping. Called periodically by the control thread; returns
+    /// what happened to each worker it tried.
+    pub fn restart_dead(&mut self) -> Vec<(usize, Result<(), EngineError>)> {
+        let mut out = Vec::new();
+        if self.stopping.load(Relaxed) {
+            return out;
+        }
+        let now = Instant::now();
+        for id in 0..self.workers.len() {
+            let dead = self.workers[id].thread.is_finished();
+            if !dead {
+                self.deaths[id] = None;
+                continue;
+            }
+            let since = *self.deaths[id].get_or_insert(now);
+            if now.duration_since(since) < RESTART_PAUSE {
+                continue;
+            }
+            let result = self.restart(id);
+            if result.is_ok() {
+                self.deaths[id] = None;
+            } else {
+                // Try again after another pause.
+                self.deaths[id] = Some(now);
+            }
+            out.push((id, result));
+        }
+        out
+    }
+
+    fn restart(&mut self, id: usize) -> Result<(), EngineError> {
+        let restart_err = |source: io::Error| EngineError::Restart { id, source };
+        let mut fds = Vec::new();
+        let mut dups = Vec::new();
+        for addr in &self.spawn.bound {
+            let fd = OwnedFd::from(bind_one(*addr).map_err(restart_err)?);
+            dups.push((*addr, fd.try_clone().map_err(restart_err)?));
+            fds.push(fd);
+        }
+        let (tx, rx) = mpsc::channel();
+        let n = self.workers.len();
+        let handle = self
+            .spawn
+            .worker(id, n, fds, &self.handover, tx)
+            .map_err(restart_err)?;
+        match rx.recv_timeout(READY_TIMEOUT) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(restart_err(io::Error::other(
+                    "the restarted worker did not set up its driver in time",
+                )))
+            }
+        }
+        // The engine keeps duplicates of the new sockets too (for a reload's hand-over).
+        match self.handover.lock() {
+            Ok(mut h) => {
+                for (addr, dup) in dups {
+                    if let Some(entry) = h.iter_mut().find(|e| e.addr == addr) {
+                        entry.sockets.push(dup);
+                        entry.owners.push(id);
+                    }
+                }
+            }
+            Err(e) => drop(e),
+        }
+        let old = std::mem::replace(&mut self.workers[id], handle);
+        let _ = old.thread.join();
+        Ok(())
+    }
+}
