@@ -210,13 +210,30 @@ impl Default for Limits {
     }
 }
 
-/// `resolver:`.
+/// `resolver:`. Restart-only (the resolver is started once); see [`crate::resolve`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResolverSettings {
     /// Name servers to query; empty = the system's `/etc/resolv.conf`.
     pub nameservers: Vec<SocketAddr>,
-    /// Cached answers; 0 disables the cache.
+    /// Cached answers (one per name and record type); 0 disables the cache.
     pub cache_size: usize,
+    /// The hosts file answered before DNS (`files dns`); a missing file has no entries.
+    pub hosts_file: PathBuf,
+    /// Positive answers are kept at least this long, whatever their TTL.
+    pub min_ttl: Duration,
+    /// ... and at most this long; never below `min_ttl`.
+    pub max_ttl: Duration,
+    /// Cap on how long NXDOMAIN / NODATA is kept (the SOA minimum otherwise); 0 = not kept.
+    pub negative_ttl: Duration,
+    /// Silence after which an expired answer is served (RFC 8767); below `resolve_timeout`.
+    pub stale_after: Duration,
+    /// How long past its expiry an answer may still be served stale; 0 = never.
+    pub stale_ttl: Duration,
+    /// How long addresses of one family wait for the other family's answer (RFC 8305's
+    /// Resolution Delay); below `resolve_timeout`.
+    pub resolution_delay: Duration,
+    /// A private address from DNS is allowed only through a `privatelink.` CNAME chain.
+    pub private_link: bool,
 }
 
 impl Default for ResolverSettings {
@@ -224,6 +241,14 @@ impl Default for ResolverSettings {
         ResolverSettings {
             nameservers: Vec::new(),
             cache_size: 4096,
+            hosts_file: PathBuf::from("/etc/hosts"),
+            min_ttl: Duration::from_secs(5),
+            max_ttl: Duration::from_secs(3600),
+            negative_ttl: Duration::from_secs(30),
+            stale_after: Duration::from_millis(1500),
+            stale_ttl: Duration::from_secs(3600),
+            resolution_delay: Duration::from_millis(50),
+            private_link: false,
         }
     }
 }
@@ -565,6 +590,30 @@ impl Config {
         } else {
             let _ = writeln!(out, "  cache_size: {}", r.cache_size);
         }
+        let _ = writeln!(out, "  hosts_file: {}", r.hosts_file.display());
+        let _ = writeln!(
+            out,
+            "  ttl: {} to {}, negative up to {}",
+            format_duration(r.min_ttl),
+            format_duration(r.max_ttl),
+            format_duration(r.negative_ttl)
+        );
+        if r.stale_ttl.is_zero() {
+            let _ = writeln!(out, "  stale answers: never");
+        } else {
+            let _ = writeln!(
+                out,
+                "  stale answers: after {} of silence, up to {} past expiry",
+                format_duration(r.stale_after),
+                format_duration(r.stale_ttl)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  resolution_delay: {}",
+            format_duration(r.resolution_delay)
+        );
+        let _ = writeln!(out, "  private_link: {}", r.private_link);
         let t = &self.tls;
         let _ = writeln!(out, "tls:");
         if t.inspect {
@@ -1400,6 +1449,65 @@ mod tests {
             "resolver.cache_size",
             2,
             &["whole number"],
+        );
+    }
+
+    #[test]
+    fn resolver_cache_stale_and_private_link() {
+        let cfg = ok("resolver:\n  hosts_file: /tmp/test-hosts\n  min_ttl: 0\n  max_ttl: 10m\n  negative_ttl: 0s\n  stale_after: 500ms\n  stale_ttl: 0\n  resolution_delay: 0ms\n  private_link: true\n");
+        let r = &cfg.resolver;
+        assert_eq!(r.hosts_file, PathBuf::from("/tmp/test-hosts"));
+        assert_eq!(r.min_ttl, Duration::ZERO);
+        assert_eq!(r.max_ttl, Duration::from_secs(600));
+        assert_eq!(r.negative_ttl, Duration::ZERO);
+        assert_eq!(r.stale_after, Duration::from_millis(500));
+        assert_eq!(r.stale_ttl, Duration::ZERO);
+        assert_eq!(r.resolution_delay, Duration::ZERO);
+        assert!(r.private_link);
+        let d = ResolverSettings::default();
+        assert_eq!(d.hosts_file, PathBuf::from("/etc/hosts"));
+        assert_eq!(d.stale_after, Duration::from_millis(1500));
+        assert_eq!(d.stale_ttl, Duration::from_secs(3600));
+        assert!(!d.private_link);
+        bad(
+            "resolver:\n  min_ttl: 2h\n  max_ttl: 1h\n",
+            "resolver.min_ttl",
+            2,
+            &["above max_ttl"],
+        );
+        bad(
+            "limits:\n  resolve_timeout: 2s\nresolver:\n  stale_after: 2s\n",
+            "resolver.stale_after",
+            4,
+            &["below limits.resolve_timeout"],
+        );
+        // Left at its default, stale_after follows a short resolve_timeout.
+        let short = ok("limits:\n  resolve_timeout: 1s\n");
+        assert_eq!(short.resolver.stale_after, Duration::from_millis(500));
+        assert_eq!(short.resolver.resolution_delay, Duration::from_millis(50));
+        bad(
+            "resolver:\n  resolution_delay: 6s\n",
+            "resolver.resolution_delay",
+            2,
+            &["below limits.resolve_timeout (5s)"],
+        );
+        bad(
+            "resolver:\n  stale_after: 0s\n",
+            "resolver.stale_after",
+            2,
+            &["greater than zero"],
+        );
+        bad(
+            "resolver:\n  hosts_file: \"\"\n",
+            "resolver.hosts_file",
+            2,
+            &["path of a hosts file"],
+        );
+        bad(
+            "resolver:\n  private_link: yes\n",
+            "resolver.private_link",
+            2,
+            &["true or false"],
         );
     }
 

@@ -34,7 +34,7 @@ use crate::proto::connect::{parse_head, Authority, HeadError, Host};
 use crate::proto::response::Status;
 use crate::proto::tls::{CertCheck, Inspector, Reason as TlsReason, Verdict};
 use crate::relay::{self, RelayHost};
-use crate::resolve::{Answer, ReplyTo, ResolveError, Resolver};
+use crate::resolve::{Answer, ReplyTo, ResolveError, Resolved, Resolver, Source};
 use crate::settings::{Settings, Shared};
 
 /// Messages from the control thread.
@@ -953,15 +953,23 @@ impl Worker {
             return;
         };
         match a.result {
-            Ok(ips) if target.relay_request.is_some() => {
+            Ok(r) if target.relay_request.is_some() => {
                 let port = self.settings.load().relay.as_ref().map_or(0, |r| r.port);
-                let addrs = ips
+                let addrs = r
+                    .ips
                     .into_iter()
                     .map(|ip| SocketAddr::new(ip, port))
                     .collect();
                 self.connect_to(a.slot, target, addrs);
             }
-            Ok(ips) => self.connect_checked(a.slot, target, ips),
+            Ok(r) => {
+                if let Some(ip) = self.private_link_refusal(&r) {
+                    let d = Denial::PrivateDestination(crate::policy::classify(ip));
+                    self.deny(a.slot, d, &target.authority, Some(ip));
+                    return;
+                }
+                self.connect_checked(a.slot, target, r.ips)
+            }
             Err(ResolveError::NotFound) => self.fail(
                 a.slot,
                 Some(&target.authority),
@@ -977,6 +985,24 @@ impl Worker {
                 "name resolution failed",
             ),
         }
+    }
+
+    /// With `resolver.private_link`, a private (non-public) address from DNS is allowed only
+    /// through a `privatelink.` CNAME chain; the hosts file is the operator's own pin and is
+    /// checked by the private-destination guard alone. Returns the address to refuse.
+    fn private_link_refusal(&self, r: &Resolved) -> Option<IpAddr> {
+        if !self.resolver.private_link()
+            || r.source
+                != (Source::Dns {
+                    private_link: false,
+                })
+        {
+            return None;
+        }
+        r.ips
+            .iter()
+            .copied()
+            .find(|ip| !crate::policy::classify(*ip).is_public())
     }
 
     /// Every address is checked before any is dialled: one refused address refuses the request
