@@ -697,6 +697,26 @@ mod tests {
     }
 
     #[test]
+    fn dns_metrics_are_exposed_with_every_label() {
+        let dns = Arc::new(DnsStats::default());
+        dns.query(DnsQueryResult::Timeout);
+        dns.cache(DnsCacheOutcome::Coalesced, 499);
+        dns.lookup.observe(Duration::from_millis(3));
+        let m =
+            Arc::new(Metrics::new(Vec::new(), Arc::new(Status::default()), "epoll").with_dns(dns));
+        let text = m.render().unwrap();
+        assert!(
+            text.contains("splicegate_dns_queries_total{result=\"timeout\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("splicegate_dns_queries_total{result=\"answer\"} 0"));
+        assert!(text.contains("splicegate_dns_cache_total{outcome=\"coalesced\"} 499"));
+        assert!(text.contains("splicegate_dns_cache_total{outcome=\"hosts_file\"} 0"));
+        assert!(text.contains("splicegate_dns_lookup_seconds_bucket{le=\"0.005\"} 1"));
+        assert!(text.contains("splicegate_dns_lookup_seconds_count 1"));
+    }
+
+    #[test]
     fn retired_shards_keep_counting() {
         let old: Vec<Arc<Shard>> = (0..2).map(|_| Arc::new(Shard::default())).collect();
         let m = Arc::new(Metrics::new(

@@ -5,8 +5,9 @@
 //!   without an SOA for `min_ttl` under the same cap. A negative answer removes a positive one.
 //! - An expired positive answer stays usable as a stale answer (RFC 8767) for `stale_ttl` past
 //!   its expiry. Negative answers are never served stale.
-//! - An entry used at least twice while fresh is due for a background refresh at 90% of its
-//!   TTL ([`Cache::due_refreshes`]), so a busy name never goes through a miss.
+//! - An entry (positive or negative) that answered at least two lookups while fresh is due for
+//!   a background refresh at 90% of its TTL ([`Cache::due_refreshes`]), so a busy name never
+//!   goes through a miss.
 //!
 //! Nothing here reads the clock: every method takes `now`.
 
@@ -73,7 +74,7 @@ pub struct Stale {
 struct Entry {
     outcome: Outcome,
     expires: Instant,
-    /// Lookups answered by this entry while fresh (the one that caused the query included).
+    /// Lookups this entry answered while fresh (the one that caused the query not counted).
     uses: u32,
     /// When a background refresh is due (90% of the TTL); matches a heap item.
     refresh_at: Instant,
@@ -151,14 +152,13 @@ impl Cache {
         }
     }
 
-    /// Store addresses with the answer's TTL (seconds); `uses` counts the lookups it answers.
+    /// Store addresses with the answer's TTL (seconds).
     pub fn insert_addrs(
         &mut self,
         name: &str,
         family: Family,
         (ips, private_link): (Vec<IpAddr>, bool),
         ttl_secs: u32,
-        uses: u32,
         now: Instant,
     ) {
         if ips.is_empty() {
@@ -169,7 +169,7 @@ impl Cache {
         let entry = Entry {
             outcome: Outcome::Addrs { ips, private_link },
             expires: now + ttl,
-            uses,
+            uses: 0,
             refresh_at,
             failing: false,
         };
@@ -198,6 +198,7 @@ impl Cache {
             }
             return;
         }
+        let refresh_at = now + ttl.mul_f64(0.9);
         let entry = Entry {
             outcome: if nx {
                 Outcome::NxDomain
@@ -206,10 +207,13 @@ impl Cache {
             },
             expires: now + ttl,
             uses: 0,
-            refresh_at: now + ttl,
+            refresh_at,
             failing: false,
         };
-        self.put(name, family, entry, now);
+        if self.put(name, family, entry, now) {
+            self.refreshes
+                .push(Reverse((refresh_at, name.to_owned(), family)));
+        }
     }
 
     /// Insert, making room if needed; false when the cache is disabled.
@@ -310,9 +314,9 @@ mod tests {
     fn positive_ttl_is_clamped() {
         let t0 = Instant::now();
         let mut c = Cache::new(10, ttls());
-        c.insert_addrs("short", Family::V4, (ip(1), false), 1, 1, t0);
-        c.insert_addrs("long", Family::V4, (ip(2), false), 86_400, 1, t0);
-        c.insert_addrs("mid", Family::V4, (ip(3), false), 60, 1, t0);
+        c.insert_addrs("short", Family::V4, (ip(1), false), 1, t0);
+        c.insert_addrs("long", Family::V4, (ip(2), false), 86_400, t0);
+        c.insert_addrs("mid", Family::V4, (ip(3), false), 60, t0);
         assert!(c.fresh("short", Family::V4, t0 + 4 * S).is_some());
         assert!(c.fresh("short", Family::V4, t0 + 5 * S).is_none());
         assert!(c.fresh("long", Family::V4, t0 + 3599 * S).is_some());
@@ -355,7 +359,7 @@ mod tests {
                 ..ttls()
             },
         );
-        c.insert_addrs("gone", Family::V4, (ip(1), false), 60, 1, t0);
+        c.insert_addrs("gone", Family::V4, (ip(1), false), 60, t0);
         c.insert_negative("gone", Family::V4, true, Some(10), t0 + S);
         assert_eq!(c.fresh("gone", Family::V4, t0 + 2 * S), None);
         assert_eq!(c.stale("gone", Family::V4, t0 + 100 * S), None);
@@ -371,7 +375,7 @@ mod tests {
                 ..ttls()
             },
         );
-        c.insert_addrs("n", Family::V4, (ip(1), true), 10, 1, t0);
+        c.insert_addrs("n", Family::V4, (ip(1), true), 10, t0);
         assert_eq!(c.stale("n", Family::V4, t0 + 9 * S), None, "still fresh");
         let s = c.stale("n", Family::V4, t0 + 20 * S);
         assert_eq!(
@@ -392,7 +396,7 @@ mod tests {
             .stale_after_failure("n", Family::V4, t0 + 20 * S)
             .is_some());
         // A new answer clears the failure.
-        c.insert_addrs("n", Family::V4, (ip(2), false), 10, 1, t0 + 30 * S);
+        c.insert_addrs("n", Family::V4, (ip(2), false), 10, t0 + 30 * S);
         assert!(c
             .stale_after_failure("n", Family::V4, t0 + 45 * S)
             .is_none());
@@ -410,9 +414,11 @@ mod tests {
     fn refresh_due_at_ninety_percent_only_when_used_twice() {
         let t0 = Instant::now();
         let mut c = Cache::new(10, ttls());
-        c.insert_addrs("busy", Family::V4, (ip(1), false), 100, 1, t0);
-        c.insert_addrs("quiet", Family::V4, (ip(2), false), 100, 1, t0);
+        c.insert_addrs("busy", Family::V4, (ip(1), false), 100, t0);
+        c.insert_addrs("quiet", Family::V4, (ip(2), false), 100, t0);
         assert!(c.fresh("busy", Family::V4, t0 + S).is_some());
+        assert!(c.fresh("busy", Family::V4, t0 + 2 * S).is_some());
+        assert!(c.fresh("quiet", Family::V4, t0 + 2 * S).is_some());
         assert_eq!(c.next_refresh(), Some(t0 + 90 * S));
         assert!(c.due_refreshes(t0 + 89 * S).is_empty());
         assert_eq!(
@@ -433,9 +439,9 @@ mod tests {
                 ..ttls()
             },
         );
-        c.insert_addrs("a", Family::V4, (ip(1), false), 10, 1, t0);
-        c.insert_addrs("b", Family::V4, (ip(2), false), 100, 1, t0);
-        c.insert_addrs("c", Family::V4, (ip(3), false), 100, 1, t0 + S);
+        c.insert_addrs("a", Family::V4, (ip(1), false), 10, t0);
+        c.insert_addrs("b", Family::V4, (ip(2), false), 100, t0);
+        c.insert_addrs("c", Family::V4, (ip(3), false), 100, t0 + S);
         assert_eq!(c.len(), 2);
         assert!(
             c.fresh("a", Family::V4, t0 + 2 * S).is_none(),
@@ -443,12 +449,12 @@ mod tests {
         );
         assert!(c.fresh("b", Family::V4, t0 + 2 * S).is_some());
         // a's successor: both live; the one expiring first goes.
-        c.insert_addrs("d", Family::V4, (ip(4), false), 200, 1, t0 + 2 * S);
+        c.insert_addrs("d", Family::V4, (ip(4), false), 200, t0 + 2 * S);
         assert_eq!(c.len(), 2);
         assert!(c.fresh("b", Family::V4, t0 + 3 * S).is_none());
         assert!(c.fresh("d", Family::V4, t0 + 3 * S).is_some());
         let mut off = Cache::new(0, ttls());
-        off.insert_addrs("a", Family::V4, (ip(1), false), 10, 1, t0);
+        off.insert_addrs("a", Family::V4, (ip(1), false), 10, t0);
         assert!(off.fresh("a", Family::V4, t0).is_none());
     }
 }

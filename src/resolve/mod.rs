@@ -16,7 +16,8 @@
 //!    uses an answer expired less than `stale_ttl` ago; once a query for it has failed, that
 //!    stale answer is used at once while a new query is tried. Each use logs event 403 with
 //!    `stale=true`;
-//! 5. an answer used twice while fresh is refreshed in the background at 90% of its TTL.
+//! 5. an answer the cache gave out at least twice is refreshed in the background at 90% of
+//!    its TTL.
 
 pub mod cache;
 pub mod coalesce;
@@ -320,10 +321,6 @@ impl Core {
         } = d;
         self.inflight.end(&name, family);
         self.stats.query(result.label());
-        let uses = self
-            .jobs
-            .get(&name)
-            .map_or(0, |j| u32::try_from(j.waiters.len()).unwrap_or(u32::MAX));
         let got = match result {
             QueryResult::Answer {
                 ips,
@@ -331,7 +328,7 @@ impl Core {
                 private_link,
             } => {
                 self.cache
-                    .insert_addrs(&name, family, (ips.clone(), private_link), ttl, uses, now);
+                    .insert_addrs(&name, family, (ips.clone(), private_link), ttl, now);
                 Got::Addrs {
                     ips,
                     private_link,
