@@ -215,7 +215,7 @@ impl Default for Limits {
 pub struct ResolverSettings {
     /// Name servers to query; empty = the system's `/etc/resolv.conf`.
     pub nameservers: Vec<SocketAddr>,
-    /// Cached answers (one per name and record type); 0 disables the cache.
+    /// Names cached, each with its A and AAAA answers; 0 disables the cache.
     pub cache_size: usize,
     /// The hosts file answered before DNS (`files dns`); a missing file has no entries.
     pub hosts_file: PathBuf,

@@ -501,3 +501,285 @@ fn to_result(d: Decision) -> Result<Resolved, ResolveError> {
         Decision::Failed => Err(ResolveError::Failed),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const MS: Duration = Duration::from_millis(1);
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    fn settings(hosts: &std::path::Path) -> ResolverSettings {
+        ResolverSettings {
+            hosts_file: hosts.to_path_buf(),
+            min_ttl: Duration::ZERO,
+            ..ResolverSettings::default()
+        }
+    }
+
+    fn core(tag: &str) -> (Core, Arc<DnsStats>, std::path::PathBuf) {
+        let path =
+            std::env::temp_dir().join(format!("splicegate-core-{}-{tag}", std::process::id()));
+        std::fs::write(&path, "192.0.2.9 pinned.example\n").unwrap();
+        let stats = Arc::new(DnsStats::default());
+        (
+            Core::new(&settings(&path), TIMEOUT, stats.clone()),
+            stats,
+            path,
+        )
+    }
+
+    struct Client {
+        reply: ReplyTo,
+        rx: mpsc::Receiver<Answer>,
+    }
+
+    impl Client {
+        fn new() -> Client {
+            let (tx, rx) = mpsc::channel();
+            let wake = Arc::new(sys::eventfd().unwrap());
+            Client {
+                reply: ReplyTo { tx, wake },
+                rx,
+            }
+        }
+
+        fn ask(&self, core: &mut Core, name: &str, slot: u32, now: Instant) {
+            let req = Request {
+                name: name.to_owned(),
+                at: now,
+                slot,
+                gen: 0,
+                reply: self.reply.clone(),
+            };
+            core.request(req, now);
+        }
+
+        fn answers(&self) -> Vec<Answer> {
+            self.rx.try_iter().collect()
+        }
+    }
+
+    fn a(ttl: u32) -> QueryResult {
+        QueryResult::Answer {
+            ips: vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))],
+            ttl,
+            private_link: false,
+        }
+    }
+
+    fn done(core: &mut Core, name: &str, family: Family, result: QueryResult, now: Instant) {
+        core.completed(
+            Done {
+                name: name.to_owned(),
+                family,
+                result,
+            },
+            now,
+        );
+    }
+
+    #[test]
+    fn hosts_file_answers_without_a_query() {
+        let (mut core, stats, path) = core("hosts");
+        let c = Client::new();
+        let t0 = Instant::now();
+        c.ask(&mut core, "Pinned.Example.", 1, t0);
+        let ans = c.answers();
+        assert_eq!(ans.len(), 1);
+        assert_eq!(
+            ans[0].result,
+            Ok(Resolved {
+                ips: vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9))],
+                source: Source::HostsFile
+            })
+        );
+        assert!(core.take_queries().is_empty());
+        assert_eq!(stats.cached(DnsCacheOutcome::HostsFile), 1);
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn concurrent_lookups_share_one_query_per_family() {
+        let (mut core, stats, path) = core("coalesce");
+        let c = Client::new();
+        let t0 = Instant::now();
+        for slot in 0..3 {
+            c.ask(&mut core, "n.example", slot, t0);
+        }
+        let mut q = core.take_queries();
+        q.sort();
+        assert_eq!(
+            q,
+            vec![
+                ("n.example".to_owned(), Family::V4),
+                ("n.example".to_owned(), Family::V6)
+            ]
+        );
+        assert_eq!(stats.cached(DnsCacheOutcome::Miss), 1);
+        assert_eq!(stats.cached(DnsCacheOutcome::Coalesced), 2);
+        done(&mut core, "n.example", Family::V4, a(60), t0 + MS);
+        assert!(
+            c.answers().is_empty(),
+            "AAAA still within the resolution delay"
+        );
+        let nodata = QueryResult::NoData {
+            negative_ttl: Some(60),
+        };
+        done(&mut core, "n.example", Family::V6, nodata, t0 + 2 * MS);
+        let ans = c.answers();
+        assert_eq!(ans.len(), 3);
+        assert!(ans.iter().all(|x| x.result.is_ok()));
+        // Now cached: a hit, no query.
+        c.ask(&mut core, "n.example", 9, t0 + 10 * MS);
+        assert_eq!(c.answers().len(), 1);
+        assert!(core.take_queries().is_empty());
+        assert_eq!(stats.cached(DnsCacheOutcome::Hit), 1);
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn a_silent_family_costs_only_the_resolution_delay() {
+        let (mut core, _stats, path) = core("delay");
+        let c = Client::new();
+        let t0 = Instant::now();
+        c.ask(&mut core, "v4.example", 1, t0);
+        let _ = core.take_queries();
+        done(&mut core, "v4.example", Family::V4, a(60), t0 + 5 * MS);
+        assert!(c.answers().is_empty());
+        assert_eq!(core.next_wake(t0 + 5 * MS), Some(t0 + 50 * MS));
+        core.tick(t0 + 50 * MS);
+        let ans = c.answers();
+        assert_eq!(ans.len(), 1);
+        let Ok(r) = &ans[0].result else {
+            panic!("addresses expected: {ans:?}");
+        };
+        assert_eq!(r.ips.len(), 1);
+        // The AAAA answer arriving later still fills the cache.
+        let aaaa = QueryResult::Answer {
+            ips: vec![IpAddr::V6(Ipv6Addr::LOCALHOST)],
+            ttl: 60,
+            private_link: false,
+        };
+        done(&mut core, "v4.example", Family::V6, aaaa, t0 + 3000 * MS);
+        c.ask(&mut core, "v4.example", 2, t0 + 3001 * MS);
+        let ans = c.answers();
+        assert_eq!(ans[0].result.as_ref().map(|r| r.ips.len()), Ok(2));
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn expired_answers_are_served_stale_after_silence_then_at_once_after_a_failure() {
+        let (mut core, stats, path) = core("stale");
+        let c = Client::new();
+        let t0 = Instant::now();
+        c.ask(&mut core, "s.example", 1, t0);
+        let _ = core.take_queries();
+        done(&mut core, "s.example", Family::V4, a(1), t0);
+        done(&mut core, "s.example", Family::V6, QueryResult::Timeout, t0);
+        assert_eq!(c.answers().len(), 1);
+        // Expired; the name server is silent: stale after stale_after (1.5 s).
+        let t1 = t0 + Duration::from_secs(2);
+        c.ask(&mut core, "s.example", 2, t1);
+        assert_eq!(core.take_queries().len(), 2);
+        core.tick(t1 + 1400 * MS);
+        assert!(c.answers().is_empty());
+        assert_eq!(core.next_wake(t1 + 1400 * MS), Some(t1 + 1500 * MS));
+        core.tick(t1 + 1500 * MS);
+        let ans = c.answers();
+        assert_eq!(ans.len(), 1, "{ans:?}");
+        assert!(ans[0].result.is_ok());
+        assert_eq!(stats.cached(DnsCacheOutcome::Stale), 1);
+        // The refresh fails: the next lookup is served stale at once, and asks again.
+        done(
+            &mut core,
+            "s.example",
+            Family::V4,
+            QueryResult::ServFail,
+            t1 + 2 * TIMEOUT / 5,
+        );
+        let t2 = t1 + TIMEOUT;
+        done(&mut core, "s.example", Family::V6, QueryResult::Timeout, t2);
+        c.ask(&mut core, "s.example", 3, t2);
+        assert_eq!(
+            core.take_queries().len(),
+            2,
+            "the refresh keeps being tried"
+        );
+        // Without waiting for stale_after: only the resolution delay for the AAAA query.
+        core.tick(t2 + 50 * MS);
+        assert_eq!(c.answers().len(), 1, "served at once");
+        assert_eq!(stats.cached(DnsCacheOutcome::Stale), 2);
+        // Past stale_ttl (1 h): nothing stale any more.
+        done(
+            &mut core,
+            "s.example",
+            Family::V4,
+            QueryResult::ServFail,
+            t2,
+        );
+        done(
+            &mut core,
+            "s.example",
+            Family::V6,
+            QueryResult::ServFail,
+            t2,
+        );
+        let t3 = t0 + Duration::from_secs(3700);
+        c.ask(&mut core, "s.example", 4, t3);
+        let _ = core.take_queries();
+        done(
+            &mut core,
+            "s.example",
+            Family::V4,
+            QueryResult::ServFail,
+            t3,
+        );
+        done(
+            &mut core,
+            "s.example",
+            Family::V6,
+            QueryResult::ServFail,
+            t3,
+        );
+        let ans = c.answers();
+        assert_eq!(ans[0].result, Err(ResolveError::Failed));
+        assert_eq!(stats.queries(crate::metrics::DnsQueryResult::ServFail), 5);
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn a_busy_name_is_refreshed_at_ninety_percent() {
+        let (mut core, _stats, path) = core("refresh");
+        let c = Client::new();
+        let t0 = Instant::now();
+        c.ask(&mut core, "b.example", 1, t0);
+        let _ = core.take_queries();
+        done(&mut core, "b.example", Family::V4, a(100), t0);
+        let nodata = QueryResult::NoData {
+            negative_ttl: Some(100),
+        };
+        done(&mut core, "b.example", Family::V6, nodata, t0);
+        for slot in 2..4 {
+            c.ask(&mut core, "b.example", slot, t0 + Duration::from_secs(1));
+        }
+        assert!(core.take_queries().is_empty());
+        // NODATA is kept for negative_ttl (30 s): refreshed at 27 s; the A answer at 90 s.
+        core.tick(t0 + Duration::from_secs(26));
+        assert!(core.take_queries().is_empty());
+        core.tick(t0 + Duration::from_secs(27));
+        assert_eq!(
+            core.take_queries(),
+            vec![("b.example".to_owned(), Family::V6)]
+        );
+        core.tick(t0 + Duration::from_secs(89));
+        assert!(core.take_queries().is_empty());
+        core.tick(t0 + Duration::from_secs(90));
+        assert_eq!(
+            core.take_queries(),
+            vec![("b.example".to_owned(), Family::V4)]
+        );
+        let _ = std::fs::remove_file(path);
+    }
+}
