@@ -164,6 +164,8 @@ async fn run(
     timeout: Duration,
 ) {
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
+    // Read the hosts file at start, so its state is in the log before the first lookup.
+    core.refresh_hosts(Instant::now());
     loop {
         let wake = core.next_wake(Instant::now());
         let timer = async {
@@ -246,19 +248,7 @@ impl Core {
             gen: req.gen,
             reply: req.reply,
         };
-        match self.hosts.refresh(now) {
-            Reloaded::No => {}
-            Reloaded::Read(n) => info!(
-                event_id = events::INFO,
-                names = n,
-                "hosts file read: its names are answered without DNS"
-            ),
-            Reloaded::Failed(e) => warn!(
-                event_id = events::INTERNAL_ERROR,
-                error = %e,
-                "cannot read the hosts file: its names now go to DNS"
-            ),
-        }
+        self.refresh_hosts(now);
         if let Some(ips) = self.hosts.get(&name) {
             let resolved = Resolved {
                 ips: ips.to_vec(),
@@ -311,6 +301,23 @@ impl Core {
         job.waiters.push(waiter);
         self.jobs.insert(name.clone(), job);
         self.settle(&name, now);
+    }
+
+    /// Re-read the hosts file if it changed (checked at most once per second) and say so.
+    fn refresh_hosts(&mut self, now: Instant) {
+        match self.hosts.refresh(now) {
+            Reloaded::No => {}
+            Reloaded::Read(n) => info!(
+                event_id = events::INFO,
+                names = n,
+                "hosts file read: its names are answered without DNS"
+            ),
+            Reloaded::Failed(e) => warn!(
+                event_id = events::INTERNAL_ERROR,
+                error = %e,
+                "cannot read the hosts file: its names go to DNS"
+            ),
+        }
     }
 
     fn completed(&mut self, d: Done, now: Instant) {
