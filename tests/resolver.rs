@@ -616,3 +616,25 @@ fn private_link_allows_a_private_answer_only_through_a_privatelink_cname() {
     );
     assert_eq!(up.accepts(), 2);
 }
+
+#[test]
+fn hosts_file_addresses_still_pass_the_private_destination_guard() {
+    let dns = silent_stub(&[]);
+    let up = Upstream::echo();
+    let dir = TempDir::new("hosts-guard");
+    let hosts = dir.write("hosts", "10.0.0.9 pinned-private.dns.test\n");
+    let Some(gw) = gateway(&dns, up.port(), |c| {
+        c.resolver("hosts_file", &yq(&hosts.display().to_string()))
+    }) else {
+        return;
+    };
+    let (status, took) = connect_status(&gw, &format!("pinned-private.dns.test:{}", up.port()));
+    assert_eq!(status, 403, "after {took:?}");
+    let ev = expect_refusal_event(&gw, 105, 403, Some("private_destination"));
+    assert_eq!(
+        field_str(&ev, "address").as_deref(),
+        Some("10.0.0.9"),
+        "{ev}"
+    );
+    assert!(dns.queries().is_empty(), "{:?}", dns.queries());
+}
