@@ -96,7 +96,7 @@ tls: { inspect: false }
 YAML
       $GW run --config "$work/gw.yaml" --log-format json 2> "$work/gw.log" &
       PEERPID=$!
-      for _ in $(seq 100); do grep -q '"event_id":101' "$work/gw.log" 2>/dev/null && break; sleep 0.05; done
+      for _ in $(seq 200); do grep -q '"event_id":101' "$work/gw.log" 2>/dev/null && break; sleep 0.05; done
       PROXY=$(grep '"event_id":101' "$work/gw.log" | sed 's/.*"listen":"\([^"]*\)".*/\1/')
       METRICS=$(grep '"event_id":101' "$work/gw.log" | sed 's/.*"metrics_listen":"\([^"]*\)".*/\1/') ;;
     squid)
@@ -151,9 +151,11 @@ run() { # path target scenario args...
     line="{\"failed\":true,\"stderr\":$(tail -c 400 "$work/err" | python3 -c 'import json,sys;print(json.dumps(sys.stdin.read()))')}"
   fi
   local queries=$(( $(dns_total) - before ))
+  local alive=true
+  kill -0 "$PEERPID" 2>/dev/null || alive=false
   local cache="{}"
-  if [ -n "${METRICS:-}" ]; then
-    cache=$(curl -s "http://$METRICS/metrics" | python3 -c '
+  if [ -n "${METRICS:-}" ] && [ "$alive" = true ]; then
+    cache=$( (curl -s "http://$METRICS/metrics" || true) | python3 -c '
 import json, re, sys
 out = {}
 for l in sys.stdin:
@@ -162,7 +164,7 @@ for l in sys.stdin:
         out[m.group(1) + ":" + m.group(2)] = float(m.group(3))
 print(json.dumps(out))')
   fi
-  echo "{\"path\":\"$path\",\"target\":\"$target\",\"scenario\":\"$scen\",\"dns_queries\":$queries,\"gateway_dns\":$cache,\"result\":$line}" >> "$OUT/results.jsonl"
+  echo "{\"path\":\"$path\",\"target\":\"$target\",\"scenario\":\"$scen\",\"alive\":$alive,\"dns_queries\":$queries,\"gateway_dns\":$cache,\"result\":$line}" >> "$OUT/results.jsonl"
   printf '%-5s %-6s %-8s queries=%-4s %s\n' "$path" "$target" "$scen" "$queries" "$(echo "$line" | head -c 200)"
 }
 
@@ -207,6 +209,10 @@ for t in targets:
         s99 = sr.get("connect_latency", {}).get("p99_ms")
         aup, sup = ar.get("setup_s"), sr.get("seconds")
         aerr, serr = ar.get("errors_total", "fail"), sr.get("errors_total", "fail")
+        if not a.get("alive", True):
+            aerr = f"{aerr} (process exited)"
+        if not s.get("alive", True):
+            serr = f"{serr} (process exited)"
         ratio = "—"
         if base_a and base_s and path != "map":
             ba, bs = base_a["result"], base_s["result"]

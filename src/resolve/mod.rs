@@ -416,7 +416,6 @@ impl Core {
                 name = name,
                 stale = true,
                 lookups = lookups,
-                reason = "dns_unavailable",
                 detail = "the name server failed or is silent; answered with an expired answer (serve-stale) while the refresh is retried",
                 "serving a stale DNS answer"
             );
