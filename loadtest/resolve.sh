@@ -139,7 +139,7 @@ stop_target() {
   PEERPID=""
 }
 
-dns_total() { awk '{print $1}' "$work/dns.count"; }
+dns_total() { awk 'NR == 1 {print $1}' "$work/dns.count"; }
 
 run() { # path target scenario args...
   local path=$1 target=$2 scen=$3; shift 3
@@ -185,6 +185,7 @@ for path in $PATHS; do
   done
 done
 
+cp "$work/dns.count" "$OUT/dns-queries.txt"   # totals, then per name and type, for the whole run
 python3 - "$OUT/results.jsonl" <<'PY' | tee "$OUT/summary.md"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]

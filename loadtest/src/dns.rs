@@ -2,21 +2,23 @@
 //! (`loadtest/resolve.sh`). It answers A queries for the names it is given with one address at a
 //! fixed TTL, AAAA queries for them with NODATA (and an SOA whose minimum is the same TTL), and
 //! everything else with NXDOMAIN (with that SOA). It counts the queries it receives and keeps the
-//! count in `--count-file` (`total a aaaa other`), so a script can print how many queries each
+//! count in `--count-file` (`total a aaaa other`, then one line per name and type), so a script can print how many queries each
 //! run cost. Bounded by `--seconds`; loopback addresses only in the scripts that use it.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-/// Counts by query type.
+/// Counts by query type, and by name and type.
 #[derive(Default)]
 struct Counts {
     a: u64,
     aaaa: u64,
     other: u64,
+    by_name: BTreeMap<(String, u16), u64>,
 }
 
 /// Serve until `seconds` have passed.
@@ -51,6 +53,7 @@ pub fn serve(
             28 => counts.aaaa += 1,
             _ => counts.other += 1,
         }
+        *counts.by_name.entry((name.clone(), qtype)).or_default() += 1;
         let known = names.contains(&name);
         let resp = response(&buf[..qend], qtype, known, address, ttl);
         let _ = sock.send_to(&resp, peer);
@@ -61,16 +64,17 @@ pub fn serve(
 
 fn write_counts(path: &Path, c: &Counts) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(
-        &tmp,
-        format!(
-            "{} {} {} {}\n",
-            c.a + c.aaaa + c.other,
-            c.a,
-            c.aaaa,
-            c.other
-        ),
-    )?;
+    let mut text = format!(
+        "{} {} {} {}\n",
+        c.a + c.aaaa + c.other,
+        c.a,
+        c.aaaa,
+        c.other
+    );
+    for ((name, qtype), n) in &c.by_name {
+        text.push_str(&format!("{name} type {qtype}: {n}\n"));
+    }
+    std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
 }

@@ -166,7 +166,7 @@ enum Mode {
         /// Exit after this many seconds.
         #[arg(long, default_value_t = 600)]
         seconds: u64,
-        /// Where the query counts are kept: `total a aaaa other`.
+        /// Where the query counts are kept: `total a aaaa other`, then per name and type.
         #[arg(long)]
         count_file: PathBuf,
     },
