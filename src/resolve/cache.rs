@@ -229,7 +229,8 @@ impl Cache {
         true
     }
 
-    /// Drop names whose answers are past any use; if none is, the name expiring first.
+    /// Drop names whose answers are past any use; if that frees nothing, the tenth of the
+    /// names expiring first (at least one), so a full cache costs one scan per many inserts.
     fn evict(&mut self, now: Instant) {
         let stale = self.ttls.stale;
         let useless = |n: &[Option<Entry>; 2]| {
@@ -242,14 +243,24 @@ impl Cache {
         if self.names.len() < self.capacity {
             return;
         }
-        let oldest = self
+        let mut expiries: Vec<Option<Instant>> = self
             .names
-            .iter()
-            .min_by_key(|(_, n)| n.iter().flatten().map(|e| e.expires).max())
-            .map(|(k, _)| k.clone());
-        if let Some(k) = oldest {
-            self.names.remove(&k);
-        }
+            .values()
+            .map(|n| n.iter().flatten().map(|e| e.expires).max())
+            .collect();
+        let batch = (self.names.len() / 10).max(1);
+        let (_, threshold, _) = expiries.select_nth_unstable(batch - 1);
+        let threshold = *threshold;
+        let mut left = batch;
+        self.names.retain(|_, n| {
+            let expires = n.iter().flatten().map(|e| e.expires).max();
+            if left > 0 && expires <= threshold {
+                left -= 1;
+                false
+            } else {
+                true
+            }
+        });
     }
 
     /// Names and families due for a background refresh at `now`: used at least twice while
@@ -453,6 +464,18 @@ mod tests {
         assert_eq!(c.len(), 2);
         assert!(c.fresh("b", Family::V4, t0 + 3 * S).is_none());
         assert!(c.fresh("d", Family::V4, t0 + 3 * S).is_some());
+        // A bigger full cache drops the tenth expiring first in one go.
+        let mut big = Cache::new(20, ttls());
+        for i in 0..20u8 {
+            let name = format!("n{i}");
+            big.insert_addrs(&name, Family::V4, (ip(i), false), 100 + u32::from(i), t0);
+        }
+        big.insert_addrs("new", Family::V4, (ip(99), false), 100, t0);
+        assert_eq!(big.len(), 19);
+        assert!(big.fresh("n0", Family::V4, t0).is_none());
+        assert!(big.fresh("n1", Family::V4, t0).is_none());
+        assert!(big.fresh("n2", Family::V4, t0).is_some());
+        assert!(big.fresh("new", Family::V4, t0).is_some());
         let mut off = Cache::new(0, ttls());
         off.insert_addrs("a", Family::V4, (ip(1), false), 10, t0);
         assert!(off.fresh("a", Family::V4, t0).is_none());
