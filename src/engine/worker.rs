@@ -984,6 +984,13 @@ impl Worker {
                 Status::BadGateway,
                 "name resolution failed",
             ),
+            Err(ResolveError::Timeout) => self.fail(
+                a.slot,
+                Some(&target.authority),
+                ErrorKind::ResolveTimeout,
+                Status::GatewayTimeout,
+                "resolver did not answer in time",
+            ),
         }
     }
 

@@ -7,7 +7,8 @@
 //!
 //! The answer rule ([`Job::decide`]), A and AAAA being asked in parallel:
 //! - both families have a result: answer with the IPv4 addresses then the IPv6 ones; with none,
-//!   `NotFound` if both said NXDOMAIN/NODATA, else `Failed`;
+//!   `NotFound` if both said NXDOMAIN/NODATA, else `TimedOut` if a query timed out, else
+//!   `Failed`;
 //! - one family has addresses and the other's query has been outstanding for at least the
 //!   resolution delay (RFC 8305 §3, 50 ms by default): answer with the addresses at hand;
 //! - otherwise wait. A failing family never holds back a good one beyond the resolution delay.
@@ -72,8 +73,10 @@ pub enum Got {
     },
     /// NXDOMAIN or NODATA.
     NotFound,
-    /// SERVFAIL, a timeout, or no usable name server, with nothing stale to use.
+    /// SERVFAIL, REFUSED or no usable name server, with nothing stale to use.
     Failed,
+    /// No answer in time, with nothing stale to use.
+    TimedOut,
 }
 
 /// The decision for a job's lookups.
@@ -88,6 +91,7 @@ pub enum Decision {
     },
     NotFound,
     Failed,
+    TimedOut,
 }
 
 /// The lookups waiting for one name.
@@ -163,6 +167,7 @@ fn combine(parts: &[&Got]) -> Decision {
     let mut private_link = true;
     let mut stale = false;
     let mut failed = false;
+    let mut timed_out = false;
     for p in parts {
         match p {
             Got::Addrs {
@@ -176,6 +181,7 @@ fn combine(parts: &[&Got]) -> Decision {
             }
             Got::NotFound => {}
             Got::Failed => failed = true,
+            Got::TimedOut => timed_out = true,
         }
     }
     if !ips.is_empty() {
@@ -184,6 +190,8 @@ fn combine(parts: &[&Got]) -> Decision {
             private_link,
             stale,
         }
+    } else if timed_out {
+        Decision::TimedOut
     } else if failed {
         Decision::Failed
     } else {
@@ -289,6 +297,10 @@ mod tests {
         assert_eq!(j.decide(t0, sent, 50 * MS), Some(Decision::Failed));
         let j: Job<()> = Job::new(Some(Got::NotFound), Some(Got::NotFound));
         assert_eq!(j.decide(t0, sent, 50 * MS), Some(Decision::NotFound));
+        let j: Job<()> = Job::new(Some(Got::Failed), Some(Got::TimedOut));
+        assert_eq!(j.decide(t0, sent, 50 * MS), Some(Decision::TimedOut));
+        let j: Job<()> = Job::new(Some(Got::NotFound), Some(Got::TimedOut));
+        assert_eq!(j.decide(t0, sent, 50 * MS), Some(Decision::TimedOut));
     }
 
     #[test]

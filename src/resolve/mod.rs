@@ -48,9 +48,12 @@ use crate::metrics::{DnsCacheOutcome, DnsStats};
 pub enum ResolveError {
     /// NXDOMAIN or no A/AAAA records.
     NotFound,
-    /// The resolver failed (no usable name server, network error, SERVFAIL, timeout) and had
-    /// nothing stale to offer.
+    /// The resolver failed (no usable name server, network error, SERVFAIL) and had nothing
+    /// stale to offer.
     Failed,
+    /// The name server did not answer within `resolve_timeout`, and nothing stale was at hand:
+    /// the same outcome as the worker's own timer.
+    Timeout,
 }
 
 /// Where resolved addresses came from.
@@ -356,6 +359,7 @@ impl Core {
                 self.cache.failed(&name, family);
                 match self.cache.stale(&name, family, now) {
                     Some(s) => stale_got(s),
+                    None if result == QueryResult::Timeout => Got::TimedOut,
                     None => Got::Failed,
                 }
             }
@@ -505,6 +509,7 @@ fn to_result(d: Decision) -> Result<Resolved, ResolveError> {
         }),
         Decision::NotFound => Err(ResolveError::NotFound),
         Decision::Failed => Err(ResolveError::Failed),
+        Decision::TimedOut => Err(ResolveError::Timeout),
     }
 }
 
@@ -752,6 +757,34 @@ mod tests {
         let ans = c.answers();
         assert_eq!(ans[0].result, Err(ResolveError::Failed));
         assert_eq!(stats.queries(crate::metrics::DnsQueryResult::ServFail), 5);
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn a_timeout_with_nothing_stale_is_a_timeout_not_a_failure() {
+        let (mut core, stats, path) = core("timeout");
+        let c = Client::new();
+        let t0 = Instant::now();
+        c.ask(&mut core, "t.example", 1, t0);
+        let _ = core.take_queries();
+        done(
+            &mut core,
+            "t.example",
+            Family::V4,
+            QueryResult::Timeout,
+            t0 + TIMEOUT,
+        );
+        done(
+            &mut core,
+            "t.example",
+            Family::V6,
+            QueryResult::ServFail,
+            t0 + TIMEOUT,
+        );
+        let ans = c.answers();
+        assert_eq!(ans.len(), 1);
+        assert_eq!(ans[0].result, Err(ResolveError::Timeout));
+        assert_eq!(stats.queries(crate::metrics::DnsQueryResult::Timeout), 1);
         let _ = std::fs::remove_file(path);
     }
 
