@@ -39,6 +39,9 @@ pub const WORKERS_ALIVE: &str = "splicegate_workers_alive";
 pub const ENGINE: &str = "splicegate_engine";
 pub const CONFIG_RELOADS: &str = "splicegate_config_reloads";
 pub const ENGINES_RETIRING: &str = "splicegate_engines_retiring";
+pub const DNS_LOOKUP: &str = "splicegate_dns_lookup_seconds";
+pub const DNS_QUERIES: &str = "splicegate_dns_queries";
+pub const DNS_CACHE: &str = "splicegate_dns_cache";
 
 /// Upper bounds (seconds) of the tunnel duration histogram.
 const TUNNEL_BUCKETS: [f64; 12] = [
@@ -54,6 +57,117 @@ const INSPECT_BUCKETS: [f64; 10] = [
 const CONNECT_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
+
+/// Upper bounds (seconds) of the name lookup histogram.
+const DNS_BUCKETS: [f64; 13] = [
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Result of one DNS query: label of `splicegate_dns_queries_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsQueryResult {
+    Answer,
+    NxDomain,
+    NoData,
+    ServFail,
+    Timeout,
+}
+
+impl DnsQueryResult {
+    pub const ALL: [DnsQueryResult; 5] = [
+        DnsQueryResult::Answer,
+        DnsQueryResult::NxDomain,
+        DnsQueryResult::NoData,
+        DnsQueryResult::ServFail,
+        DnsQueryResult::Timeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DnsQueryResult::Answer => "answer",
+            DnsQueryResult::NxDomain => "nxdomain",
+            DnsQueryResult::NoData => "nodata",
+            DnsQueryResult::ServFail => "servfail",
+            DnsQueryResult::Timeout => "timeout",
+        }
+    }
+}
+
+/// Where a name lookup's answer came from: label of `splicegate_dns_cache_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsCacheOutcome {
+    /// Both families fresh in the cache.
+    Hit,
+    /// A query was sent for it.
+    Miss,
+    /// It waited for a query already outstanding.
+    Coalesced,
+    /// It was answered (at least in part) from an expired answer.
+    Stale,
+    /// The hosts file answered.
+    HostsFile,
+}
+
+impl DnsCacheOutcome {
+    pub const ALL: [DnsCacheOutcome; 5] = [
+        DnsCacheOutcome::Hit,
+        DnsCacheOutcome::Miss,
+        DnsCacheOutcome::Coalesced,
+        DnsCacheOutcome::Stale,
+        DnsCacheOutcome::HostsFile,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DnsCacheOutcome::Hit => "hit",
+            DnsCacheOutcome::Miss => "miss",
+            DnsCacheOutcome::Coalesced => "coalesced",
+            DnsCacheOutcome::Stale => "stale",
+            DnsCacheOutcome::HostsFile => "hosts_file",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The resolver's metrics, written only by the resolver task on the control thread.
+#[derive(Debug)]
+pub struct DnsStats {
+    /// From a worker's request to the answer sent back, for every lookup the resolver answers.
+    pub lookup: Histogram,
+    queries: [AtomicU64; DnsQueryResult::ALL.len()],
+    cache: [AtomicU64; DnsCacheOutcome::ALL.len()],
+}
+
+impl Default for DnsStats {
+    fn default() -> DnsStats {
+        DnsStats {
+            lookup: Histogram::new(&DNS_BUCKETS),
+            queries: std::array::from_fn(|_| AtomicU64::new(0)),
+            cache: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl DnsStats {
+    pub fn query(&self, r: DnsQueryResult) {
+        self.queries[r as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn cache(&self, o: DnsCacheOutcome, n: u64) {
+        self.cache[o.index()].fetch_add(n, Relaxed);
+    }
+
+    pub fn queries(&self, r: DnsQueryResult) -> u64 {
+        self.queries[r as usize].load(Relaxed)
+    }
+
+    pub fn cached(&self, o: DnsCacheOutcome) -> u64 {
+        self.cache[o.index()].load(Relaxed)
+    }
+}
 
 /// A fixed-bucket histogram written by one thread and read by the scraper.
 #[derive(Debug)]
@@ -225,6 +339,8 @@ pub struct Metrics {
     pub engine: Mutex<&'static str>,
     /// The shards of the serving engine (one per configured worker); replaced on reload.
     serving: Mutex<Vec<Arc<Shard>>>,
+    /// The resolver's counters (written by the resolver task, read at scrape time).
+    pub dns: Arc<DnsStats>,
 }
 
 impl Metrics {
@@ -235,7 +351,14 @@ impl Metrics {
             retired: Arc::new(Shard::default()),
             status,
             engine: Mutex::new(engine),
+            dns: Arc::new(DnsStats::default()),
         }
+    }
+
+    /// Report the resolver's metrics (see [`crate::resolve::Resolver::stats`]).
+    pub fn with_dns(mut self, dns: Arc<DnsStats>) -> Metrics {
+        self.dns = dns;
+        self
     }
 
     /// Publish a new engine's shards (and its driver kind) next to the ones still draining.
@@ -330,14 +453,24 @@ fn histogram(
     shards: &[Arc<Shard>],
     pick: impl Fn(&Shard) -> &Histogram,
 ) -> std::fmt::Result {
-    let Some(first) = shards.first() else {
+    let all: Vec<&Histogram> = shards.iter().map(|s| pick(s)).collect();
+    encode_histogram(enc, name, help, &all)
+}
+
+/// Encode the sum of `parts` (all with the same bounds).
+fn encode_histogram(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    parts: &[&Histogram],
+) -> std::fmt::Result {
+    let Some(first) = parts.first() else {
         return Ok(());
     };
-    let bounds = pick(first).bounds;
+    let bounds = first.bounds;
     let mut counts = vec![0u64; bounds.len() + 1];
     let mut sum_nanos = 0u64;
-    for s in shards {
-        let h = pick(s);
+    for h in parts {
         for (c, a) in counts.iter_mut().zip(&h.counts) {
             *c += a.load(Relaxed);
         }
@@ -518,6 +651,38 @@ impl Collector for Metrics {
                     .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
             }
         }
+        encode_histogram(
+            &mut enc,
+            DNS_LOOKUP,
+            "Time from a worker's name lookup to the resolver's answer (hosts file, cache or DNS).",
+            &[&self.dns.lookup],
+        )?;
+        {
+            let mut m = enc.encode_descriptor(
+                DNS_QUERIES,
+                "DNS queries sent (one per name and record type), by result.",
+                None,
+                MetricType::Counter,
+            )?;
+            for r in DnsQueryResult::ALL {
+                let labels = [("result", r.as_str())];
+                m.encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&self.dns.queries(r), None)?;
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                DNS_CACHE,
+                "Name lookups by where the answer came from.",
+                None,
+                MetricType::Counter,
+            )?;
+            for o in DnsCacheOutcome::ALL {
+                let labels = [("outcome", o.as_str())];
+                m.encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&self.dns.cached(o), None)?;
+            }
+        }
         gauge(
             &mut enc,
             ENGINES_RETIRING,
@@ -556,6 +721,26 @@ mod tests {
         assert!(text.contains("splicegate_tunnel_duration_seconds_bucket{le=\"0.5\"} 3"));
         assert!(text.contains("splicegate_tunnel_duration_seconds_count 3"));
         assert!(text.contains("splicegate_engine{kind=\"epoll\"} 1"));
+    }
+
+    #[test]
+    fn dns_metrics_are_exposed_with_every_label() {
+        let dns = Arc::new(DnsStats::default());
+        dns.query(DnsQueryResult::Timeout);
+        dns.cache(DnsCacheOutcome::Coalesced, 499);
+        dns.lookup.observe(Duration::from_millis(3));
+        let m =
+            Arc::new(Metrics::new(Vec::new(), Arc::new(Status::default()), "epoll").with_dns(dns));
+        let text = m.render().unwrap();
+        assert!(
+            text.contains("splicegate_dns_queries_total{result=\"timeout\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("splicegate_dns_queries_total{result=\"answer\"} 0"));
+        assert!(text.contains("splicegate_dns_cache_total{outcome=\"coalesced\"} 499"));
+        assert!(text.contains("splicegate_dns_cache_total{outcome=\"hosts_file\"} 0"));
+        assert!(text.contains("splicegate_dns_lookup_seconds_bucket{le=\"0.005\"} 1"));
+        assert!(text.contains("splicegate_dns_lookup_seconds_count 1"));
     }
 
     #[test]

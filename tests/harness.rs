@@ -62,6 +62,85 @@ fn dns_stub_answers_a_nxdomain_and_stays_silent() {
 }
 
 #[test]
+fn dns_stub_ttl_soa_servfail_cname_silence_and_hold() {
+    let dns = DnsStub::start(
+        &[
+            (
+                "r.dns.test",
+                DnsAnswer::Records {
+                    a: vec![Ipv4Addr::new(192, 0, 2, 1)],
+                    aaaa: Vec::new(),
+                    ttl: 7,
+                },
+            ),
+            ("nx.dns.test", DnsAnswer::NxDomainSoa { minimum: 9 }),
+            ("sf.dns.test", DnsAnswer::ServFail),
+            (
+                "c.dns.test",
+                DnsAnswer::Cname {
+                    chain: vec!["c.privatelink.dns.test".to_string()],
+                    a: vec![Ipv4Addr::new(10, 0, 0, 1)],
+                    ttl: 30,
+                },
+            ),
+        ],
+        DnsAnswer::NxDomain,
+        60,
+    );
+    let r = dns_query(dns.addr(), 1, "r.dns.test", 1).expect("A");
+    assert_eq!(u16::from_be_bytes([r[6], r[7]]), 1);
+    assert_eq!(
+        &r[r.len() - 10..r.len() - 6],
+        &7u32.to_be_bytes(),
+        "chosen TTL"
+    );
+    let r = dns_query(dns.addr(), 2, "r.dns.test", 28).expect("AAAA");
+    assert_eq!(r[3] & 0x0f, 0, "NODATA");
+    assert_eq!(
+        u16::from_be_bytes([r[8], r[9]]),
+        1,
+        "an SOA in the authority section"
+    );
+    assert_eq!(&r[r.len() - 4..], &7u32.to_be_bytes(), "SOA minimum");
+    let r = dns_query(dns.addr(), 3, "nx.dns.test", 1).expect("NXDOMAIN");
+    assert_eq!(r[3] & 0x0f, 3);
+    assert_eq!(u16::from_be_bytes([r[8], r[9]]), 1);
+    assert_eq!(&r[r.len() - 4..], &9u32.to_be_bytes());
+    let r = dns_query(dns.addr(), 4, "sf.dns.test", 1).expect("SERVFAIL");
+    assert_eq!(r[3] & 0x0f, 2);
+    let r = dns_query(dns.addr(), 5, "c.dns.test", 1).expect("CNAME");
+    assert_eq!(u16::from_be_bytes([r[6], r[7]]), 2, "CNAME + A");
+    assert!(r.windows(11).any(|w| w == b"privatelink"));
+    assert_eq!(&r[r.len() - 4..], &[10, 0, 0, 1]);
+    // Silence per type, then speak again.
+    dns.silence("r.dns.test", 28);
+    assert!(dns_query(dns.addr(), 6, "r.dns.test", 28).is_none());
+    assert!(dns_query(dns.addr(), 7, "r.dns.test", 1).is_some());
+    dns.speak("r.dns.test");
+    assert!(dns_query(dns.addr(), 8, "r.dns.test", 28).is_some());
+    // Hold: counted, answered only on release.
+    dns.hold("r.dns.test");
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut q = vec![0, 9, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in ["r", "dns", "test"] {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    sock.send_to(&q, dns.addr()).unwrap();
+    let mut buf = [0u8; 1500];
+    assert!(sock.recv_from(&mut buf).is_err(), "held");
+    dns.release("r.dns.test");
+    let (n, _) = sock.recv_from(&mut buf).expect("released");
+    assert_eq!(&buf[..2], &[0, 9]);
+    assert!(n > 12);
+    assert_eq!(dns.query_count_type("r.dns.test", QTYPE_A), 3);
+    assert_eq!(dns.query_count_type("r.dns.test", QTYPE_AAAA), 3);
+}
+
+#[test]
 fn metrics_parser_sums_matching_series() {
     let text = "\
 # HELP splicegate_bytes Bytes moved.

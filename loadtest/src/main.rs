@@ -10,6 +10,8 @@
 //! - `stream`: K tunnels sending as fast as they can (plain TCP or `--tls`) for a bounded time.
 //! - `connect`: a tunnel set-up storm: tunnels per second and CONNECT -> 200 latency.
 //! - `idle`: hold N idle tunnels and report the gateway's RSS, fds and threads per tunnel.
+//! - `dns`: a small DNS server answering given names with one address and a fixed TTL, counting
+//!   the queries it gets (for `resolve.sh`, the resolution-path comparison).
 //!
 //! `--direct` runs the same traffic with no proxy at all (the ceiling). `--gateway-pid` adds the
 //! gateway's CPU-seconds (user/sys), CPU-seconds per GB, VmRSS/VmHWM, fds and threads, read from
@@ -34,6 +36,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+mod dns;
 
 #[derive(Parser)]
 #[command(name = "splicegate-load")]
@@ -148,6 +152,24 @@ enum Mode {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
+    /// A DNS server: A for NAMEs at ADDRESS with TTL, AAAA NODATA, others NXDOMAIN.
+    Dns {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// Names answered (repeat the flag for more).
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+        #[arg(long, default_value = "127.0.0.1")]
+        address: Ipv4Addr,
+        #[arg(long, default_value_t = 60)]
+        ttl: u32,
+        /// Exit after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// Where the query counts are kept: `total a aaaa other`, then per name and type.
+        #[arg(long)]
+        count_file: PathBuf,
+    },
     /// Hold N idle tunnels for SECONDS and report the gateway's cost per tunnel.
     Idle {
         #[command(flatten)]
@@ -221,6 +243,21 @@ fn main() -> Result<()> {
             concurrency.clamp(1, 4096),
             seconds.clamp(1, 600),
         )),
+        Mode::Dns {
+            listen,
+            names,
+            address,
+            ttl,
+            seconds,
+            count_file,
+        } => dns::serve(
+            listen,
+            &names,
+            address,
+            ttl,
+            seconds.clamp(1, 86_400),
+            &count_file,
+        ),
         Mode::Idle {
             net,
             tunnels,

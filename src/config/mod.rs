@@ -545,6 +545,30 @@ impl Config {
         } else {
             let _ = writeln!(out, "  cache_size: {}", r.cache_size);
         }
+        let _ = writeln!(out, "  hosts_file: {}", r.hosts_file.display());
+        let _ = writeln!(
+            out,
+            "  ttl: {} to {}, negative up to {}",
+            format_duration(r.min_ttl),
+            format_duration(r.max_ttl),
+            format_duration(r.negative_ttl)
+        );
+        if r.stale_ttl.is_zero() {
+            let _ = writeln!(out, "  stale answers: never");
+        } else {
+            let _ = writeln!(
+                out,
+                "  stale answers: after {} of silence, up to {} past expiry",
+                format_duration(r.stale_after),
+                format_duration(r.stale_ttl)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  resolution_delay: {}",
+            format_duration(r.resolution_delay)
+        );
+        let _ = writeln!(out, "  private_link: {}", r.private_link);
         let r = &self.logging.refusals;
         let _ = writeln!(out, "logging:");
         let _ = writeln!(out, "  refusal_burst: {} (per worker)", r.burst);
@@ -1519,6 +1543,65 @@ mod tests {
             "resolver.cache_size",
             2,
             &["whole number"],
+        );
+    }
+
+    #[test]
+    fn resolver_cache_stale_and_private_link() {
+        let cfg = ok("resolver:\n  hosts_file: /tmp/test-hosts\n  min_ttl: 0\n  max_ttl: 10m\n  negative_ttl: 0s\n  stale_after: 500ms\n  stale_ttl: 0\n  resolution_delay: 0ms\n  private_link: true\n");
+        let r = &cfg.resolver;
+        assert_eq!(r.hosts_file, PathBuf::from("/tmp/test-hosts"));
+        assert_eq!(r.min_ttl, Duration::ZERO);
+        assert_eq!(r.max_ttl, Duration::from_secs(600));
+        assert_eq!(r.negative_ttl, Duration::ZERO);
+        assert_eq!(r.stale_after, Duration::from_millis(500));
+        assert_eq!(r.stale_ttl, Duration::ZERO);
+        assert_eq!(r.resolution_delay, Duration::ZERO);
+        assert!(r.private_link);
+        let d = ResolverSettings::default();
+        assert_eq!(d.hosts_file, PathBuf::from("/etc/hosts"));
+        assert_eq!(d.stale_after, Duration::from_millis(1500));
+        assert_eq!(d.stale_ttl, Duration::from_secs(3600));
+        assert!(!d.private_link);
+        bad(
+            "resolver:\n  min_ttl: 2h\n  max_ttl: 1h\n",
+            "resolver.min_ttl",
+            2,
+            &["above max_ttl"],
+        );
+        bad(
+            "limits:\n  resolve_timeout: 2s\nresolver:\n  stale_after: 2s\n",
+            "resolver.stale_after",
+            4,
+            &["below limits.resolve_timeout"],
+        );
+        // Left at its default, stale_after follows a short resolve_timeout.
+        let short = ok("limits:\n  resolve_timeout: 1s\n");
+        assert_eq!(short.resolver.stale_after, Duration::from_millis(500));
+        assert_eq!(short.resolver.resolution_delay, Duration::from_millis(50));
+        bad(
+            "resolver:\n  resolution_delay: 6s\n",
+            "resolver.resolution_delay",
+            2,
+            &["below limits.resolve_timeout (5s)"],
+        );
+        bad(
+            "resolver:\n  stale_after: 0s\n",
+            "resolver.stale_after",
+            2,
+            &["greater than zero"],
+        );
+        bad(
+            "resolver:\n  hosts_file: \"\"\n",
+            "resolver.hosts_file",
+            2,
+            &["path of a hosts file"],
+        );
+        bad(
+            "resolver:\n  private_link: yes\n",
+            "resolver.private_link",
+            2,
+            &["true or false"],
         );
     }
 

@@ -238,6 +238,22 @@ pub(super) struct RawResolver {
     pub nameservers: Field,
     #[serde(default, deserialize_with = "present")]
     pub cache_size: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub hosts_file: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub min_ttl: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub max_ttl: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub negative_ttl: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub stale_after: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub stale_ttl: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub resolution_delay: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub private_link: Field,
 }
 
 /// `logging:`.

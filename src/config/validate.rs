@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_saphyr::Spanned;
 
-use super::duration::{parse_duration, MAX_DURATION};
+use super::duration::{format_duration, parse_duration, MAX_DURATION};
 use super::error::Problem;
 use super::raw::{
     Node, RawClientAuth, RawConfig, RawLimits, RawLogging, RawRelay, RawResolver, RawTls,
@@ -122,6 +122,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             }
         }
     }
+    let raw_resolver = raw.resolver.unwrap_or_default();
     let mut cfg = Config {
         listen: c.listen(raw.listen.as_ref()).unwrap_or(defaults.listen),
         metrics_listen: c
@@ -192,7 +193,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             .unwrap_or(defaults.allowed_client_networks),
         client_auth: raw.client_auth.as_ref().and_then(|r| c.client_auth(r)),
         limits: c.limits(raw.limits.unwrap_or_default()),
-        resolver: c.resolver(raw.resolver.unwrap_or_default()),
+        resolver: c.resolver(&raw_resolver),
         tls: c.tls(raw.tls.unwrap_or_default()),
         relay_proxy: raw.relay_proxy.and_then(|r| c.relay(r)),
         logging: c.logging(raw.logging.unwrap_or_default()),
@@ -209,6 +210,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             cfg.allowed_hosts.push(h.entry.clone());
         }
     }
+    (cfg.resolver.stale_after, cfg.resolver.resolution_delay) =
+        c.resolver_timing(&raw_resolver, &cfg.resolver, cfg.limits.resolve_timeout);
     // Port 0 (an ephemeral port, as tests use) never collides.
     let clash = |m: &SocketAddr| m.port() != 0 && cfg.listen.contains(m);
     if let Some(metrics) = cfg.metrics_listen.filter(clash) {
@@ -849,9 +852,9 @@ impl Checker {
         }
     }
 
-    fn resolver(&mut self, raw: RawResolver) -> ResolverSettings {
+    fn resolver(&mut self, raw: &RawResolver) -> ResolverSettings {
         let d = ResolverSettings::default();
-        ResolverSettings {
+        let r = ResolverSettings {
             nameservers: self
                 .nameservers(raw.nameservers.as_ref())
                 .unwrap_or(d.nameservers),
@@ -864,7 +867,120 @@ impl Checker {
                     "a whole number of entries (0 disables the cache)",
                 )
                 .unwrap_or(d.cache_size),
+            hosts_file: raw
+                .hosts_file
+                .as_ref()
+                .and_then(|at| self.hosts_file(at))
+                .unwrap_or(d.hosts_file),
+            min_ttl: self
+                .duration_or_zero("resolver.min_ttl", raw.min_ttl.as_ref())
+                .unwrap_or(d.min_ttl),
+            max_ttl: self
+                .duration("resolver.max_ttl", raw.max_ttl.as_ref())
+                .unwrap_or(d.max_ttl),
+            negative_ttl: self
+                .duration_or_zero("resolver.negative_ttl", raw.negative_ttl.as_ref())
+                .unwrap_or(d.negative_ttl),
+            stale_after: self
+                .duration("resolver.stale_after", raw.stale_after.as_ref())
+                .unwrap_or(d.stale_after),
+            stale_ttl: self
+                .duration_or_zero("resolver.stale_ttl", raw.stale_ttl.as_ref())
+                .unwrap_or(d.stale_ttl),
+            resolution_delay: self
+                .duration_or_zero("resolver.resolution_delay", raw.resolution_delay.as_ref())
+                .unwrap_or(d.resolution_delay),
+            private_link: self
+                .boolean("resolver.private_link", raw.private_link.as_ref())
+                .unwrap_or(d.private_link),
+        };
+        if r.min_ttl > r.max_ttl {
+            let at = raw.min_ttl.as_ref().or(raw.max_ttl.as_ref());
+            if let Some(at) = at {
+                self.report(
+                    "resolver.min_ttl",
+                    at,
+                    format!(
+                        "min_ttl ({}) is above max_ttl ({}); expected min_ttl <= max_ttl",
+                        format_duration(r.min_ttl),
+                        format_duration(r.max_ttl)
+                    ),
+                );
+            }
         }
+        r
+    }
+
+    /// `resolver.stale_after` and `resolver.resolution_delay` must end before the worker's
+    /// own `limits.resolve_timeout` gives up, or they could never take effect. Set, they are
+    /// checked; left at their defaults, they become at most half of `resolve_timeout`.
+    /// Returns the values to use.
+    fn resolver_timing(
+        &mut self,
+        raw: &RawResolver,
+        r: &ResolverSettings,
+        resolve_timeout: Duration,
+    ) -> (Duration, Duration) {
+        // Left at their defaults, both follow a short resolve_timeout instead of failing it.
+        let stale_after = match raw.stale_after {
+            Some(_) => r.stale_after,
+            None => r.stale_after.min(resolve_timeout / 2),
+        };
+        let resolution_delay = match raw.resolution_delay {
+            Some(_) => r.resolution_delay,
+            None => r.resolution_delay.min(resolve_timeout / 2),
+        };
+        for (key, at, value) in [
+            (
+                "resolver.stale_after",
+                raw.stale_after.as_ref(),
+                stale_after,
+            ),
+            (
+                "resolver.resolution_delay",
+                raw.resolution_delay.as_ref(),
+                resolution_delay,
+            ),
+        ] {
+            if value < resolve_timeout {
+                continue;
+            }
+            let message = format!(
+                "{key} ({}) must be below limits.resolve_timeout ({})",
+                format_duration(value),
+                format_duration(resolve_timeout)
+            );
+            if let Some(at) = at {
+                self.report(key, at, message);
+            }
+        }
+        (stale_after, resolution_delay)
+    }
+
+    /// A duration where 0 is meaningful (it switches something off).
+    fn duration_or_zero(&mut self, key: &str, at: Option<&Spanned<Node>>) -> Option<Duration> {
+        let zero = match &at?.value {
+            Node::Int(0) => true,
+            Node::Str(s) => parse_duration(s).is_ok_and(|d| d.is_zero()),
+            _ => false,
+        };
+        if zero {
+            Some(Duration::ZERO)
+        } else {
+            self.duration(key, at)
+        }
+    }
+
+    /// `resolver.hosts_file`: a path; the file itself may be absent (no entries), as with the C
+    /// library, and is read by the resolver, which re-reads it when it changes.
+    fn hosts_file(&mut self, at: &Spanned<Node>) -> Option<PathBuf> {
+        const KEY: &str = "resolver.hosts_file";
+        const EXPECT: &str = "the path of a hosts file, such as \"/etc/hosts\"";
+        let text = self.string(KEY, at, EXPECT)?;
+        if text.is_empty() || text.contains('\0') {
+            return self.mismatch(KEY, at, EXPECT);
+        }
+        Some(PathBuf::from(text))
     }
 
     /// `relay_proxy:`; `None` when absent, `null`, or with errors (which are reported).

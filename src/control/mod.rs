@@ -116,11 +116,14 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
     }
     let serving = start_engine(&cfg, &current, &resolver)?;
     let status = Arc::new(Status::default());
-    let metrics = Arc::new(Metrics::new(
-        serving.shards.clone(),
-        Arc::clone(&status),
-        serving.choice.kind(),
-    ));
+    let metrics = Arc::new(
+        Metrics::new(
+            serving.shards.clone(),
+            Arc::clone(&status),
+            serving.choice.kind(),
+        )
+        .with_dns(resolver.stats()),
+    );
 
     // Signal handlers and the HTTP endpoint are in place before event 101 announces the start:
     // a SIGTERM right after start-up must drain, not kill.

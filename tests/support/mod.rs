@@ -17,7 +17,9 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
+use std::net::{
+    Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -190,6 +192,8 @@ pub struct Config {
     /// `limits:` entries, `(key, value)`; values that are not plain integers are quoted.
     pub limits: Vec<(String, String)>,
     pub nameservers: Vec<String>,
+    /// Other `resolver:` keys, `(key, value)`, rendered as given.
+    pub resolver: Vec<(String, String)>,
     /// Extra top-level YAML appended verbatim (sections the builder has no method for).
     pub extra: String,
     /// `tls:` section; `None` renders `tls: {inspect: false}` so tests that move plain bytes
@@ -234,6 +238,7 @@ impl Config {
             allowed_destination_networks: Vec::new(),
             limits: Vec::new(),
             nameservers: Vec::new(),
+            resolver: Vec::new(),
             extra: String::new(),
             tls: None,
         }
@@ -318,6 +323,13 @@ impl Config {
         self
     }
 
+    /// A `resolver:` key (`hosts_file`, `min_ttl`, `stale_ttl`, ...); the value is YAML.
+    pub fn resolver(mut self, key: &str, value: &str) -> Self {
+        self.resolver.retain(|(k, _)| k != key);
+        self.resolver.push((key.to_string(), value.to_string()));
+        self
+    }
+
     /// The YAML text.
     pub fn render(&self) -> String {
         let list = |items: &[String]| {
@@ -368,9 +380,14 @@ impl Config {
                 writeln!(y, "  {k}: {v}").unwrap();
             }
         }
-        if !self.nameservers.is_empty() {
+        if !self.nameservers.is_empty() || !self.resolver.is_empty() {
             writeln!(y, "resolver:").unwrap();
+        }
+        if !self.nameservers.is_empty() {
             writeln!(y, "  nameservers: {}", list(&self.nameservers)).unwrap();
+        }
+        for (k, v) in &self.resolver {
+            writeln!(y, "  {k}: {v}").unwrap();
         }
         match &self.tls {
             Some(t) => y.push_str(t),
@@ -1730,30 +1747,100 @@ impl Drop for TlsUpstream {
 /// What the stub answers for a name.
 #[derive(Clone, Debug)]
 pub enum DnsAnswer {
-    /// NOERROR with these A records (AAAA queries get NOERROR with no answers).
+    /// NOERROR with these A records at the stub's TTL (AAAA queries get NOERROR with no
+    /// answers and no SOA).
     A(Vec<Ipv4Addr>),
-    /// NXDOMAIN.
+    /// NXDOMAIN without an SOA.
     NxDomain,
     /// Never answer.
     Silent,
+    /// NOERROR with these A and AAAA records at this TTL; a type with no records gets NODATA
+    /// with an SOA whose minimum is `ttl`.
+    Records {
+        a: Vec<Ipv4Addr>,
+        aaaa: Vec<Ipv6Addr>,
+        ttl: u32,
+    },
+    /// NXDOMAIN with an SOA (TTL and minimum `minimum`) in the authority section: the negative
+    /// TTL of RFC 2308.
+    NxDomainSoa { minimum: u32 },
+    /// SERVFAIL.
+    ServFail,
+    /// A CNAME chain: the name -> `chain[0]` -> ... -> `chain[n-1]`, which has the A records;
+    /// every record at `ttl`. AAAA queries get the chain and no address.
+    Cname {
+        chain: Vec<String>,
+        a: Vec<Ipv4Addr>,
+        ttl: u32,
+    },
+}
+
+/// DNS record types the stub knows.
+pub const QTYPE_A: u16 = 1;
+pub const QTYPE_AAAA: u16 = 28;
+
+/// The stub's answers and silences, changeable while it runs.
+struct DnsTable {
+    names: HashMap<String, DnsAnswer>,
+    default: DnsAnswer,
+    ttl: u32,
+    /// (name, qtype) never answered; qtype 0 = every type.
+    silent: Vec<(String, u16)>,
+    /// Names whose answers are kept back until [`DnsStub::release`].
+    held: Vec<String>,
+    /// Answers kept back: (name, peer, response).
+    pending: Vec<(String, SocketAddr, Vec<u8>)>,
 }
 
 /// A tiny authoritative-looking DNS server on 127.0.0.1 UDP.
 pub struct DnsStub {
     addr: SocketAddr,
+    /// The server's socket, to send answers kept back by [`DnsStub::hold`].
+    sock: UdpSocket,
     queries: Arc<Mutex<Vec<(String, u16)>>>,
+    table: Arc<Mutex<DnsTable>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
+/// A name in wire format, without compression.
+fn dns_name(name: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for label in name
+        .trim_end_matches('.')
+        .split('.')
+        .filter(|l| !l.is_empty())
+    {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.push(0);
+    out
+}
+
+/// One resource record; `owner` is wire format (a pointer or a full name).
+fn dns_record(r: &mut Vec<u8>, owner: &[u8], rtype: u16, ttl: u32, rdata: &[u8]) {
+    r.extend_from_slice(owner);
+    r.extend_from_slice(&rtype.to_be_bytes());
+    r.extend_from_slice(&1u16.to_be_bytes()); // class IN
+    r.extend_from_slice(&ttl.to_be_bytes());
+    r.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    r.extend_from_slice(rdata);
+}
+
+/// An SOA for the zone `test.` with TTL and minimum `minimum`.
+fn dns_soa(r: &mut Vec<u8>, minimum: u32) {
+    let mut rdata = dns_name("ns.test");
+    rdata.extend_from_slice(&dns_name("hostmaster.test"));
+    for v in [1u32, 3600, 600, 86400, minimum] {
+        rdata.extend_from_slice(&v.to_be_bytes());
+    }
+    dns_record(r, &dns_name("test"), 6, minimum, &rdata);
+}
+
 /// Build the response to `query`, or `None` to stay silent / ignore garbage. Also returns the
 /// parsed (name, qtype).
-fn dns_respond(
-    query: &[u8],
-    table: &HashMap<String, DnsAnswer>,
-    default: &DnsAnswer,
-    ttl: u32,
-) -> (Option<(String, u16)>, Option<Vec<u8>>) {
+fn dns_respond(query: &[u8], table: &DnsTable) -> (Option<(String, u16)>, Option<Vec<u8>>) {
     if query.len() < 12 || query[2] & 0x80 != 0 {
         return (None, None);
     }
@@ -1783,49 +1870,110 @@ fn dns_respond(
     let qtype = u16::from_be_bytes([query[pos], query[pos + 1]]);
     let qend = pos + 4;
     let name = labels.join(".");
-    let answer = table.get(&name).unwrap_or(default);
-    let (rcode, ips): (u8, Vec<Ipv4Addr>) = match answer {
-        DnsAnswer::Silent => return (Some((name, qtype)), None),
-        DnsAnswer::NxDomain => (3, Vec::new()),
-        DnsAnswer::A(ips) if qtype == 1 => (0, ips.clone()),
-        DnsAnswer::A(_) => (0, Vec::new()),
-    };
-    let mut r = Vec::with_capacity(qend + 16 * ips.len());
+    let silenced = table
+        .silent
+        .iter()
+        .any(|(n, t)| *n == name && (*t == 0 || *t == qtype));
+    let answer = table.names.get(&name).unwrap_or(&table.default);
+    if silenced || matches!(answer, DnsAnswer::Silent) {
+        return (Some((name, qtype)), None);
+    }
+    let mut rcode = 0u8;
+    let mut answers: Vec<u8> = Vec::new();
+    let mut ancount = 0u16;
+    let mut authority: Vec<u8> = Vec::new();
+    let mut nscount = 0u16;
+    let qname_ptr = [0xC0, 0x0C];
+    match answer {
+        DnsAnswer::Silent => {}
+        DnsAnswer::NxDomain => rcode = 3,
+        DnsAnswer::ServFail => rcode = 2,
+        DnsAnswer::NxDomainSoa { minimum } => {
+            rcode = 3;
+            dns_soa(&mut authority, *minimum);
+            nscount = 1;
+        }
+        DnsAnswer::A(ips) => {
+            if qtype == QTYPE_A {
+                for ip in ips {
+                    dns_record(&mut answers, &qname_ptr, QTYPE_A, table.ttl, &ip.octets());
+                    ancount += 1;
+                }
+            }
+        }
+        DnsAnswer::Records { a, aaaa, ttl } => {
+            if qtype == QTYPE_A {
+                for ip in a {
+                    dns_record(&mut answers, &qname_ptr, QTYPE_A, *ttl, &ip.octets());
+                    ancount += 1;
+                }
+            } else if qtype == QTYPE_AAAA {
+                for ip in aaaa {
+                    dns_record(&mut answers, &qname_ptr, QTYPE_AAAA, *ttl, &ip.octets());
+                    ancount += 1;
+                }
+            }
+            if ancount == 0 {
+                dns_soa(&mut authority, *ttl);
+                nscount = 1;
+            }
+        }
+        DnsAnswer::Cname { chain, a, ttl } => {
+            let mut owner = qname_ptr.to_vec();
+            for target in chain {
+                let t = dns_name(target);
+                dns_record(&mut answers, &owner, 5, *ttl, &t);
+                ancount += 1;
+                owner = t;
+            }
+            if qtype == QTYPE_A {
+                for ip in a {
+                    dns_record(&mut answers, &owner, QTYPE_A, *ttl, &ip.octets());
+                    ancount += 1;
+                }
+            }
+        }
+    }
+    let mut r = Vec::with_capacity(qend + answers.len() + authority.len());
     r.extend_from_slice(&query[0..2]); // id
     r.push(0x80 | 0x04 | (query[2] & 0x01)); // QR, AA, RD copied
     r.push(0x80 | rcode); // RA, rcode
     r.extend_from_slice(&1u16.to_be_bytes()); // qdcount
-    r.extend_from_slice(&(ips.len() as u16).to_be_bytes()); // ancount
-    r.extend_from_slice(&0u16.to_be_bytes()); // nscount
+    r.extend_from_slice(&ancount.to_be_bytes());
+    r.extend_from_slice(&nscount.to_be_bytes());
     r.extend_from_slice(&0u16.to_be_bytes()); // arcount
     r.extend_from_slice(&query[12..qend]); // question
-    for ip in ips {
-        r.extend_from_slice(&[0xC0, 0x0C]); // name: pointer to the question
-        r.extend_from_slice(&1u16.to_be_bytes()); // type A
-        r.extend_from_slice(&1u16.to_be_bytes()); // class IN
-        r.extend_from_slice(&ttl.to_be_bytes());
-        r.extend_from_slice(&4u16.to_be_bytes());
-        r.extend_from_slice(&ip.octets());
-    }
+    r.extend_from_slice(&answers);
+    r.extend_from_slice(&authority);
     (Some((name, qtype)), Some(r))
 }
 
 impl DnsStub {
-    /// Answer names from `records` (lowercase, no trailing dot), everything else with `default`.
+    /// Answer names from `records` (lowercase, no trailing dot), everything else with `default`;
+    /// `ttl` is the TTL of [`DnsAnswer::A`] records.
     pub fn start(records: &[(&str, DnsAnswer)], default: DnsAnswer, ttl: u32) -> DnsStub {
         init();
         let sock = UdpSocket::bind("127.0.0.1:0").expect("bind UDP 127.0.0.1:0");
         let addr = sock.local_addr().unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
-        let table: HashMap<String, DnsAnswer> = records
+        let names: HashMap<String, DnsAnswer> = records
             .iter()
             .map(|(n, a)| (n.trim_end_matches('.').to_ascii_lowercase(), a.clone()))
             .collect();
+        let table = Arc::new(Mutex::new(DnsTable {
+            names,
+            default,
+            ttl,
+            silent: Vec::new(),
+            held: Vec::new(),
+            pending: Vec::new(),
+        }));
+        let send_sock = sock.try_clone().expect("clone the stub's UDP socket");
         let queries = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (queries, stop) = (queries.clone(), stop.clone());
+            let (queries, stop, table) = (queries.clone(), stop.clone(), table.clone());
             thread::spawn(move || {
                 let hard_stop = Instant::now() + Duration::from_secs(30 * 60);
                 let mut buf = [0u8; 4096];
@@ -1834,11 +1982,17 @@ impl DnsStub {
                         Ok(x) => x,
                         Err(_) => continue,
                     };
-                    let (q, resp) = dns_respond(&buf[..n], &table, &default, ttl);
+                    let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
+                    let (q, resp) = dns_respond(&buf[..n], &t);
+                    let held = q.as_ref().is_some_and(|(name, _)| t.held.contains(name));
                     if let Some(q) = q {
+                        if let (true, Some(resp)) = (held, resp.clone()) {
+                            t.pending.push((q.0.clone(), peer, resp));
+                        }
                         queries.lock().unwrap_or_else(|e| e.into_inner()).push(q);
                     }
-                    if let Some(resp) = resp {
+                    drop(t);
+                    if let (false, Some(resp)) = (held, resp) {
                         let _ = sock.send_to(&resp, peer);
                     }
                 }
@@ -1846,7 +2000,9 @@ impl DnsStub {
         };
         DnsStub {
             addr,
+            sock: send_sock,
             queries,
+            table,
             stop,
             thread: Some(thread),
         }
@@ -1867,6 +2023,51 @@ impl DnsStub {
     /// Queries received for `name` (any type).
     pub fn query_count(&self, name: &str) -> usize {
         self.queries().iter().filter(|(n, _)| n == name).count()
+    }
+
+    /// Queries received for `name` of type `qtype` ([`QTYPE_A`], [`QTYPE_AAAA`]).
+    pub fn query_count_type(&self, name: &str, qtype: u16) -> usize {
+        self.queries()
+            .iter()
+            .filter(|(n, t)| n == name && *t == qtype)
+            .count()
+    }
+
+    /// Answer `name` with `answer` from now on.
+    pub fn set(&self, name: &str, answer: DnsAnswer) {
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        t.names
+            .insert(name.trim_end_matches('.').to_ascii_lowercase(), answer);
+    }
+
+    /// Stop answering `name` for `qtype` (0 = every type) until [`DnsStub::speak`].
+    pub fn silence(&self, name: &str, qtype: u16) {
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        t.silent.push((name.to_ascii_lowercase(), qtype));
+    }
+
+    /// Keep `name`'s answers back (queries are still counted) until [`DnsStub::release`].
+    pub fn hold(&self, name: &str) {
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        t.held.push(name.to_ascii_lowercase());
+    }
+
+    /// Send the answers kept back for `name` and answer it at once again.
+    pub fn release(&self, name: &str) {
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        t.held.retain(|n| n != name);
+        let (out, keep): (Vec<_>, Vec<_>) = t.pending.drain(..).partition(|(n, _, _)| n == name);
+        t.pending = keep;
+        drop(t);
+        for (_, peer, resp) in out {
+            let _ = self.sock.send_to(&resp, peer);
+        }
+    }
+
+    /// Answer `name` again (every type).
+    pub fn speak(&self, name: &str) {
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        t.silent.retain(|(n, _)| n != name);
     }
 }
 

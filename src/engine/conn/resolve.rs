@@ -2,14 +2,15 @@
 //! answer. Kept thin on purpose: it only turns an answer into addresses for [`super::dial`] or
 //! into a refusal.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use crate::engine::conn::{State, Target};
 use crate::engine::worker::Worker;
 use crate::events::ErrorKind;
+use crate::policy::Denial;
 use crate::proto::response::Status;
-use crate::resolve::{Answer, ResolveError};
+use crate::resolve::{Answer, ResolveError, Resolved, Source};
 
 impl Worker {
     /// Hand `name` to the resolver; the answer comes back through [`Worker::on_answer`].
@@ -48,15 +49,23 @@ impl Worker {
             return;
         };
         match a.result {
-            Ok(ips) if target.relay_request.is_some() => {
+            Ok(r) if target.relay_request.is_some() => {
                 let port = self.settings.load().relay.as_ref().map_or(0, |r| r.port);
-                let addrs = ips
+                let addrs = r
+                    .ips
                     .into_iter()
                     .map(|ip| SocketAddr::new(ip, port))
                     .collect();
                 self.connect_to(a.slot, target, addrs);
             }
-            Ok(ips) => self.connect_checked(a.slot, target, ips),
+            Ok(r) => {
+                if let Some(ip) = self.private_link_refusal(&r) {
+                    let d = Denial::PrivateDestination(crate::policy::classify(ip));
+                    self.deny(a.slot, d, &target.authority, Some(ip));
+                    return;
+                }
+                self.connect_checked(a.slot, target, r.ips)
+            }
             Err(ResolveError::NotFound) => self.fail(
                 a.slot,
                 Some(&target.authority),
@@ -71,6 +80,31 @@ impl Worker {
                 Status::BadGateway,
                 "name resolution failed",
             ),
+            Err(ResolveError::Timeout) => self.fail(
+                a.slot,
+                Some(&target.authority),
+                ErrorKind::ResolveTimeout,
+                Status::GatewayTimeout,
+                "resolver did not answer in time",
+            ),
         }
+    }
+
+    /// With `resolver.private_link`, a private (non-public) address from DNS is allowed only
+    /// through a `privatelink.` CNAME chain; the hosts file is the operator's own pin and is
+    /// checked by the private-destination guard alone. Returns the address to refuse.
+    fn private_link_refusal(&self, r: &Resolved) -> Option<IpAddr> {
+        if !self.resolver.private_link()
+            || r.source
+                != (Source::Dns {
+                    private_link: false,
+                })
+        {
+            return None;
+        }
+        r.ips
+            .iter()
+            .copied()
+            .find(|ip| !crate::policy::classify(*ip).is_public())
     }
 }

@@ -197,10 +197,12 @@ fn every_address_dialled_is_a_new_key_and_each_is_removed() {
         .send(Answer {
             slot: 0,
             gen,
-            result: Ok(vec![
-                "127.0.0.1".parse().unwrap(),
-                "127.0.0.2".parse().unwrap(),
-            ]),
+            result: Ok(crate::resolve::Resolved {
+                ips: vec!["127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap()],
+                source: crate::resolve::Source::Dns {
+                    private_link: false,
+                },
+            }),
         })
         .unwrap();
     b.settle();
@@ -252,7 +254,12 @@ fn a_tunnel_keeps_one_deadline_and_idles_out_in_virtual_time() {
         .send(Answer {
             slot: 0,
             gen,
-            result: Ok(vec!["127.0.0.1".parse().unwrap()]),
+            result: Ok(crate::resolve::Resolved {
+                ips: vec!["127.0.0.1".parse().unwrap()],
+                source: crate::resolve::Source::Dns {
+                    private_link: false,
+                },
+            }),
         })
         .unwrap();
     b.settle();
