@@ -2,6 +2,7 @@
 //! settings; the verdict does not depend on how the bytes are split into reads; an early final
 //! verdict is the verdict of the whole input; and only a stream that starts like a TLS record
 //! can be allowed.
+//!
 //! The invariants are in `fuzz/checks/client_hello.rs`, shared with `tests/fuzz_corpus.rs`.
 #![no_main]
 

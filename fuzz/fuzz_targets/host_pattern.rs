@@ -7,6 +7,7 @@
 //! - a one-pattern `Allowlist` allows exactly the normalised names the pattern matches, and an
 //!   entry's port rule allows exactly the entry's ports;
 //! - a port list is sorted, merged and free of port 0, and equals the union of its items.
+//!
 //! The invariants are in `fuzz/checks/host_pattern.rs`, shared with `tests/fuzz_corpus.rs`.
 #![no_main]
 

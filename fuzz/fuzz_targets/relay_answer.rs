@@ -5,6 +5,7 @@
 //! - only the head decides: the head alone parses to the same answer;
 //! - a decided prefix agrees with the whole input (an answer or a refusal does not depend on how
 //!   the bytes were split into reads), and `Ok(None)` only below `MAX_ANSWER` bytes.
+//!
 //! The invariants are in `fuzz/checks/relay_answer.rs`, shared with `tests/fuzz_corpus.rs`.
 #![no_main]
 

@@ -11,6 +11,7 @@
 //! - A final verdict never changes, and `verdict()` is the last verdict returned.
 //! - An allowed session meets the certificate rule: a leaf subject on the list, or TLS 1.3 under
 //!   `tls13_client_certificate: allow`; never "not required"; never below `min_version`.
+//!
 //! The invariants are in `fuzz/checks/tls_follow.rs`, shared with `tests/fuzz_corpus.rs`.
 #![no_main]
 

@@ -6,6 +6,7 @@
 //!   its users; the first refusal of a file is the refusal of every prefix that holds its line;
 //! - CRLF line ends and a trailing comment change nothing;
 //! - Basic credentials round-trip: what `parse_basic` returns, encoded again, parses the same.
+//!
 //! The invariants are in `fuzz/checks/users_file.rs`, shared with `tests/fuzz_corpus.rs`.
 #![no_main]
 
