@@ -556,9 +556,14 @@ impl Inspector {
         if follow.client.is_none() {
             follow_client(&mut self.client, follow, input)?;
         }
+        // Decide before counting what follows the certificate in this chunk: a verdict reached
+        // here is final whether those bytes came in the same read or in a later one.
+        if let Some(verdict) = follow.decide(&self.settings) {
+            return Ok(Some(verdict));
+        }
         // Bytes after the client's last plaintext handshake record still count.
         self.client.count(input.len()).map_err(Reason::Parse)?;
-        Ok(follow.decide(&self.settings))
+        Ok(None)
     }
 
     fn server_step(&mut self, input: &mut &[u8]) -> Result<Option<Verdict>, Reason> {
