@@ -7,6 +7,7 @@
 #
 # FUZZ_SECONDS   seconds per target (default 30)
 # FUZZ_TARGETS   space-separated targets to run (default: all of `cargo fuzz list`)
+# FUZZ_RSS_MB    libFuzzer's -rss_limit_mb (default 256)
 # FUZZ_WORK      directory for the corpus entries the run adds, one subdirectory per target,
 #                kept afterwards (default: a temporary directory, removed at exit)
 # CARGO_BUILD_JOBS  as for any cargo build: jobs for building the fuzz crate
@@ -19,6 +20,7 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
+FUZZ_RSS_MB="${FUZZ_RSS_MB:-256}"
 
 bash scripts/install-fuzz.sh
 status=$?
@@ -65,7 +67,7 @@ for target in "${targets[@]}"; do
     done
     echo "== fuzz-smoke: $target for ${FUZZ_SECONDS} s"
     if ! cargo +nightly fuzz run "$target" "${dirs[@]}" -- \
-        -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=256 -timeout=1 -print_final_stats=1; then
+        -max_total_time="$FUZZ_SECONDS" -rss_limit_mb="$FUZZ_RSS_MB" -timeout=1 -print_final_stats=1; then
         echo "fuzz-smoke: $target FAILED; its input is in fuzz/artifacts/$target/" >&2
         failed+=("$target")
     fi

@@ -765,6 +765,11 @@ fn follow_server(
                 follow.server = ServerWatch::Flight;
                 // Nothing after the ServerHello is buffered.
                 reader.set_budget(usize::MAX);
+                // With the client's certificate already known the verdict is reached here,
+                // whether the rest of the server's flight came in this read or comes later.
+                if let Some(verdict) = follow.decide(settings) {
+                    return Ok(Some(verdict));
+                }
             }
             (ServerWatch::Flight, Event::Header { msg_type, .. }) => match msg_type {
                 CERTIFICATE_REQUEST => *watched.certificate_requested = true,
