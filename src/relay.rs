@@ -312,11 +312,13 @@ pub struct Answer {
 pub const MAX_ANSWER: usize = 16 * 1024;
 
 /// Parse the relay's answer: `Ok(None)` until the head is complete, `Err` for garbage or a head
-/// over [`MAX_ANSWER`].
+/// over [`MAX_ANSWER`]. A head over the limit is refused even when it is complete in `buf`, so
+/// the outcome does not depend on how the answer was split into reads.
 pub fn parse_answer(buf: &[u8]) -> Result<Option<Answer>, &'static str> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut headers);
     match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n > MAX_ANSWER => Err("relay answer too large"),
         Ok(httparse::Status::Complete(n)) => Ok(Some(Answer {
             status: resp.code.unwrap_or(0),
             reason: resp
@@ -433,6 +435,23 @@ mod tests {
         );
         assert!(parse_answer(b"\x16\x03\x01garbage\r\n\r\n").is_err());
         assert!(parse_answer(&vec![b'a'; MAX_ANSWER + 1]).is_err());
+    }
+
+    #[test]
+    fn a_head_over_the_limit_is_refused_however_it_arrives() {
+        // 60 headers of 300 bytes: complete at about 18 KiB. The engine reads up to 4 KiB past
+        // the limit before parsing, so the whole head can be in the buffer at once.
+        let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..60 {
+            head.extend(format!("X-Pad-{i}: {}\r\n", "p".repeat(290)).bytes());
+        }
+        head.extend(b"\r\n");
+        assert!(head.len() > MAX_ANSWER && head.len() < MAX_ANSWER + 4096);
+        assert_eq!(
+            parse_answer(&head[..MAX_ANSWER]),
+            Err("relay answer too large")
+        );
+        assert_eq!(parse_answer(&head), Err("relay answer too large"));
     }
 
     #[test]

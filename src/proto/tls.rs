@@ -562,9 +562,14 @@ impl Inspector {
         if follow.client.is_none() {
             follow_client(&mut self.client, follow, input)?;
         }
+        // Decide before counting what follows the certificate in this chunk: a verdict reached
+        // here is final whether those bytes came in the same read or in a later one.
+        if let Some(verdict) = follow.decide(&self.settings) {
+            return Ok(Some(verdict));
+        }
         // Bytes after the client's last plaintext handshake record still count.
         self.client.count(input.len()).map_err(Reason::Parse)?;
-        Ok(follow.decide(&self.settings))
+        Ok(None)
     }
 
     fn server_step(&mut self, input: &mut &[u8]) -> Result<Option<Verdict>, Reason> {
@@ -766,6 +771,11 @@ fn follow_server(
                 follow.server = ServerWatch::Flight;
                 // Nothing after the ServerHello is buffered.
                 reader.set_budget(usize::MAX);
+                // With the client's certificate already known the verdict is reached here,
+                // whether the rest of the server's flight came in this read or comes later.
+                if let Some(verdict) = follow.decide(settings) {
+                    return Ok(Some(verdict));
+                }
             }
             (ServerWatch::Flight, Event::Header { msg_type, .. }) => match msg_type {
                 CERTIFICATE_REQUEST => *watched.certificate_requested = true,
@@ -1735,6 +1745,47 @@ mod tests {
         message.extend_from_slice(&[0; 5000]);
         let big = records(&message, 4000, 0x0303);
         assert_eq!(inspector.server_bytes(&big), Verdict::Following);
+    }
+
+    #[test]
+    fn a_followed_verdict_does_not_depend_on_where_the_reads_end() {
+        let s = TlsSettings {
+            max_hello_bytes: 2048,
+            ..with_certs(&["CN=agent01"], Tls13Policy::Deny)
+        };
+        let both = fixture("hello_default.bin");
+        let ccs = [20, 3, 3, 0, 1, 1];
+        let missing = deny(Reason::ClientCertMissing);
+        // Server first: the client's CCS settles it; what follows in the same read (over the
+        // budget here) is not counted against a verdict already reached.
+        let mut one_read = ccs.to_vec();
+        one_read.extend_from_slice(&[0x17; 3000]);
+        for reads in [vec![&one_read[..]], vec![&ccs[..], &one_read[ccs.len()..]]] {
+            let mut inspector = new_inspector(&s, &name_host());
+            assert_eq!(inspector.client_bytes(&both), Verdict::Following);
+            inspector.server_bytes(&server_hello(0x0303, None));
+            for read in reads {
+                inspector.client_bytes(read);
+            }
+            assert_eq!(inspector.verdict(), missing, "server first");
+        }
+        // Client first: the ServerHello settles it; a bad record after it in the same read
+        // comes after the verdict.
+        let hello = server_hello(0x0303, None);
+        let mut one_read = hello.clone();
+        one_read.extend_from_slice(&[0xff, 3, 3, 0, 0]);
+        for reads in [
+            vec![&one_read[..]],
+            vec![&hello[..], &one_read[hello.len()..]],
+        ] {
+            let mut inspector = new_inspector(&s, &name_host());
+            assert_eq!(inspector.client_bytes(&both), Verdict::Following);
+            assert_eq!(inspector.client_bytes(&ccs), Verdict::Following);
+            for read in reads {
+                inspector.server_bytes(read);
+            }
+            assert_eq!(inspector.verdict(), missing, "client first");
+        }
     }
 
     #[test]
