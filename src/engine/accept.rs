@@ -4,7 +4,7 @@
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use socket2::SockRef;
 use tracing::{debug, warn};
@@ -117,7 +117,7 @@ impl Worker {
             self.shard.error(kind);
         }
         self.accept_backoff = (self.accept_backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
-        let now = Instant::now();
+        let now = self.now;
         if self
             .last_fd_warning
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
@@ -180,7 +180,7 @@ impl Worker {
                 break;
             }
         }
-        self.accept_paused_until = Some(Instant::now() + self.accept_backoff.max(ACCEPT_PAUSE));
+        self.accept_paused_until = Some(self.now + self.accept_backoff.max(ACCEPT_PAUSE));
         false
     }
 
@@ -245,7 +245,7 @@ impl Worker {
                 return;
             }
         };
-        let now = Instant::now();
+        let now = self.now;
         let deadline = now + limits.header_timeout;
         self.slots[slot as usize].conn = Some(Conn {
             client: fd,

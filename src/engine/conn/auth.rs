@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use tracing::{debug, warn};
 
@@ -61,7 +60,7 @@ impl Worker {
     ) -> Option<String> {
         let auth = Arc::clone(self.settings.load().auth.as_ref()?);
         let peer = self.conn_at(slot)?.peer;
-        let now = Instant::now();
+        let now = self.now;
         let Some(header) = target.proxy_auth.take() else {
             // The normal first step of a client that waits to be asked: no event, no count.
             debug!(client = %peer, target = %clip_display(&target.authority), "proxy authentication required");
@@ -154,7 +153,7 @@ impl Worker {
             target.user = Some(c.user);
             self.decide(c.slot, target);
         } else {
-            auth.failed(peer.ip(), Instant::now());
+            auth.failed(peer.ip(), self.now);
             let detail = format!("wrong user name or password for user {}", c.user);
             self.auth_refusal(
                 c.slot,

@@ -2,8 +2,6 @@
 //! passes) and `close`, which frees the slot, its deadline and its pipes, and logs a tunnel's end.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
-
 use tracing::{info, warn};
 
 use crate::engine::conn::State;
@@ -42,7 +40,7 @@ impl Worker {
             t.up.release(&mut self.pool);
             t.down.release(&mut self.pool);
             self.shard.tunnels_active.fetch_sub(1, Relaxed);
-            let lived = t.started.elapsed();
+            let lived = self.now.saturating_duration_since(t.started);
             self.shard.tunnel_duration.observe(lived);
             let reason = match how {
                 Close::Tunnel(r) => r,
@@ -63,6 +61,7 @@ impl Worker {
     }
 
     pub(in crate::engine) fn expire(&mut self, slot: u32) {
+        let now = self.now;
         let Some(conn) = self.conn_at(slot) else {
             return;
         };
@@ -117,7 +116,7 @@ impl Worker {
                 )
             }
             State::Tunnel(t) => match t.inspect.as_ref() {
-                Some(ins) if Instant::now() >= ins.deadline => {
+                Some(ins) if now >= ins.deadline => {
                     let (peer, target) = (conn.peer, t.target.clone());
                     let stage = if ins.following {
                         "handshake"

@@ -68,7 +68,7 @@ impl Worker {
             );
             return;
         };
-        let now = Instant::now();
+        let now = self.now;
         let Some(conn) = self.conn_at(slot) else {
             return;
         };
@@ -191,7 +191,7 @@ impl Worker {
         let Some(upstream) = upstream else {
             return;
         };
-        let now = Instant::now();
+        let now = self.now;
         self.shard
             .upstream_connect
             .observe(now.duration_since(started));

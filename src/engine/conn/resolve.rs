@@ -3,7 +3,6 @@
 //! into a refusal.
 
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use crate::engine::conn::{State, Target};
 use crate::engine::worker::Worker;
@@ -15,7 +14,7 @@ impl Worker {
     /// Hand `name` to the resolver; the answer comes back through [`Worker::on_answer`].
     pub(in crate::engine) fn resolve(&mut self, slot: u32, target: Target, name: &str) {
         let gen = self.gen_of(slot);
-        let now = Instant::now();
+        let now = self.now;
         let Some(timeout) = self.conn_at(slot).map(|c| c.limits.resolve_timeout) else {
             return;
         };

@@ -65,7 +65,7 @@ impl Worker {
         if self.conn_at(slot).is_none() {
             return;
         }
-        let now = Instant::now();
+        let now = self.now;
         let early = std::mem::take(&mut target.early);
         let tls_settings = Arc::clone(&self.settings.load().tls);
         let hello_timeout = tls_settings.hello_timeout;
@@ -233,7 +233,7 @@ impl Worker {
             );
             turn.map(|turn| {
                 if turn.moved {
-                    *last_activity = Instant::now();
+                    *last_activity = self.now;
                 }
                 (turn.done, turn.more)
             })
@@ -269,7 +269,7 @@ impl Worker {
                 Err(_) => Ok(Pumped::Blocked),
             };
             if cx.moved {
-                *last_activity = Instant::now();
+                *last_activity = self.now;
             }
             match (a, b) {
                 (Err(e), _) | (_, Err(e)) => Err(e),
