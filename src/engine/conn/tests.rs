@@ -273,10 +273,16 @@ fn header_timeout_fires_at_header_timeout_then_lingers_exactly_two_seconds() {
 #[test]
 fn connect_timeout_counts_from_the_first_address_across_the_second() {
     let mut b = bench();
-    let (_held, refusing) = refusing_port();
     // The second address accepts in the kernel (same port, on 127.0.0.2); the fake driver
-    // reports nothing for it, so the worker sees a connect that never completes.
-    let _silent = TcpListener::bind(("127.0.0.2", refusing)).unwrap();
+    // reports nothing for it, so the worker sees a connect that never completes. (The port
+    // may be in use on 127.0.0.2: a few ports are tried.)
+    let (_held, _silent, refusing) = (0..20)
+        .find_map(|_| {
+            let (held, port) = refusing_port();
+            let silent = TcpListener::bind(("127.0.0.2", port)).ok()?;
+            Some((held, silent, port))
+        })
+        .expect("a port free on 127.0.0.1 and 127.0.0.2");
     let t0 = Instant::now();
     b.worker.now = t0;
     let mut client = b.accept();
@@ -480,4 +486,25 @@ fn a_tunnel_keeps_one_deadline_and_idles_out_in_virtual_time() {
     let removed = &b.fake().removed;
     assert!(removed.contains(&client_key) && removed.contains(&up_key));
     assert_eq!(b.worker.registry.live(), 0);
+}
+
+#[test]
+fn accept_backoff_follows_its_configured_bounds() {
+    let yaml = YAML.replace(
+        "limits:\n",
+        "limits:\n  accept_backoff_min: 50ms\n  accept_backoff_max: 300ms\n",
+    );
+    let mut b = bench_with(&yaml);
+    let t0 = Instant::now();
+    b.worker.now = t0;
+    let mut pauses = Vec::new();
+    for _ in 0..5 {
+        let again = b
+            .worker
+            .on_accept_error(0, std::io::Error::from_raw_os_error(libc::ENOBUFS));
+        assert!(!again, "a persistent error pauses accepting");
+        let until = b.worker.accept_paused_until.take().expect("a pause");
+        pauses.push(until.duration_since(t0).as_millis());
+    }
+    assert_eq!(pauses, vec![50, 100, 200, 300, 300]);
 }
