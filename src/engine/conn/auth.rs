@@ -50,15 +50,18 @@ impl AuthCache {
 }
 
 impl Worker {
-    /// Client authentication: `Some(user)` when the credentials are known good (cached); `None`
-    /// when the request was refused or handed to the verifier (the connection waits in
+    /// Client authentication, consuming the target: given back with its user set when the
+    /// credentials are known good (cached) or authentication is off; `None` when the request was
+    /// refused (the target is dropped) or handed to the verifier (the target moves into
     /// `Authenticating`).
     pub(in crate::engine) fn authenticate(
         &mut self,
         slot: u32,
-        target: &mut Target,
-    ) -> Option<String> {
-        let auth = Arc::clone(self.settings.load().auth.as_ref()?);
+        mut target: Target,
+    ) -> Option<Target> {
+        let Some(auth) = self.settings.load().auth.clone() else {
+            return Some(target);
+        };
         let peer = self.conn_at(slot)?.peer;
         let now = self.now;
         let Some(header) = target.proxy_auth.take() else {
@@ -68,7 +71,8 @@ impl Worker {
             return None;
         };
         if let Some(user) = self.auth_cache.get(auth.generation(), &header) {
-            return Some(user.clone());
+            target.user = Some(user.clone());
+            return Some(target);
         }
         if auth.locked_out(peer.ip(), now) {
             self.auth_refusal(
@@ -112,13 +116,11 @@ impl Worker {
             return None;
         }
         target.proxy_auth = Some(header);
-        let timeout = self.conn_at(slot)?.limits.resolve_timeout;
-        let placeholder = Target::new(target.authority.clone(), Vec::new(), None);
-        let taken = std::mem::replace(target, placeholder);
         let conn = self.conn_at(slot)?;
-        conn.deadline = now + timeout;
-        conn.state = State::Authenticating(taken);
-        self.deadlines.set(slot, now + timeout);
+        let deadline = now + conn.limits.resolve_timeout;
+        conn.deadline = deadline;
+        conn.state = State::Authenticating(target);
+        self.deadlines.set(slot, deadline);
         None
     }
 
