@@ -129,13 +129,13 @@ impl Worker {
         let Some(conn) = self.conn_mut(c.slot, c.gen) else {
             return;
         };
-        if !matches!(conn.state, State::Authenticating(_)) {
-            return;
-        }
         let peer = conn.peer;
-        let State::Authenticating(mut target) = conn.take_state() else {
+        // `Authenticating` stays until what follows (a dial, a refusal, another check) replaces
+        // it; the target goes on as a copy (see [`Target`]).
+        let State::Authenticating(target) = &conn.state else {
             return;
         };
+        let mut target = target.clone();
         let Some(auth) = self.settings.load().auth.clone() else {
             // Authentication was switched off by a reload meanwhile.
             self.decide(c.slot, target);

@@ -40,12 +40,12 @@ impl Worker {
         let Some(conn) = self.conn_mut(a.slot, a.gen) else {
             return;
         };
-        if !matches!(conn.state, State::Resolving(_)) {
-            return;
-        }
-        let State::Resolving(target) = conn.take_state() else {
+        // `Resolving` stays until what follows (a dial or a refusal) replaces it; the target
+        // goes on as a copy (see [`Target`]).
+        let State::Resolving(target) = &conn.state else {
             return;
         };
+        let target = target.clone();
         match a.result {
             Ok(ips) if target.relay_request.is_some() => {
                 let port = self.settings.load().relay.as_ref().map_or(0, |r| r.port);
