@@ -213,6 +213,9 @@ impl Bench {
         let up_key = self.fake().watched[1];
         self.ready(up_key);
         assert_eq!((self.state(), self.deadlines()), ("tunnel", 1));
+        // The transition moved the dialled socket into the tunnel, registration and all.
+        assert_eq!(self.worker.registry.live(), 2);
+        assert!(!self.fake().removed.contains(&up_key));
         let mut got = [0u8; 12];
         client.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"HTTP/1.1 200");
@@ -507,4 +510,51 @@ fn accept_backoff_follows_its_configured_bounds() {
         pauses.push(until.duration_since(t0).as_millis());
     }
     assert_eq!(pauses, vec![50, 100, 200, 300, 300]);
+}
+
+#[test]
+fn through_a_relay_the_dialled_socket_moves_into_relaying_then_the_tunnel() {
+    let relay = TcpListener::bind("127.0.0.1:0").unwrap();
+    let yaml = format!(
+        "{YAML}relay_proxy:\n  address: \"http://{}\"\n",
+        relay.local_addr().unwrap()
+    );
+    let mut b = bench_with(&yaml);
+    let mut client = b.accept();
+    let client_key = b.fake().watched[0];
+    client
+        .write_all(b"CONNECT up.test:443 HTTP/1.1\r\n\r\n")
+        .unwrap();
+    b.ready(client_key);
+    assert_eq!(b.state(), "connecting", "an IP relay is dialled at once");
+    let (mut far, _) = relay.accept().unwrap();
+    far.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let up_key = b.fake().watched[1];
+    b.ready(up_key);
+    assert_eq!(b.state(), "relaying");
+    assert_eq!(b.worker.registry.live(), 2, "the relay socket moved on");
+    let mut head = Vec::new();
+    for _ in 0..256 {
+        let mut byte = [0u8; 1];
+        far.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+        if head.ends_with(b"\r\n\r\n") {
+            break;
+        }
+    }
+    assert!(head.starts_with(b"CONNECT up.test:443 HTTP/1.1\r\n"));
+    far.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        .unwrap();
+    for _ in 0..100 {
+        b.ready(up_key);
+        if b.state() == "tunnel" {
+            break;
+        }
+    }
+    assert_eq!((b.state(), b.deadlines()), ("tunnel", 1));
+    assert_eq!(b.worker.registry.live(), 2, "and into the tunnel");
+    assert!(!b.fake().removed.contains(&up_key));
+    let mut got = [0u8; 12];
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"HTTP/1.1 200");
 }
