@@ -728,7 +728,18 @@ fn https_relay_tls_setup_failure_closes_the_relay_socket() {
     let Some(gw) = gateway(443, &relay, |c| c) else {
         return;
     };
-    let baseline = gw.fd_count();
+    // The metrics endpoint opens its spare fd when its task first runs, which can be after the
+    // start event: one scrape makes sure it has, then the count must hold still (bounded).
+    let _ = gw.metrics();
+    let mut baseline = gw.fd_count();
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = gw.fd_count();
+        if now == baseline {
+            break;
+        }
+        baseline = now;
+    }
     expect_refusal(&gw, connect_head(&format!("{NAME}:443")).as_bytes(), 502);
     let ev = network_error(&gw, "relay_refused");
     assert!(

@@ -183,6 +183,13 @@ pub struct Limits {
     pub reload_debounce: Duration,
     /// Times a file that changed while it was read is read again before the reload is refused.
     pub reload_retries: usize,
+    /// First pause of a worker's accepting after a persistent accept error; doubled on each
+    /// error in a row up to `accept_backoff_max`. At most `accept_backoff_max`.
+    pub accept_backoff_min: Duration,
+    /// Longest pause between accept attempts while errors persist, at most 1 minute.
+    pub accept_backoff_max: Duration,
+    /// How long a worker that died stays dead before it is started again, at most 1 hour.
+    pub worker_restart_delay: Duration,
 }
 
 impl Default for Limits {
@@ -200,6 +207,9 @@ impl Default for Limits {
             metrics_max_connections: 16,
             reload_debounce: Duration::from_millis(200),
             reload_retries: 5,
+            accept_backoff_min: Duration::from_millis(10),
+            accept_backoff_max: Duration::from_secs(1),
+            worker_restart_delay: Duration::from_secs(1),
         }
     }
 }
@@ -513,6 +523,13 @@ impl Config {
             format_duration(l.reload_debounce)
         );
         let _ = writeln!(out, "  reload_retries: {}", l.reload_retries);
+        for (key, d) in [
+            ("accept_backoff_min", l.accept_backoff_min),
+            ("accept_backoff_max", l.accept_backoff_max),
+            ("worker_restart_delay", l.worker_restart_delay),
+        ] {
+            let _ = writeln!(out, "  {key}: {}", format_duration(d));
+        }
         match &self.relay_proxy {
             None => {
                 let _ = writeln!(out, "relay_proxy: none (direct connections)");
@@ -681,6 +698,9 @@ mod tests {
         assert_eq!(cfg.limits.metrics_max_connections, 16);
         assert_eq!(cfg.limits.reload_debounce, Duration::from_millis(200));
         assert_eq!(cfg.limits.reload_retries, 5);
+        assert_eq!(cfg.limits.accept_backoff_min, Duration::from_millis(10));
+        assert_eq!(cfg.limits.accept_backoff_max, Duration::from_secs(1));
+        assert_eq!(cfg.limits.worker_restart_delay, Duration::from_secs(1));
         assert!(!cfg.metrics_public);
         assert_eq!(ok("{}\n"), cfg, "`{{}}` asks for every default");
         assert_eq!(ok("limits:\nresolver:\n"), cfg);
@@ -747,6 +767,9 @@ mod tests {
             "resolve_timeout:",
             "max_pipes:",
             "pipe_size:",
+            "accept_backoff_min:",
+            "accept_backoff_max:",
+            "worker_restart_delay:",
             "nameservers:",
             "cache_size:",
         ];
@@ -1359,6 +1382,62 @@ mod tests {
     }
 
     #[test]
+    fn accept_backoff_min() {
+        let l = ok("limits:\n  accept_backoff_min: 50ms\n").limits;
+        assert_eq!(l.accept_backoff_min, Duration::from_millis(50));
+        assert_eq!(l.accept_backoff_max, Duration::from_secs(1));
+        bad(
+            "limits:\n  accept_backoff_min: 0s\n",
+            "limits.accept_backoff_min",
+            2,
+            &["greater than zero"],
+        );
+        bad(
+            "limits:\n  accept_backoff_max: 100ms\n  accept_backoff_min: 200ms\n",
+            "limits.accept_backoff_min",
+            3,
+            &["at most limits.accept_backoff_max (100ms)", "\"200ms\""],
+        );
+    }
+
+    #[test]
+    fn accept_backoff_max() {
+        let l = ok("limits:\n  accept_backoff_max: 30s\n").limits;
+        assert_eq!(l.accept_backoff_max, Duration::from_secs(30));
+        assert_eq!(l.accept_backoff_min, Duration::from_millis(10));
+        bad(
+            "limits:\n  accept_backoff_max: 2m\n",
+            "limits.accept_backoff_max",
+            2,
+            &["at most 1m", "\"2m\""],
+        );
+        bad(
+            "limits:\n  accept_backoff_max: soon\n",
+            "limits.accept_backoff_max",
+            2,
+            &["expected a duration"],
+        );
+    }
+
+    #[test]
+    fn worker_restart_delay() {
+        let l = ok("limits:\n  worker_restart_delay: 250ms\n").limits;
+        assert_eq!(l.worker_restart_delay, Duration::from_millis(250));
+        bad(
+            "limits:\n  worker_restart_delay: 0\n",
+            "limits.worker_restart_delay",
+            2,
+            &["greater than zero"],
+        );
+        bad(
+            "limits:\n  worker_restart_delay: 2h\n",
+            "limits.worker_restart_delay",
+            2,
+            &["at most 1h", "\"2h\""],
+        );
+    }
+
+    #[test]
     fn limits() {
         let cfg = ok("limits:\n  max_connections: 5\n  max_header_bytes: 256\n  header_timeout: 500ms\n  connect_timeout: 3\n  idle_timeout: 1h30m\n  drain_timeout: 1m\n  resolve_timeout: 2s\n  max_pipes: 64\n  pipe_size: 65536\n");
         let l = &cfg.limits;
@@ -1713,6 +1792,9 @@ mod tests {
             "resolve_timeout: 5s",
             "max_pipes: 0 (automatic)",
             "pipe_size: 1048576",
+            "accept_backoff_min: 10ms",
+            "accept_backoff_max: 1s",
+            "worker_restart_delay: 1s",
             "nameservers: 192.0.2.53:53",
             "cache_size: 4096",
         ] {

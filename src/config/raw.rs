@@ -228,6 +228,12 @@ pub(super) struct RawLimits {
     pub reload_debounce: Field,
     #[serde(default, deserialize_with = "present")]
     pub reload_retries: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub accept_backoff_min: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub accept_backoff_max: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub worker_restart_delay: Field,
 }
 
 /// `resolver:`.

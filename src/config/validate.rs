@@ -80,6 +80,10 @@ const EXPECT_NAMESERVER: &str =
 /// of a file that never holds still gives up within about a minute (the control loop handles
 /// SIGTERM once it has).
 const MAX_RELOAD_DEBOUNCE: Duration = Duration::from_secs(5);
+/// The most `limits.accept_backoff_max`: a worker never stops accepting for longer.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(60);
+/// The most `limits.worker_restart_delay`.
+const MAX_WORKER_RESTART_DELAY: Duration = Duration::from_secs(3600);
 /// The most `limits.reload_retries`.
 const MAX_RELOAD_RETRIES: usize = 10;
 
@@ -721,6 +725,33 @@ impl Checker {
 
     fn limits(&mut self, raw: RawLimits) -> Limits {
         let d = Limits::default();
+        let accept_backoff_max = self
+            .duration_at_most(
+                "limits.accept_backoff_max",
+                raw.accept_backoff_max.as_ref(),
+                MAX_ACCEPT_BACKOFF,
+                "1m",
+            )
+            .unwrap_or(d.accept_backoff_max);
+        let accept_backoff_min = self
+            .duration("limits.accept_backoff_min", raw.accept_backoff_min.as_ref())
+            .and_then(|t| {
+                if t > accept_backoff_max {
+                    let at = raw.accept_backoff_min.as_ref()?;
+                    let found = at.value.describe();
+                    self.report(
+                        "limits.accept_backoff_min",
+                        at,
+                        format!(
+                            "expected at most limits.accept_backoff_max ({}), found {found}",
+                            super::duration::format_duration(accept_backoff_max)
+                        ),
+                    );
+                    return None;
+                }
+                Some(t)
+            })
+            .unwrap_or(d.accept_backoff_min.min(accept_backoff_max));
         let bytes = |n: usize| format!("a whole number of bytes from {n} to 1048576 (1 MiB)");
         Limits {
             max_connections: self
@@ -807,7 +838,39 @@ impl Checker {
                     "a whole number from 0 to 10",
                 )
                 .unwrap_or(d.reload_retries),
+            accept_backoff_min,
+            accept_backoff_max,
+            worker_restart_delay: self
+                .duration_at_most(
+                    "limits.worker_restart_delay",
+                    raw.worker_restart_delay.as_ref(),
+                    MAX_WORKER_RESTART_DELAY,
+                    "1h",
+                )
+                .unwrap_or(d.worker_restart_delay),
         }
+    }
+
+    /// A duration key with an upper bound (besides the bounds of every duration).
+    fn duration_at_most(
+        &mut self,
+        key: &str,
+        at: Option<&Spanned<Node>>,
+        max: Duration,
+        max_text: &str,
+    ) -> Option<Duration> {
+        let d = self.duration(key, at)?;
+        if d > max {
+            let at = at?;
+            let found = at.value.describe();
+            self.report(
+                key,
+                at,
+                format!("expected at most {max_text}, found {found}"),
+            );
+            return None;
+        }
+        Some(d)
     }
 
     fn logging(&mut self, raw: RawLogging) -> LoggingSettings {

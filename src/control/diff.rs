@@ -147,6 +147,21 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
         ("drain_timeout", o.drain_timeout, n.drain_timeout),
         ("resolve_timeout", o.resolve_timeout, n.resolve_timeout),
         ("reload_debounce", o.reload_debounce, n.reload_debounce),
+        (
+            "accept_backoff_min",
+            o.accept_backoff_min,
+            n.accept_backoff_min,
+        ),
+        (
+            "accept_backoff_max",
+            o.accept_backoff_max,
+            n.accept_backoff_max,
+        ),
+        (
+            "worker_restart_delay",
+            o.worker_restart_delay,
+            n.worker_restart_delay,
+        ),
     ] {
         if a != b {
             scalar(

@@ -4,7 +4,7 @@
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use socket2::SockRef;
 use tracing::{debug, warn};
@@ -23,10 +23,6 @@ pub(in crate::engine) const ACCEPT_BUDGET: usize = 128;
 
 /// Pause after running out of fds (after the spare refused what it could).
 pub(in crate::engine) const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
-/// First pause after any other persistent accept error; doubled on each error in a row.
-const BACKOFF_MIN: Duration = Duration::from_millis(10);
-/// Longest pause between accept attempts while errors persist.
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Errors that concern one client, not the listener or the process: accept(2) passes pending
 /// network errors of the new connection on, and "should treat them like EAGAIN by retrying".
@@ -116,8 +112,14 @@ impl Worker {
             // (fd exhaustion is counted per client refused with the spare)
             self.shard.error(kind);
         }
-        self.accept_backoff = (self.accept_backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
-        let now = Instant::now();
+        // `limits.accept_backoff_min` doubling to `limits.accept_backoff_max` (validated
+        // min <= max; `max` then `min` so that no pair of values can panic here).
+        let (lo, hi) = {
+            let l = &self.settings.load().limits;
+            (l.accept_backoff_min, l.accept_backoff_max)
+        };
+        self.accept_backoff = (self.accept_backoff * 2).max(lo).min(hi);
+        let now = self.now;
         if self
             .last_fd_warning
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
@@ -180,7 +182,7 @@ impl Worker {
                 break;
             }
         }
-        self.accept_paused_until = Some(Instant::now() + self.accept_backoff.max(ACCEPT_PAUSE));
+        self.accept_paused_until = Some(self.now + self.accept_backoff.max(ACCEPT_PAUSE));
         false
     }
 
@@ -245,7 +247,7 @@ impl Worker {
                 return;
             }
         };
-        let now = Instant::now();
+        let now = self.now;
         let deadline = now + limits.header_timeout;
         self.slots[slot as usize].conn = Some(Conn {
             client: fd,

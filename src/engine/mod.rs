@@ -294,7 +294,7 @@ pub struct Engine {
     spawn: Spawn,
     /// Set by a drain or stop: a worker that exits then is not restarted.
     stopping: std::sync::atomic::AtomicBool,
-    /// When each dead worker was first seen dead (restarts wait [`restart::RESTART_PAUSE`]).
+    /// When each dead worker was first seen dead (restarts wait `limits.worker_restart_delay`).
     deaths: Vec<Option<Instant>>,
     /// Duplicates of the workers' listening sockets, until [`Engine::take_listeners`] hands them
     /// to a successor or a drain drops them (so the sockets close and new clients are refused).

@@ -1,5 +1,5 @@
 //! Restarting a worker that died: owns the decision (the engine still serves, the worker has
-//! been dead for [`RESTART_PAUSE`]) and the start of a replacement on new `SO_REUSEPORT`
+//! been dead for `limits.worker_restart_delay`) and the start of a replacement on new `SO_REUSEPORT`
 //! sockets for the same addresses, with the dead worker's metric shard.
 
 use std::io;
@@ -10,14 +10,13 @@ use std::time::{Duration, Instant};
 
 use super::{bind_one, Engine, EngineError};
 
-/// How long a dead worker stays dead before it is started again: bounds a crash loop to one
-/// restart per worker per pause, and leaves `/readyz` at 503 long enough to be seen.
-pub(super) const RESTART_PAUSE: Duration = Duration::from_secs(1);
 /// How long a restarted worker may take to set up its driver.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Engine {
-    /// Start again every worker that died (on an error) at least [`RESTART_PAUSE`] ago, unless
+    /// Start again every worker that died (on an error) at least `limits.worker_restart_delay`
+    /// ago (1 s by default: it bounds a crash loop to one restart per worker per delay, and
+    /// leaves `/readyz` at 503 long enough to be seen), unless
     /// the engine is draining or stopping. Called periodically by the control thread; returns
     /// what happened to each worker it tried.
     pub fn restart_dead(&mut self) -> Vec<(usize, Result<(), EngineError>)> {
@@ -26,6 +25,7 @@ impl Engine {
             return out;
         }
         let now = Instant::now();
+        let delay = self.spawn.settings.load().limits.worker_restart_delay;
         for id in 0..self.workers.len() {
             let dead = self.workers[id].thread.is_finished();
             if !dead {
@@ -33,7 +33,7 @@ impl Engine {
                 continue;
             }
             let since = *self.deaths[id].get_or_insert(now);
-            if now.duration_since(since) < RESTART_PAUSE {
+            if now.duration_since(since) < delay {
                 continue;
             }
             let result = self.restart(id);

@@ -89,6 +89,11 @@ pub struct Worker {
     pub(super) accept_backoff: Duration,
     pub(super) last_fd_warning: Option<Instant>,
     pub(super) drain_deadline: Option<Instant>,
+    /// The worker's clock: read once per loop turn, right after the driver's wait, and the
+    /// only time every phase computes its deadlines and durations from. Written only by
+    /// [`Worker::run`] (the real monotonic clock) and, under the fake driver, by the unit tests
+    /// (a virtual clock they set by hand).
+    pub(super) now: Instant,
     pub(super) events: Vec<Event>,
     /// The rate limit on this worker's refusal events (`logging:`).
     pub(super) refusal_log: RefusalLimiter,
@@ -142,6 +147,7 @@ impl Worker {
             accept_backoff: Duration::ZERO,
             last_fd_warning: None,
             drain_deadline: None,
+            now: Instant::now(),
             events: Vec::with_capacity(1024),
             refusal_log: RefusalLimiter::new(),
             suppressed: Vec::new(),
@@ -165,6 +171,7 @@ impl Worker {
             self.registry.flush(&mut self.driver);
             let mut events = std::mem::take(&mut self.events);
             self.driver.wait(timeout, &mut events)?;
+            self.now = Instant::now();
             for ev in events.drain(..) {
                 self.on_event(ev);
             }
@@ -196,7 +203,7 @@ impl Worker {
             for l in std::mem::take(&mut self.pending_accept) {
                 self.accept_loop(l);
             }
-            let now = Instant::now();
+            let now = self.now;
             self.fire_timers(now);
             self.sweep_refusal_log(now);
             if let Some(until) = self.accept_paused_until {
@@ -232,7 +239,9 @@ impl Worker {
         if !self.runnable.is_empty() || !self.pending_accept.is_empty() {
             return Some(Duration::ZERO);
         }
-        let now = Instant::now();
+        // The turn's clock: a deadline that fell due while the turn ran is waited for no
+        // longer than that turn took.
+        let now = self.now;
         let mut next = self.deadlines.next();
         for t in [
             self.accept_paused_until,

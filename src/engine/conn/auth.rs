@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use tracing::{debug, warn};
 
@@ -51,17 +50,20 @@ impl AuthCache {
 }
 
 impl Worker {
-    /// Client authentication: `Some(user)` when the credentials are known good (cached); `None`
-    /// when the request was refused or handed to the verifier (the connection waits in
+    /// Client authentication, consuming the target: given back with its user set when the
+    /// credentials are known good (cached) or authentication is off; `None` when the request was
+    /// refused (the target is dropped) or handed to the verifier (the target moves into
     /// `Authenticating`).
     pub(in crate::engine) fn authenticate(
         &mut self,
         slot: u32,
-        target: &mut Target,
-    ) -> Option<String> {
-        let auth = Arc::clone(self.settings.load().auth.as_ref()?);
+        mut target: Target,
+    ) -> Option<Target> {
+        let Some(auth) = self.settings.load().auth.clone() else {
+            return Some(target);
+        };
         let peer = self.conn_at(slot)?.peer;
-        let now = Instant::now();
+        let now = self.now;
         let Some(header) = target.proxy_auth.take() else {
             // The normal first step of a client that waits to be asked: no event, no count.
             debug!(client = %peer, target = %clip_display(&target.authority), "proxy authentication required");
@@ -69,7 +71,8 @@ impl Worker {
             return None;
         };
         if let Some(user) = self.auth_cache.get(auth.generation(), &header) {
-            return Some(user.clone());
+            target.user = Some(user.clone());
+            return Some(target);
         }
         if auth.locked_out(peer.ip(), now) {
             self.auth_refusal(
@@ -113,13 +116,11 @@ impl Worker {
             return None;
         }
         target.proxy_auth = Some(header);
-        let timeout = self.conn_at(slot)?.limits.resolve_timeout;
-        let placeholder = Target::new(target.authority.clone(), Vec::new(), None);
-        let taken = std::mem::replace(target, placeholder);
         let conn = self.conn_at(slot)?;
-        conn.deadline = now + timeout;
-        conn.state = State::Authenticating(taken);
-        self.deadlines.set(slot, now + timeout);
+        let deadline = now + conn.limits.resolve_timeout;
+        conn.deadline = deadline;
+        conn.state = State::Authenticating(target);
+        self.deadlines.set(slot, deadline);
         None
     }
 
@@ -128,13 +129,13 @@ impl Worker {
         let Some(conn) = self.conn_mut(c.slot, c.gen) else {
             return;
         };
-        if !matches!(conn.state, State::Authenticating(_)) {
-            return;
-        }
         let peer = conn.peer;
-        let State::Authenticating(mut target) = conn.take_state() else {
+        // `Authenticating` stays until what follows (a dial, a refusal, another check) replaces
+        // it; the target goes on as a copy (see [`Target`]).
+        let State::Authenticating(target) = &conn.state else {
             return;
         };
+        let mut target = target.clone();
         let Some(auth) = self.settings.load().auth.clone() else {
             // Authentication was switched off by a reload meanwhile.
             self.decide(c.slot, target);
@@ -154,7 +155,7 @@ impl Worker {
             target.user = Some(c.user);
             self.decide(c.slot, target);
         } else {
-            auth.failed(peer.ip(), Instant::now());
+            auth.failed(peer.ip(), self.now);
             let detail = format!("wrong user name or password for user {}", c.user);
             self.auth_refusal(
                 c.slot,

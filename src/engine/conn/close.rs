@@ -1,12 +1,11 @@
 //! The end of a connection: owns phase timeouts (what each state does when its deadline
 //! passes) and `close`, which frees the slot, its deadline and its pipes, and logs a tunnel's end.
 
+use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
-
 use tracing::{info, warn};
 
-use crate::engine::conn::State;
+use crate::engine::conn::{Shell, State};
 use crate::engine::driver::Key;
 use crate::engine::worker::Worker;
 use crate::events::{self, ErrorKind, Reject};
@@ -25,24 +24,20 @@ impl Worker {
     /// answers for it are dropped), its deadline goes, and its sockets close with their
     /// registrations as the state drops.
     pub(in crate::engine) fn close(&mut self, slot: u32, how: Close) {
-        let Some(s) = self.slots.get_mut(slot as usize) else {
+        let Some(conn) = self
+            .slots
+            .get_mut(slot as usize)
+            .and_then(|s| s.conn.take())
+        else {
             return;
         };
-        let Some(conn) = s.conn.take() else {
-            return;
-        };
-        s.gen = Key::wrap_gen(s.gen.wrapping_add(1));
-        self.free.push(slot);
-        self.deadlines.remove(slot);
-        self.live -= 1;
-        self.shard.active_connections.fetch_sub(1, Relaxed);
-        self.shard.client_closed(conn.peer.ip());
+        self.free_slot(slot, conn.peer.ip());
         // Any upstream socket closes with its registration as the state drops.
         if let State::Tunnel(mut t) = conn.state {
             t.up.release(&mut self.pool);
             t.down.release(&mut self.pool);
             self.shard.tunnels_active.fetch_sub(1, Relaxed);
-            let lived = t.started.elapsed();
+            let lived = self.now.saturating_duration_since(t.started);
             self.shard.tunnel_duration.observe(lived);
             let reason = match how {
                 Close::Tunnel(r) => r,
@@ -62,7 +57,29 @@ impl Worker {
         }
     }
 
+    /// End a connection taken out of its slot by [`Worker::take_conn`] before it reached a
+    /// next state (quietly: it was no tunnel yet). Its client socket closes with its
+    /// registration as the shell drops.
+    pub(in crate::engine) fn retire(&mut self, slot: u32, shell: Shell) {
+        self.free_slot(slot, shell.peer.ip());
+    }
+
+    /// The slot of a connection that ends: its generation moves on (late events and answers
+    /// for it are dropped), its deadline goes, and the counts drop.
+    fn free_slot(&mut self, slot: u32, peer: IpAddr) {
+        let Some(s) = self.slots.get_mut(slot as usize) else {
+            return;
+        };
+        s.gen = Key::wrap_gen(s.gen.wrapping_add(1));
+        self.free.push(slot);
+        self.deadlines.remove(slot);
+        self.live -= 1;
+        self.shard.active_connections.fetch_sub(1, Relaxed);
+        self.shard.client_closed(peer);
+    }
+
     pub(in crate::engine) fn expire(&mut self, slot: u32) {
+        let now = self.now;
         let Some(conn) = self.conn_at(slot) else {
             return;
         };
@@ -117,7 +134,7 @@ impl Worker {
                 )
             }
             State::Tunnel(t) => match t.inspect.as_ref() {
-                Some(ins) if Instant::now() >= ins.deadline => {
+                Some(ins) if now >= ins.deadline => {
                     let (peer, target) = (conn.peer, t.target.clone());
                     let stage = if ins.following {
                         "handshake"

@@ -9,6 +9,7 @@ use std::time::Instant;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use crate::engine::conn::relay::Relaying;
+use crate::engine::conn::tunnel::Upstream;
 use crate::engine::conn::{State, Target};
 use crate::engine::driver::Side;
 use crate::engine::registry::{Owner, Registered};
@@ -68,7 +69,7 @@ impl Worker {
             );
             return;
         };
-        let now = Instant::now();
+        let now = self.now;
         let Some(conn) = self.conn_at(slot) else {
             return;
         };
@@ -178,64 +179,87 @@ impl Worker {
             // Still in progress (a spurious wake-up).
             return;
         }
-        let State::Connecting(c) = conn.take_state() else {
+        // Through an https:// relay: its TLS session is set up first. On failure the refusal
+        // replaces `Connecting`, which drops with its socket and registration.
+        let leg = match c.target.relay_request {
+            Some(_) => match relay_leg(self.settings.load()) {
+                Ok(leg) => leg,
+                Err(e) => {
+                    let authority = c.target.authority.clone();
+                    self.relay_failed(slot, &authority, &e.to_string());
+                    return;
+                }
+            },
+            None => None,
+        };
+        // Connected: `Connecting` is consumed; its target, socket and address move on.
+        let Some((shell, state)) = self.take_conn(slot) else {
             return;
         };
+        let c = match state {
+            State::Connecting(c) => c,
+            other => return self.put_conn(slot, shell, other),
+        };
         let Connecting {
+            target,
+            addrs,
+            next,
+            upstream,
+            addr,
+            started,
+        } = *c;
+        let Some(upstream) = upstream else {
+            // (Checked above: not reached.) Still connecting, with no socket.
+            let c = Connecting {
+                target,
+                addrs,
+                next,
+                upstream: None,
+                addr,
+                started,
+            };
+            return self.put_conn(slot, shell, State::Connecting(Box::new(c)));
+        };
+        self.shard
+            .upstream_connect
+            .observe(self.now.saturating_duration_since(started));
+        let _ = SockRef::from(&upstream).set_tcp_nodelay(true);
+        let up = Upstream {
             target,
             upstream,
             addr,
             started,
-            ..
-        } = *c;
-        let Some(upstream) = upstream else {
-            return;
         };
-        let now = Instant::now();
-        self.shard
-            .upstream_connect
-            .observe(now.duration_since(started));
-        let _ = SockRef::from(&upstream).set_tcp_nodelay(true);
-        if target.relay_request.is_some() {
-            let tls = match &self.settings.load().relay {
-                Some(r) if r.scheme == relay::Scheme::Https => {
-                    match self.settings.load().relay_tls.clone() {
-                        Some((config, name)) => match rustls::ClientConnection::new(config, name) {
-                            Ok(c) => Some(Box::new(TlsLeg::new(c))),
-                            Err(e) => {
-                                let a = target.authority.clone();
-                                let detail = format!("TLS set-up for the relay proxy failed: {e}");
-                                self.relay_failed(slot, &a, &detail);
-                                return;
-                            }
-                        },
-                        None => {
-                            let a = target.authority.clone();
-                            self.relay_failed(slot, &a, "no TLS configuration for the https:// relay proxy (see event 401 at start)");
-                            return;
-                        }
-                    }
-                }
-                _ => None,
-            };
-            let Some(conn) = self.conn_at(slot) else {
-                return;
-            };
-            conn.state = State::Relaying(Box::new(Relaying {
-                target,
-                upstream,
-                addr,
-                started,
-                sent: 0,
-                answer: Vec::new(),
-                u_rd: true,
-                u_wr: true,
-                tls,
-            }));
+        if up.target.relay_request.is_some() {
+            let relaying = Relaying::new(up, leg);
+            self.put_conn(slot, shell, State::Relaying(Box::new(relaying)));
             self.relay_handshake(slot);
             return;
         }
-        self.establish(slot, target, upstream, addr, started, Vec::new(), None);
+        self.establish(slot, shell, up, Vec::new(), None);
+    }
+}
+
+/// Why an `https://` relay's TLS session could not be set up.
+#[derive(Debug, thiserror::Error)]
+enum RelayLegError {
+    #[error("TLS set-up for the relay proxy failed: {0}")]
+    Setup(rustls::Error),
+    #[error("no TLS configuration for the https:// relay proxy (see event 401 at start)")]
+    NoConfig,
+}
+
+/// The TLS session to an `https://` relay (`None` for an `http://` one).
+fn relay_leg(settings: &crate::settings::Settings) -> Result<Option<Box<TlsLeg>>, RelayLegError> {
+    match &settings.relay {
+        Some(r) if r.scheme == relay::Scheme::Https => match settings.relay_tls.clone() {
+            Some((config, name)) => match rustls::ClientConnection::new(config, name) {
+                Ok(c) => Ok(Some(Box::new(TlsLeg::new(c)))),
+                Err(e) => Err(RelayLegError::Setup(e)),
+            },
+            None => Err(RelayLegError::NoConfig),
+        },
+        _ => Ok(None),
     }
 }
 

@@ -112,8 +112,8 @@ impl Worker {
     /// Policy on the authority, then on addresses known without DNS.
     pub(in crate::engine) fn decide(&mut self, slot: u32, mut target: Target) {
         if target.user.is_none() && self.settings.load().auth.is_some() {
-            match self.authenticate(slot, &mut target) {
-                Some(user) => target.user = Some(user),
+            match self.authenticate(slot, target) {
+                Some(t) => target = t,
                 // Refused, or waiting for the verifier.
                 None => return,
             }

@@ -160,7 +160,7 @@ impl Worker {
         match ins.inspector.verdict() {
             Verdict::NeedMore | Verdict::Following => false,
             Verdict::Allow { version, sni, cert } => {
-                let took = ins.started.elapsed();
+                let took = self.now.saturating_duration_since(ins.started);
                 t.inspect = None;
                 if let Some(i) = TLS_VERSIONS.iter().position(|v| *v == version.as_str()) {
                     self.shard.tls_verified[i].fetch_add(1, Relaxed);
@@ -189,7 +189,7 @@ impl Worker {
                 false
             }
             Verdict::Deny(reason) => {
-                let took = ins.started.elapsed();
+                let took = self.now.saturating_duration_since(ins.started);
                 let target = t.target.clone();
                 self.shard.tls_inspect.observe(took);
                 let reject = tls_reject(&reason);

@@ -85,14 +85,74 @@ impl Target {
     }
 }
 
+/// A connection between two states: everything of a [`Conn`] but its state. A transition that
+/// consumes the old state takes the connection out of its slot as a `Shell` and the old
+/// [`State`] by value ([`Worker::take_conn`]); the connection goes back only with its next
+/// state ([`Worker::put_conn`]), or ends ([`Worker::retire`]). So whatever the old state owned
+/// is either moved into the next one or dropped — a socket together with its registration.
+pub(in crate::engine) struct Shell {
+    pub(in crate::engine) client: Registered,
+    pub(in crate::engine) peer: SocketAddr,
+    pub(in crate::engine) limits: Limits,
+    pub(in crate::engine) splice: bool,
+    pub(in crate::engine) deadline: Instant,
+    pub(in crate::engine) c_rd: bool,
+    pub(in crate::engine) c_wr: bool,
+}
+
 impl Conn {
-    /// Move the state out to transform it, leaving a placeholder the caller replaces.
-    fn take_state(&mut self) -> State {
-        std::mem::replace(&mut self.state, State::Lingering { discarded: 0 })
+    fn split(self) -> (Shell, State) {
+        let Conn {
+            client,
+            peer,
+            limits,
+            splice,
+            deadline,
+            c_rd,
+            c_wr,
+            state,
+        } = self;
+        let shell = Shell {
+            client,
+            peer,
+            limits,
+            splice,
+            deadline,
+            c_rd,
+            c_wr,
+        };
+        (shell, state)
     }
 }
 
-/// An allowed CONNECT on its way to a tunnel.
+impl Shell {
+    fn with(self, state: State) -> Conn {
+        let Shell {
+            client,
+            peer,
+            limits,
+            splice,
+            deadline,
+            c_rd,
+            c_wr,
+        } = self;
+        Conn {
+            client,
+            peer,
+            limits,
+            splice,
+            deadline,
+            c_rd,
+            c_wr,
+            state,
+        }
+    }
+}
+
+/// An allowed CONNECT on its way to a tunnel. It owns no socket: a state that holds only a
+/// target (`Resolving`, `Authenticating`) stays in force while the answer it waited for is acted
+/// on with a copy, until the next state or a refusal replaces (and drops) it.
+#[derive(Clone)]
 pub(in crate::engine) struct Target {
     pub(in crate::engine) authority: Authority,
     /// Client bytes that followed the head (an early ClientHello): sent upstream first.
@@ -107,6 +167,21 @@ pub(in crate::engine) struct Target {
 }
 
 impl Worker {
+    /// Take the connection at `slot` out of it, split from its state, for a transition that
+    /// consumes the state. Until [`Worker::put_conn`] or [`Worker::retire`], nothing else
+    /// reaches it (the worker is single-threaded: no event or answer is handled meanwhile).
+    pub(in crate::engine) fn take_conn(&mut self, slot: u32) -> Option<(Shell, State)> {
+        let conn = self.slots.get_mut(slot as usize)?.conn.take()?;
+        Some(conn.split())
+    }
+
+    /// Put a connection taken by [`Worker::take_conn`] back into its slot, in `state`.
+    pub(in crate::engine) fn put_conn(&mut self, slot: u32, shell: Shell, state: State) {
+        if let Some(s) = self.slots.get_mut(slot as usize) {
+            s.conn = Some(shell.with(state));
+        }
+    }
+
     pub(in crate::engine) fn drive(&mut self, slot: u32) {
         let Some(conn) = self.conn_at(slot) else {
             return;

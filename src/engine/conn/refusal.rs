@@ -144,7 +144,7 @@ impl Worker {
         };
         // Any half-made upstream socket closes with its registration as the old state drops.
         conn.state = State::Refusing { bytes, sent: 0 };
-        let deadline = Instant::now() + LINGER;
+        let deadline = self.now + LINGER;
         if let Some(conn) = self.conn_at(slot) {
             conn.deadline = deadline;
         }
@@ -221,7 +221,7 @@ impl Worker {
             client,
             reason: reason.into(),
         };
-        let now = Instant::now();
+        let now = self.now;
         let log = self
             .refusal_log
             .admit(now, key, event_id, &budget, &mut self.suppressed);

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::time::Instant;
 
+use crate::engine::conn::tunnel::Upstream;
 use crate::engine::conn::{State, Target};
 use crate::engine::registry::Registered;
 use crate::engine::sys;
@@ -28,6 +29,30 @@ pub(in crate::engine) struct Relaying {
     pub(in crate::engine) u_wr: bool,
     /// The TLS session to an `https://` relay.
     pub(in crate::engine) tls: Option<Box<TlsLeg>>,
+}
+
+impl Relaying {
+    /// The relay proxy is connected: our CONNECT goes out next (inside `tls` for an `https://`
+    /// relay).
+    pub(in crate::engine) fn new(up: Upstream, tls: Option<Box<TlsLeg>>) -> Relaying {
+        let Upstream {
+            target,
+            upstream,
+            addr,
+            started,
+        } = up;
+        Relaying {
+            target,
+            upstream,
+            addr,
+            started,
+            sent: 0,
+            answer: Vec::new(),
+            u_rd: true,
+            u_wr: true,
+            tls,
+        }
+    }
 }
 
 impl Worker {
@@ -138,8 +163,14 @@ impl Worker {
             Ok(None) => {}
             Err(why) => self.relay_failed(slot, &a, &format!("relay proxy {at}: {why}")),
             Ok(Some(ans)) if ans.status == 200 => {
-                let State::Relaying(r) = conn.take_state() else {
+                // `Relaying` is consumed: the socket, target and TLS session move on.
+                let head_len = ans.head_len;
+                let Some((shell, state)) = self.take_conn(slot) else {
                     return;
+                };
+                let r = match state {
+                    State::Relaying(r) => r,
+                    other => return self.put_conn(slot, shell, other),
                 };
                 let Relaying {
                     target,
@@ -150,12 +181,20 @@ impl Worker {
                     tls,
                     ..
                 } = *r;
-                let rest = answer.get(ans.head_len..).unwrap_or_default().to_vec();
+                let rest = answer.get(head_len..).unwrap_or_default().to_vec();
+                let up = Upstream {
+                    target,
+                    upstream,
+                    addr,
+                    started,
+                };
                 match tls {
-                    Some(leg) => {
-                        self.establish_tls(slot, target, upstream, addr, started, leg, rest)
+                    Some(mut leg) => {
+                        // Through a TLS leg, the leg carries the 200 and what the relay sent.
+                        leg.start_tunnel(Status::Established.bytes(), &rest);
+                        self.establish(slot, shell, up, Vec::new(), Some(leg))
                     }
-                    None => self.establish(slot, target, upstream, addr, started, rest, None),
+                    None => self.establish(slot, shell, up, rest, None),
                 }
             }
             Ok(Some(ans)) if ans.status == 407 => self.fail(

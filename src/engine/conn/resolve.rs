@@ -3,7 +3,6 @@
 //! into a refusal.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
 
 use crate::engine::conn::{State, Target};
 use crate::engine::worker::Worker;
@@ -16,7 +15,7 @@ impl Worker {
     /// Hand `name` to the resolver; the answer comes back through [`Worker::on_answer`].
     pub(in crate::engine) fn resolve(&mut self, slot: u32, target: Target, name: &str) {
         let gen = self.gen_of(slot);
-        let now = Instant::now();
+        let now = self.now;
         let Some(timeout) = self.conn_at(slot).map(|c| c.limits.resolve_timeout) else {
             return;
         };
@@ -42,12 +41,12 @@ impl Worker {
         let Some(conn) = self.conn_mut(a.slot, a.gen) else {
             return;
         };
-        if !matches!(conn.state, State::Resolving(_)) {
-            return;
-        }
-        let State::Resolving(target) = conn.take_state() else {
+        // `Resolving` stays until what follows (a dial or a refusal) replaces it; the target
+        // goes on as a copy (see [`Target`]).
+        let State::Resolving(target) = &conn.state else {
             return;
         };
+        let target = target.clone();
         match a.result {
             Ok(r) if target.relay_request.is_some() => {
                 let port = self.settings.load().relay.as_ref().map_or(0, |r| r.port);

@@ -1,6 +1,7 @@
-//! Unit tests of the connection states: a worker on the fake driver, driven by hand, with a
-//! virtual clock for its deadlines (`fire_timers(now)` with a `now` the test chooses). The
-//! sockets are real loopback TCP sockets owned by the test; nothing else runs.
+//! Unit tests of the connection states: a worker on the fake driver, driven by hand, on a
+//! virtual clock (the test sets the worker's `now`, from which every phase computes its
+//! deadlines, then fires the deadlines due at it). The sockets are real loopback TCP sockets
+//! owned by the test; nothing else runs, and no test sleeps.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -10,11 +11,14 @@ use std::time::{Duration, Instant};
 
 use crate::auth::Verifier;
 use crate::config::Config;
+use crate::engine::conn::refusal::LINGER;
 use crate::engine::driver::{Driver, Event, FakeDriver, Key};
 use crate::engine::worker::{Worker, WorkerSetup};
 use crate::engine::{conn::State, sys};
+use crate::events::Reject;
 use crate::metrics::Shard;
 use crate::resolve::{Answer, ReplyTo, Resolver};
+use std::sync::atomic::Ordering::Relaxed;
 
 const YAML: &str = "\
 listen: [\"127.0.0.1:0\"]
@@ -40,7 +44,11 @@ struct Bench {
 }
 
 fn bench() -> Bench {
-    let cfg = match Config::from_yaml(YAML) {
+    bench_with(YAML)
+}
+
+fn bench_with(yaml: &str) -> Bench {
+    let cfg = match Config::from_yaml(yaml) {
         Ok(c) => c,
         Err(e) => panic!("test config: {e}"),
     };
@@ -146,7 +154,91 @@ impl Bench {
     fn deadlines(&self) -> usize {
         self.worker.deadlines.len()
     }
+
+    /// Move the virtual clock to `t` and fire what is due, as a loop turn would.
+    fn at(&mut self, t: Instant) {
+        self.worker.now = t;
+        self.worker.fire_timers(t);
+        self.settle();
+    }
+
+    /// Wait (bounded, on the kernel, not on the clock) until the upstream socket being dialled
+    /// has an outcome: connected or refused.
+    fn connect_settled(&mut self) {
+        let conn = self.worker.slots[0].conn.as_ref().expect("a connection");
+        let State::Connecting(c) = &conn.state else {
+            panic!("connecting")
+        };
+        let up = c.upstream.as_ref().expect("an upstream socket");
+        let mut fds = [rustix::event::PollFd::new(
+            up,
+            rustix::event::PollFlags::OUT,
+        )];
+        let five = rustix::event::Timespec {
+            tv_sec: 5,
+            tv_nsec: 0,
+        };
+        let n = rustix::event::poll(&mut fds, Some(&five)).expect("poll");
+        assert_eq!(n, 1, "the connect has an outcome within 5 s");
+    }
+
+    /// The first connection's resolver answer, injected.
+    fn answer(&mut self, ips: &[&str]) {
+        let gen = self.worker.slots[0].gen;
+        let ips = ips.iter().map(|ip| ip.parse().unwrap()).collect();
+        self.answers
+            .send(Answer {
+                slot: 0,
+                gen,
+                result: Ok(crate::resolve::Resolved {
+                    ips,
+                    source: crate::resolve::Source::Dns {
+                        private_link: false,
+                    },
+                }),
+            })
+            .unwrap();
+        self.settle();
+    }
+
+    /// A tunnel to `upstream` through the worker, established at the virtual time `t`; returns
+    /// the client (its 200 read), the far end, and the client's and upstream's keys.
+    fn tunnel(&mut self, upstream: &TcpListener, t: Instant) -> (TcpStream, TcpStream, Key, Key) {
+        self.worker.now = t;
+        let port = upstream.local_addr().unwrap().port();
+        let mut client = self.accept();
+        let client_key = self.fake().watched[0];
+        client
+            .write_all(format!("CONNECT up.test:{port} HTTP/1.1\r\n\r\n").as_bytes())
+            .unwrap();
+        self.ready(client_key);
+        self.answer(&["127.0.0.1"]);
+        let (far, _) = upstream.accept().unwrap();
+        far.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let up_key = self.fake().watched[1];
+        self.ready(up_key);
+        assert_eq!((self.state(), self.deadlines()), ("tunnel", 1));
+        // The transition moved the dialled socket into the tunnel, registration and all.
+        assert_eq!(self.worker.registry.live(), 2);
+        assert!(!self.fake().removed.contains(&up_key));
+        let mut got = [0u8; 12];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"HTTP/1.1 200");
+        let mut head = Vec::new();
+        for _ in 0..64 {
+            let mut byte = [0u8; 1];
+            client.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+            if head.ends_with(b"\r\n\r\n") {
+                break;
+            }
+        }
+        (client, far, client_key, up_key)
+    }
 }
+
+/// The smallest step of the clock the tests take.
+const TICK: Duration = Duration::from_nanos(1);
 
 /// A port on 127.0.0.1 that refuses connections (bound, never listening, held by the test).
 fn refusing_port() -> (socket2::Socket, u16) {
@@ -158,26 +250,132 @@ fn refusing_port() -> (socket2::Socket, u16) {
 }
 
 #[test]
-fn header_timeout_refuses_then_closes_with_one_deadline_throughout() {
+fn header_timeout_fires_at_header_timeout_then_lingers_exactly_two_seconds() {
     let mut b = bench();
     let t0 = Instant::now();
+    b.worker.now = t0;
     let mut client = b.accept();
     let client_key = b.fake().watched[0];
     assert_eq!((b.state(), b.deadlines()), ("head", 1));
-    // Virtual time: nothing is due before header_timeout.
-    b.worker.fire_timers(t0 + Duration::from_secs(9));
+    // Virtual time: nothing is due one tick before header_timeout (10 s).
+    b.at(t0 + Duration::from_secs(10) - TICK);
     assert_eq!(b.state(), "head");
-    // The 408 goes out at once and the refusal lingers: its deadline replaces the head's.
-    let refused = t0 + Duration::from_millis(10_500);
-    b.worker.fire_timers(refused);
+    // At header_timeout exactly: the 408 goes out and the refusal lingers, its deadline
+    // replacing the head's.
+    let refused = t0 + Duration::from_secs(10);
+    b.at(refused);
+    assert_eq!((b.state(), b.deadlines()), ("lingering", 1));
     let mut got = [0u8; 12];
     client.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"HTTP/1.1 408");
-    // (The linger deadline was set from the real clock, so by the virtual 10.5 s it was due
-    // too: the connection is closed in the same turn.)
+    assert_eq!(b.worker.deadlines.get(0), Some(refused + LINGER));
+    // The linger ends at 2 s, not a tick before.
+    b.at(refused + LINGER - TICK);
+    assert_eq!(b.state(), "lingering");
+    b.at(refused + LINGER);
     assert_eq!((b.state(), b.deadlines()), ("closed", 0));
-    b.settle();
     assert_eq!(b.fake().removed, vec![client_key]);
+    assert_eq!(b.worker.registry.live(), 0);
+}
+
+#[test]
+fn connect_timeout_counts_from_the_first_address_across_the_second() {
+    let mut b = bench();
+    // The second address accepts in the kernel (same port, on 127.0.0.2); the fake driver
+    // reports nothing for it, so the worker sees a connect that never completes. (The port
+    // may be in use on 127.0.0.2: a few ports are tried.)
+    let (_held, _silent, refusing) = (0..20)
+        .find_map(|_| {
+            let (held, port) = refusing_port();
+            let silent = TcpListener::bind(("127.0.0.2", port)).ok()?;
+            Some((held, silent, port))
+        })
+        .expect("a port free on 127.0.0.1 and 127.0.0.2");
+    let t0 = Instant::now();
+    b.worker.now = t0;
+    let mut client = b.accept();
+    let client_key = b.fake().watched[0];
+    client
+        .write_all(format!("CONNECT up.test:{refusing} HTTP/1.1\r\n\r\n").as_bytes())
+        .unwrap();
+    b.ready(client_key);
+    b.answer(&["127.0.0.1", "127.0.0.2"]);
+    assert_eq!(b.state(), "connecting");
+    assert_eq!(
+        b.worker.deadlines.get(0),
+        Some(t0 + Duration::from_secs(5)),
+        "connect_timeout (5 s) from the start of the dial"
+    );
+    // The first address is refused 3 s later (virtual): the second is dialled on the same
+    // deadline.
+    b.worker.now = t0 + Duration::from_secs(3);
+    b.connect_settled();
+    let first = b.fake().watched[1];
+    b.ready(first);
+    assert_eq!(b.state(), "connecting");
+    let second = b.fake().watched[2];
+    assert_ne!(first, second);
+    b.at(t0 + Duration::from_secs(5) - TICK);
+    assert_eq!(b.state(), "connecting", "not a tick early");
+    b.at(t0 + Duration::from_secs(5));
+    assert_eq!(b.state(), "lingering");
+    let mut got = [0u8; 12];
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"HTTP/1.1 504");
+    assert!(b.fake().removed.contains(&second));
+    assert_eq!(b.worker.registry.live(), 1, "only the client is registered");
+}
+
+#[test]
+fn hello_timeout_closes_an_inspected_tunnel_at_hello_timeout() {
+    let yaml = YAML.replace(
+        "tls:\n  inspect: false\n",
+        "tls:\n  inspect: true\n  hello_timeout: 3s\n",
+    );
+    let mut b = bench_with(&yaml);
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let t1 = Instant::now();
+    let (_client, _far, client_key, up_key) = b.tunnel(&upstream, t1);
+    assert_eq!(b.worker.deadlines.get(0), Some(t1 + Duration::from_secs(3)));
+    let tls_parse = |b: &Bench| b.worker.shard.rejections[Reject::TlsParse.index()].load(Relaxed);
+    let before = tls_parse(&b);
+    b.at(t1 + Duration::from_secs(3) - TICK);
+    assert_eq!(b.state(), "tunnel", "not a tick early");
+    b.at(t1 + Duration::from_secs(3));
+    assert_eq!((b.state(), b.deadlines()), ("closed", 0));
+    assert_eq!(tls_parse(&b), before + 1, "counted as tls_parse");
+    let removed = &b.fake().removed;
+    assert!(removed.contains(&client_key) && removed.contains(&up_key));
+}
+
+#[test]
+fn idle_timeout_is_reset_by_traffic_in_virtual_time() {
+    let mut b = bench();
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let t1 = Instant::now();
+    let (mut client, mut far, client_key, _) = b.tunnel(&upstream, t1);
+    // Bytes at 40 s (virtual) move the idle deadline to 40 s + idle_timeout (60 s).
+    b.worker.now = t1 + Duration::from_secs(40);
+    client.write_all(b"ping").unwrap();
+    let mut four = [0u8; 4];
+    far.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    for _ in 0..100 {
+        b.ready(client_key);
+        if far.read(&mut four[..1]).is_ok() {
+            break;
+        }
+    }
+    far.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    far.read_exact(&mut four[1..]).unwrap();
+    assert_eq!(&four, b"ping");
+    b.at(t1 + Duration::from_secs(60));
+    assert_eq!(b.state(), "tunnel", "traffic at 40 s keeps it open at 60 s");
+    assert_eq!(b.deadlines(), 1);
+    b.at(t1 + Duration::from_secs(100) - TICK);
+    assert_eq!(b.state(), "tunnel", "not a tick early");
+    b.at(t1 + Duration::from_secs(100));
+    assert_eq!((b.state(), b.deadlines()), ("closed", 0));
     assert_eq!(b.worker.registry.live(), 0);
 }
 
@@ -209,7 +407,7 @@ fn every_address_dialled_is_a_new_key_and_each_is_removed() {
     assert_eq!((b.state(), b.deadlines()), ("connecting", 1));
     let first = b.fake().watched[1];
     // The refused connect shows as readiness of the upstream socket.
-    std::thread::sleep(Duration::from_millis(50));
+    b.connect_settled();
     b.ready(first);
     assert_eq!(
         b.state(),
@@ -222,7 +420,7 @@ fn every_address_dialled_is_a_new_key_and_each_is_removed() {
         b.fake().removed.contains(&first),
         "the first socket's poll is removed"
     );
-    std::thread::sleep(Duration::from_millis(50));
+    b.connect_settled();
     b.ready(second);
     assert_eq!(b.state(), "lingering", "502 after the last address");
     assert!(b.fake().removed.contains(&second));
@@ -281,11 +479,17 @@ fn a_tunnel_keeps_one_deadline_and_idles_out_in_virtual_time() {
         }
     }
     client.write_all(b"ping").unwrap();
-    std::thread::sleep(Duration::from_millis(20));
-    b.ready(client_key);
     let mut four = [0u8; 4];
+    far.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    for _ in 0..100 {
+        b.ready(client_key);
+        if far.read(&mut four[..1]).is_ok() {
+            break;
+        }
+    }
     far.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    far.read_exact(&mut four).unwrap();
+    far.read_exact(&mut four[1..]).unwrap();
     assert_eq!(&four, b"ping");
     assert_eq!(b.deadlines(), 1, "still one entry for the tunnel");
     // Idle past idle_timeout (virtual time): closed, both sockets removed.
@@ -297,4 +501,72 @@ fn a_tunnel_keeps_one_deadline_and_idles_out_in_virtual_time() {
     let removed = &b.fake().removed;
     assert!(removed.contains(&client_key) && removed.contains(&up_key));
     assert_eq!(b.worker.registry.live(), 0);
+}
+
+#[test]
+fn accept_backoff_follows_its_configured_bounds() {
+    let yaml = YAML.replace(
+        "limits:\n",
+        "limits:\n  accept_backoff_min: 50ms\n  accept_backoff_max: 300ms\n",
+    );
+    let mut b = bench_with(&yaml);
+    let t0 = Instant::now();
+    b.worker.now = t0;
+    let mut pauses = Vec::new();
+    for _ in 0..5 {
+        let again = b
+            .worker
+            .on_accept_error(0, std::io::Error::from_raw_os_error(libc::ENOBUFS));
+        assert!(!again, "a persistent error pauses accepting");
+        let until = b.worker.accept_paused_until.take().expect("a pause");
+        pauses.push(until.duration_since(t0).as_millis());
+    }
+    assert_eq!(pauses, vec![50, 100, 200, 300, 300]);
+}
+
+#[test]
+fn through_a_relay_the_dialled_socket_moves_into_relaying_then_the_tunnel() {
+    let relay = TcpListener::bind("127.0.0.1:0").unwrap();
+    let yaml = format!(
+        "{YAML}relay_proxy:\n  address: \"http://{}\"\n",
+        relay.local_addr().unwrap()
+    );
+    let mut b = bench_with(&yaml);
+    let mut client = b.accept();
+    let client_key = b.fake().watched[0];
+    client
+        .write_all(b"CONNECT up.test:443 HTTP/1.1\r\n\r\n")
+        .unwrap();
+    b.ready(client_key);
+    assert_eq!(b.state(), "connecting", "an IP relay is dialled at once");
+    let (mut far, _) = relay.accept().unwrap();
+    far.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let up_key = b.fake().watched[1];
+    b.ready(up_key);
+    assert_eq!(b.state(), "relaying");
+    assert_eq!(b.worker.registry.live(), 2, "the relay socket moved on");
+    let mut head = Vec::new();
+    for _ in 0..256 {
+        let mut byte = [0u8; 1];
+        far.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+        if head.ends_with(b"\r\n\r\n") {
+            break;
+        }
+    }
+    assert!(head.starts_with(b"CONNECT up.test:443 HTTP/1.1\r\n"));
+    far.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        .unwrap();
+    for _ in 0..100 {
+        b.ready(up_key);
+        if b.state() == "tunnel" {
+            break;
+        }
+    }
+    assert_eq!((b.state(), b.deadlines()), ("tunnel", 1));
+    assert_eq!(b.worker.registry.live(), 2, "and into the tunnel");
+    assert!(!b.fake().removed.contains(&up_key));
+    let mut got = [0u8; 12];
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"HTTP/1.1 200");
 }

@@ -12,7 +12,7 @@ use tracing::info;
 
 use crate::engine::conn::close::Close;
 use crate::engine::conn::inspect::{Hello, Inspection};
-use crate::engine::conn::{State, Target};
+use crate::engine::conn::{Shell, State, Target};
 use crate::engine::flow::{Cx, Flow, Pumped, Tap};
 use crate::engine::registry::Registered;
 use crate::engine::tls_leg::TlsLeg;
@@ -48,24 +48,36 @@ pub(in crate::engine) struct Tunnel {
     pub(in crate::engine) cert_subject: Option<String>,
 }
 
+/// A connected upstream (or relay) on its way into a [`Tunnel`]: what `Connecting` or
+/// `Relaying` hands over by value.
+pub(in crate::engine) struct Upstream {
+    pub(in crate::engine) target: Target,
+    pub(in crate::engine) upstream: Registered,
+    pub(in crate::engine) addr: SocketAddr,
+    /// When dialling began (for `connect_ms`).
+    pub(in crate::engine) started: Instant,
+}
+
 impl Worker {
-    /// The upstream (or the relay's tunnel) is up: answer `200` and start relaying. `from_up` is
-    /// data the upstream already sent (after a relay's answer), delivered after the `200`.
-    #[allow(clippy::too_many_arguments)]
+    /// The upstream (or the relay's tunnel) is up: answer `200` and start relaying. `shell` is
+    /// the connection taken out of its slot by the transition ([`Worker::take_conn`]); it goes
+    /// back as a `Tunnel`. `from_up` is data the upstream already sent (after a relay's
+    /// answer), delivered after the `200`; with a TLS leg (`tls`), the leg carries both.
     pub(in crate::engine) fn establish(
         &mut self,
         slot: u32,
-        mut target: Target,
-        upstream: Registered,
-        addr: SocketAddr,
-        started: Instant,
+        mut shell: Shell,
+        up: Upstream,
         from_up: Vec<u8>,
         tls: Option<Box<TlsLeg>>,
     ) {
-        if self.conn_at(slot).is_none() {
-            return;
-        }
-        let now = Instant::now();
+        let Upstream {
+            mut target,
+            upstream,
+            addr,
+            started,
+        } = up;
+        let now = self.now;
         let early = std::mem::take(&mut target.early);
         let tls_settings = Arc::clone(&self.settings.load().tls);
         let hello_timeout = tls_settings.hello_timeout;
@@ -89,19 +101,13 @@ impl Worker {
             }
             None => early,
         };
-        let Some(conn) = self
-            .slots
-            .get_mut(slot as usize)
-            .and_then(|s| s.conn.as_mut())
-        else {
-            return;
-        };
         // Through a TLS leg, the leg carries the 200 and the early data; the flows stay empty.
         let mut tls = tls;
         let (up, down) = match tls.as_mut() {
             Some(leg) => {
                 if leg.forward_up(&early, &self.shard.bytes_upstream).is_err() {
-                    self.close(slot, Close::Quiet);
+                    // Never a tunnel: the upstream socket and the leg drop here.
+                    self.retire(slot, shell);
                     return;
                 }
                 (Flow::default(), Flow::default())
@@ -111,7 +117,6 @@ impl Worker {
                 Flow::with_answer(Status::Established.bytes(), from_up),
             ),
         };
-        let peer = conn.peer;
         // Only logged: bounded like any peer-supplied string in an event.
         let target_s = clip_display(&target.authority);
         let via = if target.relay_request.is_some() {
@@ -121,14 +126,14 @@ impl Worker {
         };
         info!(
             event_id = events::INFO,
-            client = %peer,
+            client = %shell.peer,
             target = %target_s,
             address = %addr,
             via = via,
-            connect_ms = now.duration_since(started).as_secs_f64() * 1e3,
+            connect_ms = now.saturating_duration_since(started).as_secs_f64() * 1e3,
             "tunnel established"
         );
-        conn.state = State::Tunnel(Box::new(Tunnel {
+        let tunnel = Tunnel {
             upstream,
             target: target_s,
             addr,
@@ -143,29 +148,14 @@ impl Worker {
             authority: target.authority,
             user: target.user,
             cert_subject: None,
-        }));
+        };
         // The client may have sent more while we connected.
-        conn.c_rd = true;
-        let idle = conn.limits.idle_timeout;
+        shell.c_rd = true;
+        let idle = shell.limits.idle_timeout;
+        self.put_conn(slot, shell, State::Tunnel(Box::new(tunnel)));
         self.shard.tunnels_active.fetch_add(1, Relaxed);
         self.deadlines.set(slot, now + idle.min(hello_timeout));
         self.pump(slot);
-    }
-
-    /// Through an `https://` relay: the tunnel copies through the TLS leg.
-    #[allow(clippy::too_many_arguments)]
-    pub(in crate::engine) fn establish_tls(
-        &mut self,
-        slot: u32,
-        target: Target,
-        upstream: Registered,
-        addr: SocketAddr,
-        started: Instant,
-        mut leg: Box<TlsLeg>,
-        from_relay: Vec<u8>,
-    ) {
-        leg.start_tunnel(Status::Established.bytes(), &from_relay);
-        self.establish(slot, target, upstream, addr, started, Vec::new(), Some(leg));
     }
 
     pub(in crate::engine) fn pump(&mut self, slot: u32) {
@@ -233,7 +223,7 @@ impl Worker {
             );
             turn.map(|turn| {
                 if turn.moved {
-                    *last_activity = Instant::now();
+                    *last_activity = self.now;
                 }
                 (turn.done, turn.more)
             })
@@ -269,7 +259,7 @@ impl Worker {
                 Err(_) => Ok(Pumped::Blocked),
             };
             if cx.moved {
-                *last_activity = Instant::now();
+                *last_activity = self.now;
             }
             match (a, b) {
                 (Err(e), _) | (_, Err(e)) => Err(e),
