@@ -361,7 +361,7 @@ impl Engine {
     fn send(&self, make: impl Fn() -> Command) {
         for w in &self.workers {
             let _ = w.commands.send(make());
-            sys::eventfd_signal(w.wake.as_fd());
+            crate::mailbox::signal(w.wake.as_fd());
         }
     }
 

@@ -92,11 +92,6 @@ pub fn eventfd() -> io::Result<OwnedFd> {
     )?)
 }
 
-/// Add one to an eventfd (wakes its poller). Errors (counter full) mean a wake is pending anyway.
-pub fn eventfd_signal(fd: BorrowedFd<'_>) {
-    let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
-}
-
 /// Reset an eventfd's counter.
 pub fn eventfd_drain(fd: BorrowedFd<'_>) {
     let mut v = [0u8; 8];
@@ -294,15 +289,15 @@ mod tests {
     #[test]
     fn eventfd_signal_and_drain() {
         let fd = eventfd().unwrap();
-        eventfd_signal(fd.as_fd());
-        eventfd_signal(fd.as_fd());
+        crate::mailbox::signal(fd.as_fd());
+        crate::mailbox::signal(fd.as_fd());
         let mut v = [0u8; 8];
         let n = std::fs::File::from(fd.try_clone().unwrap())
             .read(&mut v)
             .unwrap();
         assert_eq!(n, 8);
         assert_eq!(u64::from_ne_bytes(v), 2);
-        eventfd_signal(fd.as_fd());
+        crate::mailbox::signal(fd.as_fd());
         eventfd_drain(fd.as_fd());
         let e = rustix::io::read(&fd, &mut v).unwrap_err();
         assert_eq!(e, rustix::io::Errno::AGAIN, "drained to zero");
@@ -316,14 +311,14 @@ mod tests {
         let mut out = Vec::new();
         ep.wait(Some(Duration::ZERO), &mut out).unwrap();
         assert!(out.is_empty(), "nothing ready yet: {out:?}");
-        eventfd_signal(fd.as_fd());
+        crate::mailbox::signal(fd.as_fd());
         ep.wait(Some(Duration::from_millis(100)), &mut out).unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].key, 0xfeed);
         assert_ne!(out[0].bits & libc::EPOLLIN as u32, 0);
         ep.delete(fd.as_fd()).unwrap();
         out.clear();
-        eventfd_signal(fd.as_fd());
+        crate::mailbox::signal(fd.as_fd());
         ep.wait(Some(Duration::ZERO), &mut out).unwrap();
         assert!(out.is_empty(), "deleted: {out:?}");
     }
