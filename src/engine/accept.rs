@@ -10,7 +10,7 @@ use socket2::SockRef;
 use tracing::{debug, warn};
 
 use crate::config::DataPath;
-use crate::engine::conn::{Conn, State};
+use crate::engine::conn::{Conn, Shell, State};
 use crate::engine::driver::Side;
 use crate::engine::registry::Owner;
 use crate::engine::sys;
@@ -250,13 +250,15 @@ impl Worker {
         let now = self.now;
         let deadline = now + limits.header_timeout;
         self.slots[slot as usize].conn = Some(Conn {
-            client: fd,
-            peer,
-            limits,
-            splice,
-            deadline,
-            c_rd: false,
-            c_wr: true,
+            shell: Shell {
+                client: fd,
+                peer,
+                limits,
+                splice,
+                deadline,
+                c_rd: false,
+                c_wr: true,
+            },
             state: State::Head {
                 buf: Vec::with_capacity(1024),
             },

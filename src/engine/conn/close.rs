@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use tracing::{info, warn};
 
-use crate::engine::conn::{Shell, State};
+use crate::engine::conn::{Conn, Shell, State};
 use crate::engine::driver::Key;
 use crate::engine::worker::Worker;
 use crate::events::{self, ErrorKind, Reject};
@@ -33,7 +33,8 @@ impl Worker {
         };
         self.free_slot(slot, conn.peer.ip());
         // Any upstream socket closes with its registration as the state drops.
-        if let State::Tunnel(mut t) = conn.state {
+        let Conn { shell: conn, state } = conn;
+        if let State::Tunnel(mut t) = state {
             t.up.release(&mut self.pool);
             t.down.release(&mut self.pool);
             self.shard.tunnels_active.fetch_sub(1, Relaxed);

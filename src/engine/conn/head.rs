@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use tracing::debug;
 
 use crate::engine::conn::close::Close;
-use crate::engine::conn::{State, Target};
+use crate::engine::conn::{Conn, State, Target};
 use crate::engine::sys;
 use crate::engine::worker::Worker;
 use crate::events::{self, clip_display, Reject};
@@ -30,7 +30,8 @@ impl Worker {
             return;
         };
         let max = conn.limits.max_header_bytes;
-        let State::Head { buf } = &mut conn.state else {
+        let Conn { shell: conn, state } = conn;
+        let State::Head { buf } = state else {
             return;
         };
         let limit = max + EARLY_DATA_ROOM;

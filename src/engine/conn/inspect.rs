@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use crate::engine::conn::close::Close;
 use crate::engine::conn::tunnel::Tunnel;
-use crate::engine::conn::State;
+use crate::engine::conn::{Conn, State};
 use crate::engine::flow::{Cx, Flow};
 use crate::engine::sys;
 use crate::engine::worker::Worker;
@@ -50,7 +50,8 @@ impl Worker {
         else {
             return Hello::Closed;
         };
-        let State::Tunnel(t) = &mut conn.state else {
+        let Conn { shell: conn, state } = conn;
+        let State::Tunnel(t) = state else {
             return Hello::Closed;
         };
         let Tunnel {
@@ -151,7 +152,8 @@ impl Worker {
             return true;
         };
         let peer = conn.peer;
-        let State::Tunnel(t) = &mut conn.state else {
+        let Conn { state, .. } = conn;
+        let State::Tunnel(t) = state else {
             return true;
         };
         let Some(ins) = t.inspect.as_ref() else {

@@ -40,18 +40,24 @@ use crate::engine::registry::Registered;
 use crate::engine::worker::Worker;
 use crate::proto::connect::Authority;
 
+/// A connection: its [`Shell`] (what every phase shares) and its current [`State`]. The shell's
+/// fields are reached through `Deref`, so `conn.peer` reads the shell's peer.
 pub(in crate::engine) struct Conn {
-    pub(in crate::engine) client: Registered,
-    pub(in crate::engine) peer: SocketAddr,
-    /// The limits in force when the connection was accepted (a reload does not change them).
-    pub(in crate::engine) limits: Limits,
-    /// Relay with `splice(2)` (else copy through user space).
-    pub(in crate::engine) splice: bool,
-    /// Deadline of the current phase (not used by `Tunnel`, which runs on its idle timer).
-    pub(in crate::engine) deadline: Instant,
-    pub(in crate::engine) c_rd: bool,
-    pub(in crate::engine) c_wr: bool,
+    pub(in crate::engine) shell: Shell,
     pub(in crate::engine) state: State,
+}
+
+impl std::ops::Deref for Conn {
+    type Target = Shell;
+    fn deref(&self) -> &Shell {
+        &self.shell
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Shell {
+        &mut self.shell
+    }
 }
 
 pub(in crate::engine) enum State {
@@ -85,16 +91,20 @@ impl Target {
     }
 }
 
-/// A connection between two states: everything of a [`Conn`] but its state. A transition that
-/// consumes the old state takes the connection out of its slot as a `Shell` and the old
-/// [`State`] by value ([`Worker::take_conn`]); the connection goes back only with its next
-/// state ([`Worker::put_conn`]), or ends ([`Worker::retire`]). So whatever the old state owned
-/// is either moved into the next one or dropped — a socket together with its registration.
+/// What a connection keeps across its states: the client socket's registration, its peer, its
+/// limits. A transition that consumes the old state takes the connection out of its slot as a
+/// `Shell` and the old [`State`] by value ([`Worker::take_conn`]); the connection goes back only
+/// with its next state ([`Worker::put_conn`]), or ends ([`Worker::retire`]). So whatever the old
+/// state owned is either moved into the next one or dropped — a socket together with its
+/// registration.
 pub(in crate::engine) struct Shell {
     pub(in crate::engine) client: Registered,
     pub(in crate::engine) peer: SocketAddr,
+    /// The limits in force when the connection was accepted (a reload does not change them).
     pub(in crate::engine) limits: Limits,
+    /// Relay with `splice(2)` (else copy through user space).
     pub(in crate::engine) splice: bool,
+    /// Deadline of the current phase (not used by `Tunnel`, which runs on its idle timer).
     pub(in crate::engine) deadline: Instant,
     pub(in crate::engine) c_rd: bool,
     pub(in crate::engine) c_wr: bool,
@@ -102,50 +112,13 @@ pub(in crate::engine) struct Shell {
 
 impl Conn {
     fn split(self) -> (Shell, State) {
-        let Conn {
-            client,
-            peer,
-            limits,
-            splice,
-            deadline,
-            c_rd,
-            c_wr,
-            state,
-        } = self;
-        let shell = Shell {
-            client,
-            peer,
-            limits,
-            splice,
-            deadline,
-            c_rd,
-            c_wr,
-        };
-        (shell, state)
+        (self.shell, self.state)
     }
 }
 
 impl Shell {
     fn with(self, state: State) -> Conn {
-        let Shell {
-            client,
-            peer,
-            limits,
-            splice,
-            deadline,
-            c_rd,
-            c_wr,
-        } = self;
-        Conn {
-            client,
-            peer,
-            limits,
-            splice,
-            deadline,
-            c_rd,
-            c_wr,
-            state,
-        }
+        Conn { shell: self, state }
     }
 }
 

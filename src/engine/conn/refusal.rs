@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use crate::engine::conn::close::Close;
-use crate::engine::conn::State;
+use crate::engine::conn::{Conn, State};
 use crate::engine::sys;
 use crate::engine::worker::Worker;
 use crate::events::limiter::{Cause, Key as RefusalKey, Summary};
@@ -156,7 +156,8 @@ impl Worker {
         let Some(conn) = self.conn_at(slot) else {
             return;
         };
-        let State::Refusing { bytes, sent } = &mut conn.state else {
+        let Conn { shell: conn, state } = conn;
+        let State::Refusing { bytes, sent } = state else {
             return;
         };
         while *sent < bytes.len() && conn.c_wr {
@@ -171,7 +172,7 @@ impl Worker {
         }
         if *sent == bytes.len() {
             let _ = sys::shutdown_write(conn.client.as_fd());
-            conn.state = State::Lingering { discarded: 0 };
+            *state = State::Lingering { discarded: 0 };
             conn.c_rd = true;
             self.linger(slot);
         }
@@ -181,7 +182,8 @@ impl Worker {
         let Some(conn) = self.conn_at(slot) else {
             return;
         };
-        let State::Lingering { discarded } = &mut conn.state else {
+        let Conn { shell: conn, state } = conn;
+        let State::Lingering { discarded } = state else {
             return;
         };
         let mut sink = [0u8; 4096];

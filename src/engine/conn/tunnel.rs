@@ -12,7 +12,7 @@ use tracing::info;
 
 use crate::engine::conn::close::Close;
 use crate::engine::conn::inspect::{Hello, Inspection};
-use crate::engine::conn::{Shell, State, Target};
+use crate::engine::conn::{Conn, Shell, State, Target};
 use crate::engine::flow::{Cx, Flow, Pumped, Tap};
 use crate::engine::registry::Registered;
 use crate::engine::tls_leg::TlsLeg;
@@ -177,7 +177,8 @@ impl Worker {
         else {
             return;
         };
-        let State::Tunnel(t) = &mut conn.state else {
+        let Conn { shell: conn, state } = conn;
+        let State::Tunnel(t) = state else {
             return;
         };
         let Tunnel {
