@@ -234,6 +234,8 @@ pub(super) struct RawLimits {
     pub accept_backoff_max: Field,
     #[serde(default, deserialize_with = "present")]
     pub worker_restart_delay: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub max_connections_per_client: Field,
 }
 
 /// `resolver:`.
