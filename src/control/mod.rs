@@ -1152,7 +1152,6 @@ async fn receive(path: &Path, limit: Duration) -> Result<Received, ControlError>
         sockets = listen.iter().map(|h| h.sockets.len()).sum::<usize>(),
         "takeover: received the listening sockets; starting the workers on them"
     );
-    test_pause_before_ready();
     Ok(Received {
         chan,
         from_pid,
@@ -1164,7 +1163,7 @@ async fn receive(path: &Path, limit: Duration) -> Result<Received, ControlError>
 }
 
 /// Test builds only: `SPLICEGATE_TEST_TAKEOVER_PAUSE=<ms>` makes a new process wait that long
-/// after it received the sockets, so a test can kill it before it confirms.
+/// after its workers started on the received sockets, so a test can kill it before it confirms.
 #[cfg(debug_assertions)]
 fn test_pause_before_ready() {
     if let Some(ms) = std::env::var("SPLICEGATE_TEST_TAKEOVER_PAUSE")
@@ -1181,6 +1180,12 @@ fn test_pause_before_ready() {}
 /// Our workers accept on the received sockets: tell the old process (`ready`), wait for it to
 /// stop accepting (`done`), then have our workers look at every queue once.
 async fn confirm(r: &Received, engine: &Engine, limit: Duration) {
+    info!(
+        event_id = events::INFO,
+        from_pid = r.from_pid,
+        "takeover: the workers accept on the received sockets; confirming to the old process"
+    );
+    test_pause_before_ready();
     let result = async {
         r.chan
             .send(

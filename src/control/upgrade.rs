@@ -3,7 +3,8 @@
 //!
 //! It asks the gateway on the takeover socket who it is (`info`: pid, configuration file, pid
 //! file), starts `<binary> run --takeover <socket> --config <its file> [--pid-file <its file>]`
-//! in a process group of its own (so it outlives this command), and waits until the takeover
+//! in a process group of its own (so it outlives this command; it logs where the old process
+//! does), and waits until the takeover
 //! socket answers with the new process's pid: by then the old process has stopped accepting and
 //! is draining. If the new process exits first, or nothing changes within the timeout, the
 //! upgrade failed and the old process keeps serving (it never stops before the new one
@@ -109,10 +110,29 @@ async fn run(o: &UpgradeOptions) -> Result<Upgraded, UpgradeError> {
     if let Some(p) = &pid_file {
         cmd.arg("--pid-file").arg(p);
     }
-    if let Some(f) = &o.log_format {
-        cmd.arg("--log-format").arg(f);
+    // The new process logs where the old one does: to the same stderr (a file, pipe or
+    // terminal, reopened through /proc), or, when that is a socket (systemd's journal stream
+    // cannot be reopened), to journald.
+    let stderr = std::fs::OpenOptions::new()
+        .append(true)
+        .open(format!("/proc/{old}/fd/2"));
+    let journald = stderr.is_err();
+    match (&o.log_format, journald) {
+        (Some(f), _) => {
+            cmd.arg("--log-format").arg(f);
+        }
+        (None, true) => {
+            cmd.arg("--log-format").arg("journald");
+        }
+        (None, false) => {}
     }
-    cmd.stdin(Stdio::null()).process_group(0);
+    match stderr {
+        Ok(f) => cmd.stderr(f),
+        Err(_) => cmd.stderr(Stdio::null()),
+    };
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .process_group(0);
     let mut child = cmd.spawn().map_err(|source| UpgradeError::Spawn {
         binary: o.binary.clone(),
         source,
