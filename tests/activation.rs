@@ -264,3 +264,52 @@ fn a_restart_on_a_held_socket_refuses_nobody() {
         .wait_line(|l| l.starts_with("exit B"), Duration::from_secs(15))
         .unwrap_or_else(|| panic!("B did not exit:\n{}", holder.0.dump()));
 }
+
+/// The shipped socket unit verifies with its service, and listens exactly on the default
+/// configuration's `listen` addresses (a mismatch would fail the start with event 401).
+#[test]
+fn the_socket_unit_matches_the_default_listen_and_verifies() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let socket = std::fs::read_to_string(root.join("systemd/splicegate.socket")).unwrap();
+    let streams: Vec<String> = socket
+        .lines()
+        .filter_map(|l| l.strip_prefix("ListenStream="))
+        .map(str::to_owned)
+        .collect();
+    let default = std::fs::read_to_string(root.join("src/config/default.yaml")).unwrap();
+    let listen: Vec<String> = default
+        .split("\nlisten:\n")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .map_while(|l| l.strip_prefix("  - "))
+        .map(|l| l.trim_matches('"').to_owned())
+        .collect();
+    assert!(!listen.is_empty());
+    assert_eq!(streams, listen, "splicegate.socket vs default listen");
+    assert!(socket.contains("BindIPv6Only=ipv6-only"));
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP: systemd-analyze not installed (package systemd)");
+        return;
+    }
+    let dir = TempDir::new("units");
+    let service = std::fs::read_to_string(root.join("systemd/splicegate.service")).unwrap();
+    let s = dir.write(
+        "splicegate.service",
+        &service.replace("/usr/bin/splicegate", bin()),
+    );
+    let k = dir.write("splicegate.socket", &socket);
+    let o = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&k)
+        .arg(&s)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "systemd-analyze verify: {err}");
+    assert!(!err.contains("splicegate."), "systemd-analyze warns: {err}");
+}
