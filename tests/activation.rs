@@ -41,12 +41,6 @@ fn python() -> bool {
     ok
 }
 
-/// The gateway's pid: systemd-socket-activate forks it on the first connection.
-fn child_of(pid: u32) -> Option<u32> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
-    text.split_whitespace().next()?.parse().ok()
-}
-
 fn gateway_cmd(wrapper: &[&str], config: &Path) -> Command {
     let mut c = Command::new(wrapper[0]);
     c.args(&wrapper[1..])
@@ -111,7 +105,8 @@ fn systemd_socket_activate_serves_a_connect_and_survives_a_worker_restart() {
         let mut s = open_tunnel(addr, &target);
         echo_roundtrip(&mut s, &[i; 100]);
     }
-    let gw = child_of(p.pid()).unwrap_or(p.pid());
+    // systemd-socket-activate execs the gateway on the first connection: the same pid.
+    let gw = p.pid();
     signal(gw, libc::SIGTERM);
     let st = p.wait_exit(Duration::from_secs(15));
     assert!(st.is_some(), "gateway did not exit:\n{}", p.dump());
@@ -312,4 +307,75 @@ fn the_socket_unit_matches_the_default_listen_and_verifies() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "systemd-analyze verify: {err}");
     assert!(!err.contains("splicegate."), "systemd-analyze warns: {err}");
+}
+
+/// Reloads on a socket-activated gateway: adding an address binds it beside the inherited
+/// socket (a new engine takes the inherited socket over), and dropping the inherited address
+/// is refused (event 401) while the old configuration keeps serving.
+#[test]
+fn reloads_keep_the_inherited_socket_and_refuse_to_drop_it() {
+    let Some(tool) = tool() else { return };
+    init();
+    let up = Upstream::echo();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let extra: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let base = Config::new()
+        .workers(2)
+        .upstream(UP, up.port())
+        .raw("takeover_socket: null\n");
+    let dir = TempDir::new("activate-reload");
+    let config = dir.write(
+        "splicegate.yaml",
+        &base.clone().listen(&[&addr.to_string()]).render(),
+    );
+    let listen = addr.to_string();
+    let mut p = Proc::spawn(gateway_cmd(&[tool, "-l", &listen], &config));
+    p.wait_line(|l| l.contains("Listening on"), Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("systemd-socket-activate did not listen:\n{}", p.dump()));
+    let target = format!("{UP}:{}", up.port());
+    let mut s = open_tunnel(addr, &target);
+    echo_roundtrip(&mut s, b"start");
+    drop(s);
+    p.wait_line(|l| l.contains("\"event_id\":101"), Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no event 101:\n{}", p.dump()));
+    // systemd-socket-activate execs the gateway on the first connection: the same pid.
+    let gw = p.pid();
+
+    // Add an address: a new engine, the inherited socket handed over, the new one bound.
+    std::fs::write(
+        &config,
+        base.clone()
+            .workers(3)
+            .listen(&[&addr.to_string(), &extra.to_string()])
+            .render(),
+    )
+    .unwrap();
+    signal(gw, libc::SIGHUP);
+    p.wait_line(
+        |l| l.contains("configuration reloaded") && l.contains(&extra.to_string()),
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|| panic!("reload not applied:\n{}", p.dump()));
+    for (i, a) in [addr, extra, addr, extra].into_iter().enumerate() {
+        let mut s = open_tunnel(a, &target);
+        echo_roundtrip(&mut s, &[i as u8; 100]);
+    }
+
+    // Drop the inherited address: refused, both still served.
+    std::fs::write(&config, base.listen(&[&extra.to_string()]).render()).unwrap();
+    signal(gw, libc::SIGHUP);
+    let ev = p
+        .wait_line(|l| l.contains("\"event_id\":401"), Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no event 401:\n{}", p.dump()));
+    assert!(ev.contains("socket-activated"), "{ev}");
+    for a in [addr, extra] {
+        let mut s = open_tunnel(a, &target);
+        echo_roundtrip(&mut s, b"still here");
+    }
+    signal(gw, libc::SIGTERM);
+    assert!(
+        p.wait_exit(Duration::from_secs(15)).is_some(),
+        "{}",
+        p.dump()
+    );
 }
