@@ -212,3 +212,38 @@ fn without_drain_grace_listeners_close_at_once() {
     assert!(refused, "refused right after SIGTERM");
     let _ = held.write_all(b"x");
 }
+
+/// Under systemd, `STOPPING=1` goes out at the SIGTERM, before the grace ends.
+#[test]
+fn stopping_is_notified_at_the_signal_not_after_the_grace() {
+    let dir = TempDir::new("grace-notify");
+    let notify = dir.path().join("notify.sock");
+    let rx = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let cfg = Config::new().limit("drain_grace", "3s");
+    let env = format!("NOTIFY_SOCKET={}", notify.display());
+    let Some(mut gw) = Gateway::start_wrapped(cfg, &["env", &env]) else {
+        return;
+    };
+    let sent = Instant::now();
+    gw.sigterm();
+    let mut buf = [0u8; 4096];
+    let mut stopping = None;
+    while stopping.is_none() && sent.elapsed() < Duration::from_secs(5) {
+        if let Ok(n) = rx.recv(&mut buf) {
+            if String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .any(|l| l == "STOPPING=1")
+            {
+                stopping = Some(sent.elapsed());
+            }
+        }
+    }
+    let at = stopping.expect("STOPPING=1 sent");
+    assert!(
+        at < Duration::from_secs(2),
+        "STOPPING=1 after {at:?}: not at the signal"
+    );
+    assert!(gw.wait_exit(Duration::from_secs(10)).is_some());
+}

@@ -205,3 +205,75 @@ fn takeover_from_nobody_fails_the_start() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot take over"));
 }
+
+/// Collect notification datagrams until one line equals `want` (or `timeout`).
+fn wait_notify(
+    rx: &std::os::unix::net::UnixDatagram,
+    seen: &mut Vec<String>,
+    want: &str,
+    timeout: Duration,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 4096];
+    let hit = |seen: &[String]| seen.iter().any(|m| m.lines().any(|l| l == want));
+    while !hit(seen) && Instant::now() < deadline {
+        if let Ok(n) = rx.recv(&mut buf) {
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    hit(seen)
+}
+
+/// Under systemd (NOTIFY_SOCKET): the old process names the new one `MAINPID=` and never says
+/// `STOPPING=1` (the service goes on); the new process says `READY=1` only after that.
+#[test]
+fn a_takeover_tells_systemd_the_new_main_pid_and_no_stop() {
+    let dir = TempDir::new("takeover-notify");
+    let sock = dir.path().join("takeover.sock");
+    let notify = dir.path().join("notify.sock");
+    let rx = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let cfg = with_socket(Config::new(), &sock);
+    let env = format!("NOTIFY_SOCKET={}", notify.display());
+    let Some(mut a) = Gateway::start_wrapped(cfg.clone(), &["env", &env]) else {
+        return;
+    };
+    let mut seen = Vec::new();
+    assert!(wait_notify(
+        &rx,
+        &mut seen,
+        "READY=1",
+        Duration::from_secs(5)
+    ));
+    let n_before = seen.len();
+    let wrap = append(&format!("--takeover {}", sock.display()));
+    let mut wrap_b: Vec<&str> = vec!["env", &env];
+    wrap_b.extend(wrap.iter().map(String::as_str));
+    let Some(b) = Gateway::start_wrapped(cfg, &wrap_b) else {
+        return;
+    };
+    let main_pid = format!("MAINPID={}", b.pid());
+    assert!(
+        wait_notify(&rx, &mut seen, &main_pid, Duration::from_secs(5)),
+        "no {main_pid}: {seen:?}"
+    );
+    a.wait_exit(Duration::from_secs(10)).expect("A exits");
+    // B's READY=1 follows the MAINPID= change.
+    let after: Vec<String> = seen[n_before..].to_vec();
+    let at_main = after
+        .iter()
+        .position(|m| m.lines().any(|l| l == main_pid))
+        .unwrap();
+    let mut rest = after[at_main + 1..].to_vec();
+    assert!(
+        rest.iter().any(|m| m.lines().any(|l| l == "READY=1"))
+            || wait_notify(&rx, &mut rest, "READY=1", Duration::from_secs(5)),
+        "B is READY after the MAINPID change: {after:?}"
+    );
+    let all: Vec<&String> = after.iter().chain(rest.iter()).collect();
+    assert!(
+        !all.iter().any(|m| m.lines().any(|l| l == "STOPPING=1")),
+        "a takeover is not a stop: {all:?}"
+    );
+}

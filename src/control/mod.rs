@@ -846,11 +846,16 @@ impl Control {
         } else {
             cfg.limits.drain_grace
         };
-        notifier.stopping(&format!(
-            "stopping: accepting for {} more (drain_grace), then draining open tunnels for up to {}",
-            crate::config::format_duration(grace),
-            crate::config::format_duration(drain_timeout)
-        ));
+        // STOPPING=1 at the signal, before the grace: the service manager knows at once that
+        // this instance is going away. Never after a takeover: the service goes on in the new
+        // process, which becomes the main one (MAINPID=, below) without a stop.
+        if handed_to.is_none() {
+            notifier.stopping(&format!(
+                "stopping: accepting for {} more (drain_grace), then draining open tunnels for up to {}",
+                crate::config::format_duration(grace),
+                crate::config::format_duration(drain_timeout)
+            ));
+        }
         if !grace.is_zero() {
             info!(
                 event_id = events::INFO,
