@@ -30,6 +30,38 @@ fn with_socket(cfg: Config, path: &Path) -> Config {
     ))
 }
 
+/// The inodes of the listening TCP sockets on 127.0.0.1:`port` (from /proc/net/tcp).
+fn listening_inodes(port: u16) -> Vec<u64> {
+    let text = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!("0100007F:{port:04X}");
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&"0A"))
+                .then(|| f.get(9).and_then(|i| i.parse().ok()))
+                .flatten()
+        })
+        .collect()
+}
+
+/// The socket inodes `pid` holds open.
+fn socket_inodes(pid: u32) -> Vec<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|t| {
+                    t.to_str()?
+                        .strip_prefix("socket:[")?
+                        .strip_suffix(']')?
+                        .parse()
+                        .ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -57,6 +89,12 @@ fn a_takeover_under_load_refuses_and_resets_nothing() {
         a.pid().to_string()
     );
     let target = format!("{UP}:{}", up.port());
+    let sockets_a = listening_inodes(a.addr().port());
+    assert_eq!(
+        sockets_a.len(),
+        2,
+        "one SO_REUSEPORT socket per worker of A"
+    );
     let load = Load::start(a.addr(), &target, 6, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(1500));
     let before = load.ok_so_far();
@@ -86,6 +124,18 @@ fn a_takeover_under_load_refuses_and_resets_nothing() {
         .wait_exit(Duration::from_secs(15))
         .expect("A exits after its drain");
     assert!(st.success(), "{st:?}");
+    // The very socket objects live on in B (so nothing queued on them was lost), plus one
+    // new socket for B's third worker.
+    let sockets_b = listening_inodes(a.addr().port());
+    let held_b = socket_inodes(b.pid());
+    for s in &sockets_a {
+        assert!(
+            sockets_b.contains(s),
+            "A's socket {s} still listens: {sockets_b:?}"
+        );
+        assert!(held_b.contains(s), "B holds A's socket {s}");
+    }
+    assert_eq!(sockets_b.len(), 3, "{sockets_b:?}");
     let at_exit = load.ok_so_far();
     std::thread::sleep(Duration::from_millis(1500));
     let (tally, errors) = load.finish();
