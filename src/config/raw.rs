@@ -127,6 +127,10 @@ pub(super) struct RawConfig {
     #[serde(default, deserialize_with = "present")]
     pub metrics_public: Field,
     #[serde(default, deserialize_with = "present")]
+    pub health_listen: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub takeover_socket: Field,
+    #[serde(default, deserialize_with = "present")]
     pub workers: Field,
     #[serde(default, deserialize_with = "present")]
     pub engine: Field,
@@ -236,6 +240,10 @@ pub(super) struct RawLimits {
     pub worker_restart_delay: Field,
     #[serde(default, deserialize_with = "present")]
     pub max_connections_per_client: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub drain_grace: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub takeover_timeout: Field,
 }
 
 /// `resolver:`.

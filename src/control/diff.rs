@@ -19,6 +19,8 @@ pub struct Changes {
     pub engine: bool,
     /// `metrics_listen` changed: the HTTP endpoint moves.
     pub metrics_listen: bool,
+    /// `health_listen` changed: the probe port moves (or opens, or closes).
+    pub health_listen: bool,
     /// Changes that only a restart applies (the resolver is started once).
     pub need_restart: Vec<String>,
 }
@@ -106,6 +108,20 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
             show(new.metrics_listen),
         );
     }
+    if old.health_listen != new.health_listen {
+        c.health_listen = true;
+        let show = |a: Option<std::net::SocketAddr>| a.map_or("null".to_owned(), |a| a.to_string());
+        scalar(
+            &mut c.items,
+            "health_listen",
+            show(old.health_listen),
+            show(new.health_listen),
+        );
+    }
+    if old.takeover_socket != new.takeover_socket {
+        c.items.push("takeover_socket changed".to_owned());
+        c.need_restart.push("takeover_socket".to_owned());
+    }
     if old.metrics_public != new.metrics_public {
         scalar(
             &mut c.items,
@@ -190,6 +206,8 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
             o.worker_restart_delay,
             n.worker_restart_delay,
         ),
+        ("drain_grace", o.drain_grace, n.drain_grace),
+        ("takeover_timeout", o.takeover_timeout, n.takeover_timeout),
     ] {
         if a != b {
             scalar(
@@ -295,6 +313,22 @@ mod tests {
         assert!(s.contains("limits.idle_timeout 15m -> 5m"), "{s}");
         assert!(c.engine);
         assert!(!c.metrics_listen);
+    }
+
+    #[test]
+    fn probe_port_moves_and_takeover_socket_needs_a_restart() {
+        let a = cfg("{}\n");
+        let b = cfg(
+            "health_listen: \"0.0.0.0:9465\"\ntakeover_socket: /run/x.sock\n\
+             limits:\n  drain_grace: 10s\n",
+        );
+        let c = diff(&a, &b);
+        assert!(c.health_listen && !c.engine && !c.metrics_listen, "{c:?}");
+        let s = c.summary();
+        assert!(s.contains("health_listen null -> 0.0.0.0:9465"), "{s}");
+        assert!(s.contains("limits.drain_grace 0s -> 10s"), "{s}");
+        assert_eq!(c.need_restart, vec!["takeover_socket".to_owned()]);
+        assert!(!diff(&b, &b.clone()).health_listen);
     }
 
     #[test]
