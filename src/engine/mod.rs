@@ -217,6 +217,7 @@ pub fn bind_listeners_from(
                     w.push(sock.try_clone()?);
                 }
                 bound.push(*addr);
+                origin.push(index);
                 handover.push(h);
                 continue;
             }
@@ -639,5 +640,24 @@ fn run_worker(
             "worker stopped on an error: its listeners are closed, the other workers take its \
              share of new clients; /readyz answers 503"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each bound address keeps the index of its `listen` entry, also when an inherited
+    /// (socket-activated) socket serves one of them: the PROXY settings are looked up by it.
+    #[test]
+    fn origin_follows_every_bound_address_inherited_or_not() {
+        let held = bind_one("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let held_addr = held.local_addr().expect("local").as_socket().expect("inet");
+        let addrs = [held_addr, "127.0.0.1:0".parse().expect("addr")];
+        let inherited = vec![Handover::shared(held_addr, OwnedFd::from(held))];
+        let (l, _) = bind_listeners_from(&addrs, 2, inherited).expect("listeners");
+        assert_eq!(l.bound.len(), 2);
+        assert_eq!(l.bound[0], held_addr);
+        assert_eq!(l.origin, vec![0, 1]);
     }
 }
