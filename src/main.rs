@@ -17,6 +17,11 @@ struct Cli {
     /// Log format; journald is chosen automatically when running under systemd.
     #[arg(long, value_enum, global = true)]
     log_format: Option<LogFormat>,
+    /// The configuration file, for every subcommand, before or after its own arguments
+    /// (`run` without it serves the embedded default; the admin commands default to
+    /// /etc/splicegate/splicegate.yaml).
+    #[arg(long, global = true, env = "SPLICEGATE_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -25,8 +30,6 @@ struct Cli {
 enum Command {
     /// Serve. Without --config, serves the embedded default configuration.
     Run {
-        #[arg(long, env = "SPLICEGATE_CONFIG")]
-        config: Option<PathBuf>,
         /// Write the process id to this file (for `splicegate config set` and friends to signal
         /// a gateway that systemd does not manage); removed at exit.
         #[arg(long)]
@@ -35,8 +38,8 @@ enum Command {
         #[arg(long)]
         no_watch: bool,
     },
-    /// Validate a configuration file and print the effective policy.
-    CheckConfig { path: PathBuf },
+    /// Validate a configuration file (PATH, else --config) and print the effective policy.
+    CheckConfig { path: Option<PathBuf> },
     /// Print the embedded default configuration.
     DefaultConfig,
     #[command(flatten)]
@@ -68,11 +71,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Run {
-            config,
-            pid_file,
-            no_watch,
-        } => {
+        Command::Run { pid_file, no_watch } => {
+            let config = cli.config;
             let cfg = match &config {
                 Some(p) => Config::load(p).map(|(c, text)| (c, Some(text.into_bytes()))),
                 None => Ok((Config::embedded_default(), None)),
@@ -100,28 +100,45 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::CheckConfig { path } => match Config::from_file(&path) {
-            Ok(cfg) => {
-                println!("{}: configuration is valid\n", path.display());
-                println!("{}", cfg.summary());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{}: invalid configuration:\n{e}", path.display());
-                ExitCode::from(2)
-            }
-        },
+        Command::CheckConfig { path } => {
+            let Some(path) = path.or(cli.config) else {
+                eprintln!(
+                    "splicegate: check-config needs a file: check-config PATH or --config PATH"
+                );
+                return ExitCode::from(admin::EXIT_USAGE);
+            };
+            check_config(&path)
+        }
         Command::DefaultConfig => {
             print!("{}", splicegate::config::DEFAULT_YAML);
             ExitCode::SUCCESS
         }
-        Command::Admin(cmd) => ExitCode::from(admin::run(*cmd)),
+        Command::Admin(mut cmd) => {
+            if let Some(c) = cli.config {
+                cmd.common_mut().config = c;
+            }
+            ExitCode::from(admin::run(*cmd))
+        }
         Command::User {
             cmd,
             users_file,
             pid_file,
             json,
         } => ExitCode::from(admin::users::run(cmd, &users_file, &pid_file, json)),
+    }
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match Config::from_file(path) {
+        Ok(cfg) => {
+            println!("{}: configuration is valid\n", path.display());
+            println!("{}", cfg.summary());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: invalid configuration:\n{e}", path.display());
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -684,6 +684,8 @@ impl Control {
             })
         });
         let round = |x: f64| (x * 1000.0).round() / 1000.0;
+        // The window to the microsecond: rates times the window give the counts back.
+        let round_us = |x: f64| (x * 1e6).round() / 1e6;
         serde_json::json!({"ok": true, "status": {
             "version": env!("CARGO_PKG_VERSION"),
             "engine": self.serving.choice.kind(),
@@ -700,7 +702,7 @@ impl Control {
             "tunnels_open": t.tunnels_active,
             "connections_open": t.connections_active,
             "tunnels_total": t.tunnels_established,
-            "window_s": round(rates.window.as_secs_f64()),
+            "window_s": round_us(rates.window.as_secs_f64()),
             "tunnels_per_s": round(rates.tunnels_per_s),
             "bytes_up_per_s": round(rates.bytes_up_per_s),
             "bytes_down_per_s": round(rates.bytes_down_per_s),
