@@ -460,3 +460,70 @@ fn a_chosen_admin_socket_path_that_fails_stops_the_start_the_default_only_warns(
     ]);
     assert_eq!(out.status.code(), Some(3), "nothing to reach");
 }
+
+/// The figure in BENCHMARKS.md ("`splicegate sessions` with 9,000 tunnels open"): 9,000 idle
+/// tunnels held by this process, then the admin socket's answer timed on its own and through
+/// the CLI. Run with `--ignored --nocapture` (the debug build of the binary).
+#[test]
+#[ignore = "benchmark: holds 9,000 tunnels (18,000 fds here, 18,000 in the gateway)"]
+fn sessions_answers_within_a_second_with_9000_tunnels_open() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::time::Instant;
+    const N: usize = 9_000;
+    let limit = nofile_limit();
+    if limit < (2 * N + 500) as u64 {
+        eprintln!("SKIP: RLIMIT_NOFILE {limit} is below {}", 2 * N + 500);
+        return;
+    }
+    let up = Upstream::hold();
+    let cfg = Config::new()
+        .upstream("hold.test", up.port())
+        .limit("max_connections", "20000");
+    let Some(gw) = gateway(cfg) else { return };
+    let target = format!("hold.test:{}", up.port());
+    let t0 = Instant::now();
+    let held: Vec<TcpStream> = (0..N).map(|_| open_tunnel(gw.addr(), &target)).collect();
+    eprintln!("{N} tunnels open in {:.2} s", t0.elapsed().as_secs_f64());
+    let sock = gw.admin_socket().unwrap_or_default();
+    let mut direct = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let mut s = UnixStream::connect(&sock).unwrap_or_else(|e| panic!("{e}"));
+        s.write_all(b"{\"cmd\":\"sessions\"}\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).unwrap_or_else(|e| panic!("{e}"));
+        direct.push(t.elapsed().as_secs_f64());
+        let v: Value = serde_json::from_slice(&answer).unwrap_or_default();
+        assert_eq!(v["sessions"].as_array().map(Vec::len), Some(N));
+        assert_eq!(v["missing_workers"], 0);
+    }
+    let cfg_path = gw.config_path().to_str().unwrap_or_default().to_owned();
+    let mut cli_times = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let out = cli(&["sessions", "--json", "--config", &cfg_path]);
+        cli_times.push(t.elapsed().as_secs_f64());
+        let list = ok_json(&out, "sessions");
+        assert_eq!(list.as_array().map(Vec::len), Some(N));
+    }
+    let t = Instant::now();
+    let out = cli(&["sessions", "--config", &cfg_path]);
+    let text_s = t.elapsed().as_secs_f64();
+    assert!(out.status.success());
+    direct.sort_by(f64::total_cmp);
+    cli_times.sort_by(f64::total_cmp);
+    eprintln!(
+        "sessions with {N} tunnels: admin socket answer median {:.3} s (min {:.3}, max {:.3}); \
+         `splicegate sessions --json` median {:.3} s; text table {:.3} s; binary {}",
+        direct[2],
+        direct[0],
+        direct[4],
+        cli_times[1],
+        text_s,
+        bin()
+    );
+    assert!(direct[2] < 1.0, "the answer takes {:.3} s", direct[2]);
+    drop(held);
+}

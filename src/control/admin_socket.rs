@@ -130,7 +130,17 @@ fn normalize_pattern(s: &str) -> Option<String> {
 #[derive(Debug)]
 pub struct Asked {
     pub request: Request,
-    pub reply: oneshot::Sender<serde_json::Value>,
+    pub reply: oneshot::Sender<Answer>,
+}
+
+/// An answer line, already encoded (without its newline).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer(pub Vec<u8>);
+
+impl From<serde_json::Value> for Answer {
+    fn from(v: serde_json::Value) -> Answer {
+        Answer(v.to_string().into_bytes())
+    }
 }
 
 /// Why the admin socket could not be set up.
@@ -287,12 +297,13 @@ async fn serve_one(stream: UnixStream, gid: u32, control: mpsc::Sender<Asked>) {
                 "admin socket: refused a peer that is neither root nor in the socket's group"
             );
             error_answer("permission denied: root or a member of the admin socket's group only")
+                .into()
         }
         Ok(()) => {
             let mut reader = BufReader::new(stream);
             let answer = match read_request(&mut reader).await {
                 Ok(request) => ask(&control, request).await,
-                Err(e) => error_answer(&e),
+                Err(e) => error_answer(&e).into(),
             };
             return write_answer(reader.into_inner(), &answer).await;
         }
@@ -300,31 +311,67 @@ async fn serve_one(stream: UnixStream, gid: u32, control: mpsc::Sender<Asked>) {
     write_answer(stream, &answer).await
 }
 
-async fn write_answer(mut stream: UnixStream, answer: &serde_json::Value) {
-    let mut bytes = answer.to_string().into_bytes();
-    bytes.push(b'\n');
-    let _ = stream.write_all(&bytes).await;
+async fn write_answer(mut stream: UnixStream, answer: &Answer) {
+    let _ = stream.write_all(&answer.0).await;
+    let _ = stream.write_all(b"\n").await;
     let _ = stream.shutdown().await;
 }
 
 /// One session as the protocol (and `splicegate sessions --json`) shows it.
-pub fn session_json(s: &Session) -> serde_json::Value {
+#[derive(Serialize)]
+struct SessionOut<'a> {
+    id: u64,
+    client: String,
+    target: &'a str,
+    address: String,
+    user: Option<&'a str>,
+    rule: &'a str,
+    tls_version: Option<&'static str>,
+    sni: Option<&'a str>,
+    age_s: f64,
+    idle_s: f64,
+    bytes_up: u64,
+    bytes_down: u64,
+    state: &'static str,
+}
+
+#[derive(Serialize)]
+struct SessionsOut<'a> {
+    ok: bool,
+    sessions: Vec<SessionOut<'a>>,
+    missing_workers: usize,
+}
+
+/// The answer to `sessions`: encoded straight from the sessions (no intermediate JSON tree:
+/// 9,000 sessions answer in milliseconds).
+pub fn sessions_answer(list: &[Session], missing_workers: usize) -> Answer {
     let secs = |d: Duration| (d.as_secs_f64() * 1000.0).round() / 1000.0;
-    serde_json::json!({
-        "id": s.id,
-        "client": s.client.to_string(),
-        "target": s.target,
-        "address": s.address.to_string(),
-        "user": s.user,
-        "rule": s.rule,
-        "tls_version": s.tls_version,
-        "sni": s.sni,
-        "age_s": secs(s.age),
-        "idle_s": secs(s.idle),
-        "bytes_up": s.bytes_up,
-        "bytes_down": s.bytes_down,
-        "state": s.state.as_str(),
-    })
+    let out = SessionsOut {
+        ok: true,
+        sessions: list
+            .iter()
+            .map(|s| SessionOut {
+                id: s.id,
+                client: s.client.to_string(),
+                target: &s.target,
+                address: s.address.to_string(),
+                user: s.user.as_deref(),
+                rule: &s.rule,
+                tls_version: s.tls_version,
+                sni: s.sni.as_deref(),
+                age_s: secs(s.age),
+                idle_s: secs(s.idle),
+                bytes_up: s.bytes_up,
+                bytes_down: s.bytes_down,
+                state: s.state.as_str(),
+            })
+            .collect(),
+        missing_workers,
+    };
+    match serde_json::to_vec(&out) {
+        Ok(v) => Answer(v),
+        Err(e) => error_answer(&format!("cannot encode the sessions: {e}")).into(),
+    }
 }
 
 pub fn error_answer(message: &str) -> serde_json::Value {
@@ -348,13 +395,13 @@ async fn read_request(reader: &mut BufReader<UnixStream>) -> Result<Request, Str
     serde_json::from_slice(&line).map_err(|e| format!("bad request: {e}"))
 }
 
-async fn ask(control: &mpsc::Sender<Asked>, request: Request) -> serde_json::Value {
+async fn ask(control: &mpsc::Sender<Asked>, request: Request) -> Answer {
     let (tx, rx) = oneshot::channel();
     if control.send(Asked { request, reply: tx }).await.is_err() {
-        return error_answer("the gateway is stopping");
+        return error_answer("the gateway is stopping").into();
     }
     rx.await
-        .unwrap_or_else(|_| error_answer("the gateway dropped the request"))
+        .unwrap_or_else(|_| error_answer("the gateway dropped the request").into())
 }
 
 /// Root, our own user, or a user whose groups include `gid`; else who it was.

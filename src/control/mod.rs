@@ -579,7 +579,7 @@ impl Control {
         let Asked { request, reply } = asked;
         let (selector, close) = match request {
             Request::Status => {
-                let _ = reply.send(self.status_answer());
+                let _ = reply.send(self.status_answer().into());
                 return;
             }
             Request::Rules => {
@@ -598,7 +598,7 @@ impl Control {
                         })
                     })
                     .collect();
-                let _ = reply.send(serde_json::json!({"ok": true, "rules": rules}));
+                let _ = reply.send(serde_json::json!({"ok": true, "rules": rules}).into());
                 return;
             }
             Request::Sessions(s) => (s, false),
@@ -606,13 +606,13 @@ impl Control {
         };
         if close && selector.is_empty() {
             let e = admin_socket::SelectorError::Unbounded;
-            let _ = reply.send(admin_socket::error_answer(&e.to_string()));
+            let _ = reply.send(admin_socket::error_answer(&e.to_string()).into());
             return;
         }
         let filter = match selector.parse() {
             Ok(f) => Arc::new(f),
             Err(e) => {
-                let _ = reply.send(admin_socket::error_answer(&e.to_string()));
+                let _ = reply.send(admin_socket::error_answer(&e.to_string()).into());
                 return;
             }
         };
@@ -633,9 +633,12 @@ impl Control {
             tokio::spawn(async move {
                 let (counts, missing) = gather(rx, asked, timeout).await;
                 let closed: usize = counts.into_iter().sum();
-                let _ = reply.send(serde_json::json!({
-                    "ok": true, "closed": closed, "missing_workers": missing,
-                }));
+                let _ = reply.send(
+                    serde_json::json!({
+                        "ok": true, "closed": closed, "missing_workers": missing,
+                    })
+                    .into(),
+                );
             });
         } else {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Session>>();
@@ -652,11 +655,7 @@ impl Control {
                 let (lists, missing) = gather(rx, asked, timeout).await;
                 let mut all: Vec<Session> = lists.into_iter().flatten().collect();
                 all.sort_by_key(|s| s.id);
-                let sessions: Vec<serde_json::Value> =
-                    all.iter().map(admin_socket::session_json).collect();
-                let _ = reply.send(serde_json::json!({
-                    "ok": true, "sessions": sessions, "missing_workers": missing,
-                }));
+                let _ = reply.send(admin_socket::sessions_answer(&all, missing));
             });
         }
     }
