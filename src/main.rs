@@ -1,5 +1,6 @@
 //! The `splicegate` command: `run`, `check-config`, `default-config`, and the admin commands
-//! (`config`, `allowed-host`, `allowed-client-cert`, `relay-proxy`, `init`; see
+//! (`config`, `allowed-host`, `allowed-client-cert`, `relay-proxy`, `init`, and `sessions`,
+//! `status` through the running gateway's admin socket; see
 //! [`splicegate::admin`]).
 
 use std::path::PathBuf;
