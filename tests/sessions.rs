@@ -630,3 +630,55 @@ fn sessions_show_the_tls_version_and_sni_inspection_saw() {
     assert_eq!(s["state"], "open", "{s}");
     assert_eq!(s["rule"], NAME, "{s}");
 }
+
+#[test]
+fn a_reload_moves_the_admin_socket_and_refuses_a_path_that_fails() {
+    let Some(gw) = gateway(Config::new()) else {
+        return;
+    };
+    let old = gw.admin_socket().unwrap_or_default();
+    let cfg_path = gw.config_path().to_owned();
+    let text = std::fs::read_to_string(&cfg_path).unwrap_or_default();
+    let moved = old.with_file_name("moved.sock");
+    let without: String = text
+        .lines()
+        .filter(|l| !l.starts_with("admin_socket:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let write = |path: &str| {
+        std::fs::write(&cfg_path, format!("{without}admin_socket: {}\n", yq(path)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        gw.signal(libc::SIGHUP);
+    };
+    // A path that cannot be created: refused, the old socket keeps serving.
+    write("/nonexistent-splicegate-dir/admin.sock");
+    gw.expect_event(401, |_| true, T, "reload refused");
+    assert!(old.exists(), "the old socket stays");
+    let p = cfg_path.to_str().unwrap_or_default().to_owned();
+    // (The CLI reads the file, which now names the bad path: ask the old socket directly.)
+    let mut s =
+        std::os::unix::net::UnixStream::connect(&old).unwrap_or_else(|e| panic!("old socket: {e}"));
+    std::io::Write::write_all(&mut s, b"{\"cmd\":\"status\"}\n").unwrap_or_else(|e| panic!("{e}"));
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut s, &mut answer).unwrap_or_else(|e| panic!("{e}"));
+    assert!(answer.contains("\"ok\":true"), "{answer}");
+
+    write(moved.to_str().unwrap_or_default());
+    gw.expect_event(
+        100,
+        |e| e.to_string().contains("admin_socket"),
+        T,
+        "reload that moves the socket",
+    );
+    assert!(!old.exists(), "the old socket file is removed");
+    let st = ok_json(&cli(&["status", "--json", "--config", &p]), "status");
+    assert_eq!(
+        st["admin_socket"],
+        moved.to_str().unwrap_or_default(),
+        "{st}"
+    );
+    assert_eq!(st["reloads_ok"], 1, "{st}");
+    // The file watch and the SIGHUP may both have read the refused file.
+    assert!(st["reloads_refused"].as_u64() >= Some(1), "{st}");
+    assert_eq!(st["last_reload"]["result"], "ok", "{st}");
+}
