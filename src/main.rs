@@ -1,5 +1,6 @@
-//! The `splicegate` command: `run`, `upgrade`, `check-config`, `default-config`, and the admin commands
-//! (`config`, `allowed-host`, `allowed-client-cert`, `relay-proxy`, `init`; see
+//! The `splicegate` command: `run`, `upgrade`, `check-config`, `default-config`, and the admin
+//! commands (`config`, `allowed-host`, `allowed-client-cert`, `relay-proxy`, `init`, and
+//! `sessions`, `status` through the running gateway's admin socket; see
 //! [`splicegate::admin`]).
 
 use std::path::PathBuf;
@@ -17,6 +18,11 @@ struct Cli {
     /// Log format; journald is chosen automatically when running under systemd.
     #[arg(long, value_enum, global = true)]
     log_format: Option<LogFormat>,
+    /// The configuration file, for every subcommand, before or after its own arguments
+    /// (`run` without it serves the embedded default; the admin commands default to
+    /// /etc/splicegate/splicegate.yaml).
+    #[arg(long, global = true, env = "SPLICEGATE_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -25,8 +31,6 @@ struct Cli {
 enum Command {
     /// Serve. Without --config, serves the embedded default configuration.
     Run {
-        #[arg(long, env = "SPLICEGATE_CONFIG")]
-        config: Option<PathBuf>,
         /// Write the process id to this file (for `splicegate config set` and friends to signal
         /// a gateway that systemd does not manage); removed at exit.
         #[arg(long)]
@@ -42,9 +46,10 @@ enum Command {
     /// Replace the running gateway by a new process of its binary (after a package upgrade)
     /// through a takeover: no connection is refused. Waits until the new process serves.
     Upgrade {
-        /// The running gateway's `takeover_socket`.
-        #[arg(long, default_value = splicegate::config::DEFAULT_TAKEOVER_SOCKET)]
-        takeover_socket: PathBuf,
+        /// The running gateway's takeover socket (default: `takeover_socket` of --config, else
+        /// /run/splicegate/takeover.sock).
+        #[arg(long)]
+        takeover_socket: Option<PathBuf>,
         /// The binary the running gateway starts (default: the path it was started from,
         /// which holds the new binary after a package upgrade).
         #[arg(long)]
@@ -53,8 +58,8 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
-    /// Validate a configuration file and print the effective policy.
-    CheckConfig { path: PathBuf },
+    /// Validate a configuration file (PATH, else --config) and print the effective policy.
+    CheckConfig { path: Option<PathBuf> },
     /// Print the embedded default configuration.
     DefaultConfig,
     #[command(flatten)]
@@ -97,11 +102,11 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Command::Run {
-            config,
             pid_file,
             no_watch,
             takeover,
         } => {
+            let config = cli.config;
             let cfg = match &config {
                 Some(p) => Config::load(p).map(|(c, text)| (c, Some(text.into_bytes()))),
                 None => Ok((Config::embedded_default(), None)),
@@ -137,22 +142,41 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::CheckConfig { path } => match Config::from_file(&path) {
-            Ok(cfg) => {
-                println!("{}: configuration is valid\n", path.display());
-                println!("{}", cfg.summary());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{}: invalid configuration:\n{e}", path.display());
-                ExitCode::from(2)
-            }
-        },
+        Command::CheckConfig { path } => {
+            let Some(path) = path.or(cli.config) else {
+                eprintln!(
+                    "splicegate: check-config needs a file: check-config PATH or --config PATH"
+                );
+                return ExitCode::from(admin::EXIT_USAGE);
+            };
+            check_config(&path)
+        }
         Command::Upgrade {
             takeover_socket,
             binary,
             timeout,
         } => {
+            // The socket given, else the one the configuration names, else the default.
+            let takeover_socket = match (takeover_socket, &cli.config) {
+                (Some(p), _) => p,
+                (None, Some(path)) => match Config::from_file(path) {
+                    Ok(cfg) => match cfg.takeover_socket.path() {
+                        Some(p) => p,
+                        None => {
+                            eprintln!(
+                                "splicegate upgrade: {} sets takeover_socket: null",
+                                path.display()
+                            );
+                            return ExitCode::from(2);
+                        }
+                    },
+                    Err(e) => {
+                        eprintln!("{}: invalid configuration:\n{e}", path.display());
+                        return ExitCode::from(2);
+                    }
+                },
+                (None, None) => PathBuf::from(splicegate::config::DEFAULT_TAKEOVER_SOCKET),
+            };
             let opts = control::upgrade::UpgradeOptions {
                 takeover_socket,
                 binary,
@@ -173,13 +197,32 @@ fn main() -> ExitCode {
             print!("{}", splicegate::config::DEFAULT_YAML);
             ExitCode::SUCCESS
         }
-        Command::Admin(cmd) => ExitCode::from(admin::run(*cmd)),
+        Command::Admin(mut cmd) => {
+            if let Some(c) = cli.config {
+                cmd.common_mut().config = c;
+            }
+            ExitCode::from(admin::run(*cmd))
+        }
         Command::User {
             cmd,
             users_file,
             pid_file,
             json,
         } => ExitCode::from(admin::users::run(cmd, &users_file, &pid_file, json)),
+    }
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match Config::from_file(path) {
+        Ok(cfg) => {
+            println!("{}: configuration is valid\n", path.display());
+            println!("{}", cfg.summary());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: invalid configuration:\n{e}", path.display());
+            ExitCode::from(2)
+        }
     }
 }
 

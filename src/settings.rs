@@ -13,6 +13,7 @@ use crate::auth::{Auth, Failures};
 use crate::clients::ClientCounts;
 use crate::config::{Config, DataPath, Limits};
 use crate::events::limiter::RefusalBudget;
+use crate::metrics::RuleUsage;
 use crate::policy::Policy;
 use crate::proto::tls::TlsSettings;
 use crate::relay::RelaySettings;
@@ -22,6 +23,9 @@ use rustls_pki_types::ServerName;
 #[derive(Debug)]
 pub struct Settings {
     pub policy: Policy,
+    /// The usage counters of `policy`'s entries (`splicegate_tunnels_total{rule}`); the
+    /// control thread publishes them to the metrics' [`crate::metrics::RuleBook`].
+    pub rules: Arc<RuleUsage>,
     pub limits: Limits,
     pub data_path: DataPath,
     /// TLS inspection of each tunnel's handshake.
@@ -63,8 +67,10 @@ impl Settings {
     /// fail here (the users table, the per-user allowlists and the relay's TLS client all come
     /// from [`Config`]).
     fn build(cfg: &Config, failures: Arc<Failures>, clients: Arc<ClientCounts>) -> Settings {
+        let policy = Policy::new(&cfg.policy_spec());
         Settings {
-            policy: Policy::new(&cfg.policy_spec()),
+            rules: Arc::new(RuleUsage::new(policy.rules().to_vec())),
+            policy,
             limits: cfg.limits.clone(),
             data_path: cfg.data_path,
             tls: Arc::new(cfg.tls.clone()),

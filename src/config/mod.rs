@@ -52,6 +52,10 @@ pub const DEFAULT_ALLOWED_HOSTS: [&str; 9] = [
     "*.blob.core.windows.net",
 ];
 
+/// Where the admin socket goes unless `admin_socket` says otherwise (systemd's
+/// `RuntimeDirectory=splicegate`).
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/splicegate/admin.sock";
+
 /// The most worker threads `workers:` may ask for.
 pub const MAX_WORKERS: usize = 1024;
 
@@ -76,6 +80,10 @@ pub struct Config {
     /// `takeover_socket`: the Unix socket a new process (`run --takeover`) receives this
     /// gateway's listening sockets from.
     pub takeover_socket: TakeoverSocket,
+    /// The admin socket (`admin_socket`) that `splicegate sessions` and `status` ask; `None`
+    /// disables it. Only [`DEFAULT_ADMIN_SOCKET`] may fail to be created without failing the
+    /// start (outside systemd there is no `/run/splicegate`).
+    pub admin_socket: Option<PathBuf>,
     /// Worker threads; 0 = one per online CPU (resolved by the engine).
     pub workers: usize,
     /// Which I/O driver the workers use.
@@ -236,6 +244,11 @@ pub struct Limits {
     pub drain_grace: Duration,
     /// How long either side of a takeover waits for the other's next message.
     pub takeover_timeout: Duration,
+    /// Connections the admin socket serves at once, 1 to 1024; more wait in its backlog.
+    pub admin_max_connections: usize,
+    /// Time an admin socket client has to send its request, and the gateway to answer it
+    /// (collecting the workers' snapshots included), at most 1 minute.
+    pub admin_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -259,6 +272,8 @@ impl Default for Limits {
             max_connections_per_client: 0,
             drain_grace: Duration::ZERO,
             takeover_timeout: Duration::from_secs(30),
+            admin_max_connections: 8,
+            admin_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -282,6 +297,7 @@ impl Default for Config {
             metrics_public: false,
             health_listen: None,
             takeover_socket: TakeoverSocket::Default,
+            admin_socket: Some(PathBuf::from(DEFAULT_ADMIN_SOCKET)),
             workers: 0,
             engine: EngineKind::Auto,
             data_path: DataPath::Splice,
@@ -407,6 +423,13 @@ impl Config {
             "metrics_listen: {}",
             self.metrics_listen
                 .map_or_else(|| "disabled".to_owned(), |a| a.to_string())
+        );
+        let _ = writeln!(
+            out,
+            "admin_socket: {}",
+            self.admin_socket
+                .as_ref()
+                .map_or_else(|| "disabled".to_owned(), |p| p.display().to_string())
         );
         if self.metrics_public {
             let _ = writeln!(
@@ -605,6 +628,8 @@ impl Config {
             format_duration(l.reload_debounce)
         );
         let _ = writeln!(out, "  reload_retries: {}", l.reload_retries);
+        let _ = writeln!(out, "  admin_max_connections: {}", l.admin_max_connections);
+        let _ = writeln!(out, "  admin_timeout: {}", format_duration(l.admin_timeout));
         for (key, d) in [
             ("accept_backoff_min", l.accept_backoff_min),
             ("accept_backoff_max", l.accept_backoff_max),
@@ -822,6 +847,7 @@ mod tests {
             "listen:",
             "metrics_listen:",
             "health_listen:",
+            "admin_socket:",
             "workers:",
             "engine:",
             "data_path:",
@@ -857,6 +883,8 @@ mod tests {
             "worker_restart_delay:",
             "drain_grace:",
             "takeover_timeout:",
+            "admin_max_connections:",
+            "admin_timeout:",
             "nameservers:",
             "cache_size:",
         ];

@@ -130,6 +130,7 @@ pub(super) struct RawConfig {
     pub health_listen: Field,
     #[serde(default, deserialize_with = "present")]
     pub takeover_socket: Field,
+    pub admin_socket: Field,
     #[serde(default, deserialize_with = "present")]
     pub workers: Field,
     #[serde(default, deserialize_with = "present")]
@@ -244,6 +245,9 @@ pub(super) struct RawLimits {
     pub drain_grace: Field,
     #[serde(default, deserialize_with = "present")]
     pub takeover_timeout: Field,
+    pub admin_max_connections: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub admin_timeout: Field,
 }
 
 /// `resolver:`.

@@ -179,6 +179,11 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
             o.max_connections_per_client,
             n.max_connections_per_client,
         ),
+        (
+            "admin_max_connections",
+            o.admin_max_connections,
+            n.admin_max_connections,
+        ),
     ] {
         if a != b {
             scalar(&mut c.items, &format!("limits.{key}"), a, b);
@@ -208,6 +213,7 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
         ),
         ("drain_grace", o.drain_grace, n.drain_grace),
         ("takeover_timeout", o.takeover_timeout, n.takeover_timeout),
+        ("admin_timeout", o.admin_timeout, n.admin_timeout),
     ] {
         if a != b {
             scalar(
@@ -220,6 +226,18 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
     }
     if o.resolve_timeout != n.resolve_timeout {
         c.need_restart.push("limits.resolve_timeout".to_owned());
+    }
+    if old.admin_socket != new.admin_socket {
+        let show = |p: &Option<std::path::PathBuf>| {
+            p.as_ref()
+                .map_or_else(|| "disabled".to_owned(), |p| p.display().to_string())
+        };
+        scalar(
+            &mut c.items,
+            "admin_socket",
+            show(&old.admin_socket),
+            show(&new.admin_socket),
+        );
     }
     if old.resolver != new.resolver {
         c.items.push("resolver changed".to_owned());

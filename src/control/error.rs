@@ -75,6 +75,8 @@ pub enum ControlError {
         new: Box<ControlError>,
         previous: Box<ControlError>,
     },
+    #[error("{0} (admin_socket: null disables it)")]
+    AdminSocket(#[from] super::admin_socket::AdminSocketError),
 }
 
 impl ControlError {

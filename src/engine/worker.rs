@@ -13,6 +13,7 @@ use arc_swap::Cache;
 use tracing::info;
 
 use super::conn::auth::AuthCache;
+use super::conn::session::{Session, SessionFilter};
 use super::conn::{Conn, State};
 use super::driver::{Driver, Event, Side};
 use super::pipe::PipePool;
@@ -39,6 +40,16 @@ pub enum Command {
     Recheck,
     /// Try every listener now (see [`super::Engine::poke`]).
     Poke,
+    /// `splicegate sessions`: answer with the open tunnels `filter` selects.
+    Sessions {
+        filter: Arc<SessionFilter>,
+        reply: tokio::sync::mpsc::UnboundedSender<Vec<Session>>,
+    },
+    /// `splicegate sessions close`: close the tunnels `filter` selects, answer how many.
+    CloseSessions {
+        filter: Arc<SessionFilter>,
+        reply: tokio::sync::mpsc::UnboundedSender<usize>,
+    },
 }
 
 /// Everything a worker needs, built by [`super::Engine::start`].
@@ -213,6 +224,13 @@ impl Worker {
                                 self.pending_accept.push(i as u32);
                             }
                         }
+                    }
+                    // A gone asker (timed out) is no error.
+                    Command::Sessions { filter, reply } => {
+                        let _ = reply.send(self.sessions(&filter));
+                    }
+                    Command::CloseSessions { filter, reply } => {
+                        let _ = reply.send(self.close_sessions(&filter));
                     }
                     Command::Stop => {
                         self.close_all();

@@ -27,6 +27,7 @@ pub mod refusal;
 pub mod relay;
 pub mod resolve;
 pub mod revoke;
+pub mod session;
 #[cfg(test)]
 mod tests;
 pub mod tunnel;
@@ -41,6 +42,7 @@ use crate::clients::ClientHold;
 use crate::config::Limits;
 use crate::engine::registry::Registered;
 use crate::engine::worker::Worker;
+use crate::metrics::RuleRef;
 use crate::proto::connect::Authority;
 
 /// A connection: its [`Shell`] (what every phase shares) and its current [`State`]. The shell's
@@ -94,6 +96,7 @@ impl Target {
             relay_request: None,
             proxy_auth,
             user: None,
+            rule: None,
         }
     }
 }
@@ -154,6 +157,8 @@ pub(in crate::engine) struct Target {
     pub(in crate::engine) proxy_auth: Option<Vec<u8>>,
     /// The authenticated user.
     pub(in crate::engine) user: Option<String>,
+    /// The allowlist entry that allowed the request (set by the policy decision).
+    pub(in crate::engine) rule: Option<RuleRef>,
 }
 
 impl Worker {
