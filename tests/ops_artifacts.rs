@@ -457,3 +457,28 @@ fn promtool_checks_and_tests_the_rules() {
         "an alert expected while the gateway is up passes: {out}"
     );
 }
+
+/// docs/operations.md explains every event ID of `src/events.rs` and every alert.
+#[test]
+fn operations_guide_covers_every_event_and_alert() {
+    let guide = std::fs::read_to_string(Path::new(ROOT).join("docs/operations.md")).unwrap();
+    let events = std::fs::read_to_string(Path::new(ROOT).join("src/events.rs")).unwrap();
+    let ids: Vec<&str> = events
+        .lines()
+        .filter_map(|l| l.strip_prefix("pub const ")?.split_once(": u16 = "))
+        .map(|(_, v)| v.trim_end_matches(';'))
+        .collect();
+    assert!(ids.len() >= 12, "event IDs in src/events.rs: {ids:?}");
+    for id in ids {
+        assert!(
+            guide.contains(&format!("| **{id}** |")),
+            "docs/operations.md has no troubleshooting row for event {id}"
+        );
+    }
+    for (alert, _) in alert_exprs() {
+        assert!(
+            guide.contains(&format!("`{alert}`")),
+            "docs/operations.md does not say what to do for {alert}"
+        );
+    }
+}
