@@ -20,9 +20,11 @@
 //! - [`engine`]: one worker thread per core, each with its own driver (io_uring or epoll),
 //!   listeners, connection table, timers, and the splice data path with its pipe pool.
 //! - [`control`]: everything off the data path: signals, drain, live reload (SIGHUP and inotify),
-//!   sd_notify, `/metrics`, `/healthz`, `/readyz`.
+//!   sd_notify, `/metrics`, `/healthz`, `/readyz`, and the admin socket (`sessions`, `status`).
 //! - [`admin`]: the admin CLI (`config`, `allowed-host`, `allowed-client-cert`, `relay-proxy`,
-//!   `init`): surgical, validated, atomic edits of the YAML file, then a reload of the service.
+//!   `init`): surgical, validated, atomic edits of the YAML file, then a reload of the service;
+//!   and `sessions`, `status`, `allowed-host list --usage`, which ask the running gateway
+//!   through its admin socket.
 //! - [`presets`]: cloud endpoint presets (Azure public, US Government, China) expanded into
 //!   allowlist entries, each citing its source.
 //! - [`settings`]: the per-connection configuration snapshot (policy, limits) behind `ArcSwap`.

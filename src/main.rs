@@ -1,5 +1,6 @@
 //! The `splicegate` command: `run`, `check-config`, `default-config`, and the admin commands
-//! (`config`, `allowed-host`, `allowed-client-cert`, `relay-proxy`, `init`; see
+//! (`config`, `allowed-host`, `allowed-client-cert`, `relay-proxy`, `init`, and `sessions`,
+//! `status` through the running gateway's admin socket; see
 //! [`splicegate::admin`]).
 
 use std::io::Write;
@@ -18,6 +19,11 @@ struct Cli {
     /// Log format; journald is chosen automatically when running under systemd.
     #[arg(long, value_enum, global = true)]
     log_format: Option<LogFormat>,
+    /// The configuration file, for every subcommand, before or after its own arguments
+    /// (`run` without it serves the embedded default; the admin commands default to
+    /// /etc/splicegate/splicegate.yaml).
+    #[arg(long, global = true, env = "SPLICEGATE_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -26,8 +32,6 @@ struct Cli {
 enum Command {
     /// Serve. Without --config, serves the embedded default configuration.
     Run {
-        #[arg(long, env = "SPLICEGATE_CONFIG")]
-        config: Option<PathBuf>,
         /// Write the process id to this file (for `splicegate config set` and friends to signal
         /// a gateway that systemd does not manage); removed at exit.
         #[arg(long)]
@@ -36,8 +40,8 @@ enum Command {
         #[arg(long)]
         no_watch: bool,
     },
-    /// Validate a configuration file and print the effective policy.
-    CheckConfig { path: PathBuf },
+    /// Validate a configuration file (PATH, else --config) and print the effective policy.
+    CheckConfig { path: Option<PathBuf> },
     /// Print the embedded default configuration.
     DefaultConfig,
     #[command(flatten)]
@@ -72,11 +76,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Run {
-            config,
-            pid_file,
-            no_watch,
-        } => {
+        Command::Run { pid_file, no_watch } => {
+            let config = cli.config;
             let cfg = match &config {
                 Some(p) => Config::load(p).map(|(c, text)| (c, Some(text.into_bytes()))),
                 None => Ok((Config::embedded_default(), None)),
@@ -104,22 +105,25 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::CheckConfig { path } => match Config::from_file(&path) {
-            Ok(cfg) => {
-                println!("{}: configuration is valid\n", path.display());
-                println!("{}", cfg.summary());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{}: invalid configuration:\n{e}", path.display());
-                ExitCode::from(2)
-            }
-        },
+        Command::CheckConfig { path } => {
+            let Some(path) = path.or(cli.config) else {
+                eprintln!(
+                    "splicegate: check-config needs a file: check-config PATH or --config PATH"
+                );
+                return ExitCode::from(admin::EXIT_USAGE);
+            };
+            check_config(&path)
+        }
         Command::DefaultConfig => {
             print!("{}", splicegate::config::DEFAULT_YAML);
             ExitCode::SUCCESS
         }
-        Command::Admin(cmd) => ExitCode::from(admin::run(*cmd)),
+        Command::Admin(mut cmd) => {
+            if let Some(c) = cli.config {
+                cmd.common_mut().config = c;
+            }
+            ExitCode::from(admin::run(*cmd))
+        }
         Command::User {
             cmd,
             users_file,
@@ -139,6 +143,20 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match Config::from_file(path) {
+        Ok(cfg) => {
+            println!("{}: configuration is valid\n", path.display());
+            println!("{}", cfg.summary());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: invalid configuration:\n{e}", path.display());
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -21,6 +21,10 @@ use prometheus_client::registry::Registry;
 
 use crate::events::{ErrorKind, Reject};
 
+pub mod rules;
+
+pub use rules::{RuleBook, RuleRef, RuleTotals, RuleUsage};
+
 pub const ACTIVE_CLIENT_CONNECTIONS: &str = "splicegate_active_client_connections";
 pub const CONNECTED_CLIENTS: &str = "splicegate_connected_clients";
 pub const ERRORS: &str = "splicegate_errors";
@@ -42,6 +46,8 @@ pub const ENGINES_RETIRING: &str = "splicegate_engines_retiring";
 pub const DNS_LOOKUP: &str = "splicegate_dns_lookup_seconds";
 pub const DNS_QUERIES: &str = "splicegate_dns_queries";
 pub const DNS_CACHE: &str = "splicegate_dns_cache";
+pub const RULE_TUNNELS: &str = "splicegate_tunnels";
+pub const RULE_BYTES: &str = "splicegate_rule_bytes";
 pub const WORKERS_CONFIGURED: &str = "splicegate_workers_configured";
 /// The conventional names of the process collectors (Go, Python, Java clients), so fd headroom
 /// reads `process_open_fds / process_max_fds` as on any other exporter.
@@ -144,6 +150,8 @@ pub struct DnsStats {
     pub lookup: Histogram,
     queries: [AtomicU64; DnsQueryResult::ALL.len()],
     cache: [AtomicU64; DnsCacheOutcome::ALL.len()],
+    /// Names the resolver's cache holds, stored after each of its steps (`splicegate status`).
+    cache_entries: AtomicU64,
 }
 
 impl Default for DnsStats {
@@ -152,6 +160,7 @@ impl Default for DnsStats {
             lookup: Histogram::new(&DNS_BUCKETS),
             queries: std::array::from_fn(|_| AtomicU64::new(0)),
             cache: std::array::from_fn(|_| AtomicU64::new(0)),
+            cache_entries: AtomicU64::new(0),
         }
     }
 }
@@ -171,6 +180,16 @@ impl DnsStats {
 
     pub fn cached(&self, o: DnsCacheOutcome) -> u64 {
         self.cache[o.index()].load(Relaxed)
+    }
+
+    pub fn set_cache_entries(&self, n: usize) {
+        self.cache_entries
+            .store(u64::try_from(n).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// Names the resolver's cache holds.
+    pub fn cache_entries(&self) -> u64 {
+        self.cache_entries.load(Relaxed)
     }
 }
 
@@ -222,6 +241,8 @@ pub struct Shard {
     pub active_connections: AtomicI64,
     pub tunnels_active: AtomicI64,
     pub connect_requests: AtomicU64,
+    /// Tunnels established (their `200` sent), for the rate in `splicegate status`.
+    pub tunnels_established: AtomicU64,
     pub bytes_upstream: AtomicU64,
     pub bytes_downstream: AtomicU64,
     pub pipes_in_use: AtomicI64,
@@ -247,6 +268,7 @@ impl Default for Shard {
             active_connections: AtomicI64::new(0),
             tunnels_active: AtomicI64::new(0),
             connect_requests: AtomicU64::new(0),
+            tunnels_established: AtomicU64::new(0),
             bytes_upstream: AtomicU64::new(0),
             bytes_downstream: AtomicU64::new(0),
             pipes_in_use: AtomicI64::new(0),
@@ -287,6 +309,7 @@ impl Shard {
         add_i(&self.tunnels_active, &other.tunnels_active);
         add_i(&self.pipes_in_use, &other.pipes_in_use);
         add_u(&self.connect_requests, &other.connect_requests);
+        add_u(&self.tunnels_established, &other.tunnels_established);
         add_u(&self.bytes_upstream, &other.bytes_upstream);
         add_u(&self.bytes_downstream, &other.bytes_downstream);
         add_u(&self.copy_fallbacks, &other.copy_fallbacks);
@@ -314,6 +337,18 @@ impl Shard {
             }
         }
     }
+}
+
+/// A few counters summed over the shards (see [`Metrics::totals`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub tunnels_active: i64,
+    pub connections_active: i64,
+    pub tunnels_established: u64,
+    pub bytes_upstream: u64,
+    pub bytes_downstream: u64,
+    /// By [`Reject::index`].
+    pub rejections: [u64; Reject::ALL.len()],
 }
 
 /// Process-wide state the control plane reports alongside the shards. Written by the control
@@ -346,6 +381,8 @@ pub struct Metrics {
     serving: Mutex<Vec<Arc<Shard>>>,
     /// The resolver's counters (written by the resolver task, read at scrape time).
     pub dns: Arc<DnsStats>,
+    /// Per-entry usage of every policy snapshot still referenced (see [`rules`]).
+    pub rules: Arc<RuleBook>,
 }
 
 impl Metrics {
@@ -357,6 +394,7 @@ impl Metrics {
             status,
             engine: Mutex::new(engine),
             dns: Arc::new(DnsStats::default()),
+            rules: Arc::new(RuleBook::default()),
         }
     }
 
@@ -387,6 +425,20 @@ impl Metrics {
         };
         let alive = v.iter().filter(|s| s.alive.load(Relaxed)).count();
         (alive, v.len())
+    }
+
+    /// The counters `splicegate status` shows, summed over every shard (retired included).
+    pub fn totals(&self) -> Totals {
+        let sh = self.snapshot();
+        let sh = &sh[..];
+        Totals {
+            tunnels_active: sum_i(sh, |s| &s.tunnels_active),
+            connections_active: sum_i(sh, |s| &s.active_connections),
+            tunnels_established: sum_u(sh, |s| &s.tunnels_established),
+            bytes_upstream: sum_u(sh, |s| &s.bytes_upstream),
+            bytes_downstream: sum_u(sh, |s| &s.bytes_downstream),
+            rejections: std::array::from_fn(|i| sum_u(sh, |s| &s.rejections[i])),
+        }
     }
 
     /// Fold the shards of an engine whose workers have all exited into `retired`.
@@ -692,6 +744,35 @@ impl Collector for Metrics {
                 let labels = [("outcome", o.as_str())];
                 m.encode_family(&labels)?
                     .encode_counter::<NoLabelSet, _, u64>(&self.dns.cached(o), None)?;
+            }
+        }
+        let rules = self.rules.totals();
+        {
+            let mut m = enc.encode_descriptor(
+                RULE_TUNNELS,
+                "Tunnels established (at the 200), by the allowlist entry that allowed them.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (rule, t) in &rules {
+                let labels = [("rule", rule.as_str())];
+                m.encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&t.tunnels, None)?;
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                RULE_BYTES,
+                "Bytes relayed, by allowlist entry and direction (upstream = client to server).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (rule, t) in &rules {
+                for (dir, v) in [("upstream", t.bytes_up), ("downstream", t.bytes_down)] {
+                    let labels = [("rule", rule.as_str()), ("direction", dir)];
+                    m.encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+                }
             }
         }
         gauge(

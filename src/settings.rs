@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use crate::auth::{Auth, Failures};
 use crate::config::{Config, DataPath, Limits};
 use crate::events::limiter::RefusalBudget;
+use crate::metrics::RuleUsage;
 use crate::policy::Policy;
 use crate::proto::tls::TlsSettings;
 use crate::relay::RelaySettings;
@@ -21,6 +22,9 @@ use rustls_pki_types::ServerName;
 #[derive(Debug)]
 pub struct Settings {
     pub policy: Policy,
+    /// The usage counters of `policy`'s entries (`splicegate_tunnels_total{rule}`); the
+    /// control thread publishes them to the metrics' [`crate::metrics::RuleBook`].
+    pub rules: Arc<RuleUsage>,
     pub limits: Limits,
     pub data_path: DataPath,
     /// TLS inspection of each tunnel's handshake.
@@ -59,8 +63,10 @@ impl Settings {
     /// fail here (the users table, the per-user allowlists and the relay's TLS client all come
     /// from [`Config`]).
     fn build(cfg: &Config, failures: Arc<Failures>) -> Settings {
+        let policy = Policy::new(&cfg.policy_spec());
         Settings {
-            policy: Policy::new(&cfg.policy_spec()),
+            rules: Arc::new(RuleUsage::new(policy.rules().to_vec())),
+            policy,
             limits: cfg.limits.clone(),
             data_path: cfg.data_path,
             tls: Arc::new(cfg.tls.clone()),

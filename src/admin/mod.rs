@@ -17,6 +17,7 @@
 //! configuration would not validate, 3 I/O error.
 
 pub mod file;
+pub mod live;
 pub mod output;
 pub mod service;
 pub mod users;
@@ -46,8 +47,9 @@ pub const EXIT_IO: u8 = 3;
 /// Options shared by every admin command.
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// The configuration file.
-    #[arg(long, global = true, env = "SPLICEGATE_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    /// The configuration file: the top-level `--config` (accepted before or after any
+    /// subcommand's own arguments), else [`DEFAULT_CONFIG_PATH`]; `main.rs` fills it in.
+    #[arg(skip = PathBuf::from(DEFAULT_CONFIG_PATH))]
     pub config: PathBuf,
     /// Print one JSON object on stdout instead of text.
     #[arg(long, global = true)]
@@ -75,7 +77,12 @@ pub enum ConfigAction {
 #[derive(Subcommand, Debug, Clone)]
 pub enum ListAction {
     /// Show the list.
-    List,
+    List {
+        /// allowed-host only: per entry, the tunnels the running gateway established since it
+        /// started and when it last did (through the admin socket).
+        #[arg(long)]
+        usage: bool,
+    },
     /// Add an entry (no change if it is already there).
     Add { value: String },
     /// Remove an entry.
@@ -177,6 +184,35 @@ pub enum AdminCommand {
         #[command(flatten)]
         common: Common,
     },
+    /// Open tunnels of the running gateway (through its admin socket); `sessions close`
+    /// closes some. `--json`: one JSON array of sessions.
+    Sessions {
+        #[command(flatten)]
+        args: live::SessionsArgs,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// One screen on the running gateway: engine, workers, uptime, reloads, tunnels, rates,
+    /// refusals in the last minute, fd headroom, DNS cache.
+    Status {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+impl AdminCommand {
+    /// The options every admin command shares (`main.rs` sets `config` from `--config`).
+    pub fn common_mut(&mut self) -> &mut Common {
+        match self {
+            AdminCommand::Config { common, .. }
+            | AdminCommand::AllowedHost { common, .. }
+            | AdminCommand::AllowedClientCert { common, .. }
+            | AdminCommand::RelayProxy { common, .. }
+            | AdminCommand::Init { common, .. }
+            | AdminCommand::Sessions { common, .. }
+            | AdminCommand::Status { common } => common,
+        }
+    }
 }
 
 /// A command's result: text for people, JSON for scripts.
@@ -218,7 +254,20 @@ impl Failure {
 
 /// Run an admin command, print its result, return the exit code.
 pub fn run(cmd: AdminCommand) -> u8 {
+    // `sessions --json` prints the bare array, `status --json` the status object.
+    let bare = matches!(
+        cmd,
+        AdminCommand::Sessions { .. } | AdminCommand::Status { .. }
+    );
     let (common, result) = match cmd {
+        AdminCommand::Sessions { args, common } => {
+            let r = live::sessions(&common, args);
+            (common, r)
+        }
+        AdminCommand::Status { common } => {
+            let r = live::status(&common);
+            (common, r)
+        }
         AdminCommand::Config { action, common } => {
             let r = match action {
                 ConfigAction::Get { key } => config_get(&common, key.as_deref()),
@@ -245,7 +294,9 @@ pub fn run(cmd: AdminCommand) -> u8 {
     };
     match result {
         Ok(report) => {
-            if common.json {
+            if common.json && bare {
+                println!("{}", report.json);
+            } else if common.json {
                 println!("{}", report.json.with("ok", Json::Bool(true)));
             } else if !report.text.is_empty() {
                 println!("{}", report.text.trim_end());
@@ -740,7 +791,8 @@ fn host_column(entry: &str) -> String {
 
 fn allowed_host(common: &Common, action: ListAction) -> Result<Report, Failure> {
     match action {
-        ListAction::List => {
+        ListAction::List { usage: true } => live::rule_usage(common),
+        ListAction::List { usage: false } => {
             let text = read(&common.config)?;
             let doc = Doc::parse(&text);
             let cfg = Config::from_yaml(&text).ok();
@@ -901,7 +953,10 @@ const CLIENT_CERTS: [&str; 2] = ["tls", "allowed_client_certificates"];
 
 fn client_cert(common: &Common, action: ListAction) -> Result<Report, Failure> {
     match action {
-        ListAction::List => {
+        ListAction::List { usage: true } => Err(Failure::usage(
+            "--usage applies to `allowed-host list` (client certificates are not counted)",
+        )),
+        ListAction::List { usage: false } => {
             let doc = Doc::parse(&read(&common.config)?);
             let subjects = match doc.get(&CLIENT_CERTS) {
                 Some(Value::Seq(v)) => v,

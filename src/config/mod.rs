@@ -17,7 +17,7 @@ mod validate;
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::auth::ClientAuthSettings;
@@ -51,6 +51,10 @@ pub const DEFAULT_ALLOWED_HOSTS: [&str; 9] = [
     "*.blob.core.windows.net",
 ];
 
+/// Where the admin socket goes unless `admin_socket` says otherwise (systemd's
+/// `RuntimeDirectory=splicegate`).
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/splicegate/admin.sock";
+
 /// The most worker threads `workers:` may ask for.
 pub const MAX_WORKERS: usize = 1024;
 
@@ -65,6 +69,10 @@ pub struct Config {
     /// `metrics_public: true` allows a `metrics_listen` that is not a loopback address (the
     /// endpoint has no authentication, so serving it beyond the host is an explicit choice).
     pub metrics_public: bool,
+    /// The admin socket (`admin_socket`) that `splicegate sessions` and `status` ask; `None`
+    /// disables it. Only [`DEFAULT_ADMIN_SOCKET`] may fail to be created without failing the
+    /// start (outside systemd there is no `/run/splicegate`).
+    pub admin_socket: Option<PathBuf>,
     /// Worker threads; 0 = one per online CPU (resolved by the engine).
     pub workers: usize,
     /// Which I/O driver the workers use.
@@ -190,6 +198,11 @@ pub struct Limits {
     pub accept_backoff_max: Duration,
     /// How long a worker that died stays dead before it is started again, at most 1 hour.
     pub worker_restart_delay: Duration,
+    /// Connections the admin socket serves at once, 1 to 1024; more wait in its backlog.
+    pub admin_max_connections: usize,
+    /// Time an admin socket client has to send its request, and the gateway to answer it
+    /// (collecting the workers' snapshots included), at most 1 minute.
+    pub admin_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -210,6 +223,8 @@ impl Default for Limits {
             accept_backoff_min: Duration::from_millis(10),
             accept_backoff_max: Duration::from_secs(1),
             worker_restart_delay: Duration::from_secs(1),
+            admin_max_connections: 8,
+            admin_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -230,6 +245,7 @@ impl Default for Config {
             ],
             metrics_listen: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9464)),
             metrics_public: false,
+            admin_socket: Some(PathBuf::from(DEFAULT_ADMIN_SOCKET)),
             workers: 0,
             engine: EngineKind::Auto,
             data_path: DataPath::Splice,
@@ -349,6 +365,13 @@ impl Config {
             "metrics_listen: {}",
             self.metrics_listen
                 .map_or_else(|| "disabled".to_owned(), |a| a.to_string())
+        );
+        let _ = writeln!(
+            out,
+            "admin_socket: {}",
+            self.admin_socket
+                .as_ref()
+                .map_or_else(|| "disabled".to_owned(), |p| p.display().to_string())
         );
         if self.metrics_public {
             let _ = writeln!(
@@ -523,6 +546,8 @@ impl Config {
             format_duration(l.reload_debounce)
         );
         let _ = writeln!(out, "  reload_retries: {}", l.reload_retries);
+        let _ = writeln!(out, "  admin_max_connections: {}", l.admin_max_connections);
+        let _ = writeln!(out, "  admin_timeout: {}", format_duration(l.admin_timeout));
         for (key, d) in [
             ("accept_backoff_min", l.accept_backoff_min),
             ("accept_backoff_max", l.accept_backoff_max),
@@ -737,6 +762,7 @@ mod tests {
         let top = [
             "listen:",
             "metrics_listen:",
+            "admin_socket:",
             "workers:",
             "engine:",
             "data_path:",
@@ -770,6 +796,8 @@ mod tests {
             "accept_backoff_min:",
             "accept_backoff_max:",
             "worker_restart_delay:",
+            "admin_max_connections:",
+            "admin_timeout:",
             "nameservers:",
             "cache_size:",
         ];

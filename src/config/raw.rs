@@ -127,6 +127,8 @@ pub(super) struct RawConfig {
     #[serde(default, deserialize_with = "present")]
     pub metrics_public: Field,
     #[serde(default, deserialize_with = "present")]
+    pub admin_socket: Field,
+    #[serde(default, deserialize_with = "present")]
     pub workers: Field,
     #[serde(default, deserialize_with = "present")]
     pub engine: Field,
@@ -234,6 +236,10 @@ pub(super) struct RawLimits {
     pub accept_backoff_max: Field,
     #[serde(default, deserialize_with = "present")]
     pub worker_restart_delay: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub admin_max_connections: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub admin_timeout: Field,
 }
 
 /// `resolver:`.

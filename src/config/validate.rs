@@ -84,6 +84,8 @@ const MAX_RELOAD_DEBOUNCE: Duration = Duration::from_secs(5);
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(60);
 /// The most `limits.worker_restart_delay`.
 const MAX_WORKER_RESTART_DELAY: Duration = Duration::from_secs(3600);
+/// The most `limits.admin_timeout`.
+const MAX_ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most `limits.reload_retries`.
 const MAX_RELOAD_RETRIES: usize = 10;
 
@@ -135,6 +137,9 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         metrics_public: c
             .boolean("metrics_public", raw.metrics_public.as_ref())
             .unwrap_or(defaults.metrics_public),
+        admin_socket: c
+            .admin_socket(raw.admin_socket.as_ref())
+            .unwrap_or(defaults.admin_socket),
         workers: c
             .count(
                 "workers",
@@ -440,6 +445,27 @@ impl Checker {
                 .socket_addr("metrics_listen", at, EXPECT_METRICS)
                 .map(Some),
         }
+    }
+
+    /// `admin_socket`: an absolute path, or `null` to disable the socket.
+    fn admin_socket(&mut self, at: Option<&Spanned<Node>>) -> Option<Option<PathBuf>> {
+        const EXPECT: &str = "an absolute path such as \"/run/splicegate/admin.sock\", or null";
+        let at = at?;
+        if matches!(at.value, Node::Null) {
+            return Some(None);
+        }
+        let text = self.string("admin_socket", at, EXPECT)?;
+        let path = PathBuf::from(text);
+        // sun_path holds 108 bytes with its terminating NUL.
+        if !path.is_absolute() || text.len() > 107 || text.contains('\0') || text.ends_with('/') {
+            self.report(
+                "admin_socket",
+                at,
+                format!("{text:?} is not usable as a socket path; expected {EXPECT} of at most 107 bytes"),
+            );
+            return None;
+        }
+        Some(Some(path))
     }
 
     fn allowed_ports(&mut self, at: Option<&Spanned<Node>>) -> Option<Vec<u16>> {
@@ -848,6 +874,23 @@ impl Checker {
                     "1h",
                 )
                 .unwrap_or(d.worker_restart_delay),
+            admin_max_connections: self
+                .count(
+                    "limits.admin_max_connections",
+                    raw.admin_max_connections.as_ref(),
+                    1,
+                    1024,
+                    "a whole number of connections from 1 to 1024",
+                )
+                .unwrap_or(d.admin_max_connections),
+            admin_timeout: self
+                .duration_at_most(
+                    "limits.admin_timeout",
+                    raw.admin_timeout.as_ref(),
+                    MAX_ADMIN_TIMEOUT,
+                    "1m",
+                )
+                .unwrap_or(d.admin_timeout),
         }
     }
 

@@ -135,6 +135,11 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
             n.metrics_max_connections,
         ),
         ("reload_retries", o.reload_retries, n.reload_retries),
+        (
+            "admin_max_connections",
+            o.admin_max_connections,
+            n.admin_max_connections,
+        ),
     ] {
         if a != b {
             scalar(&mut c.items, &format!("limits.{key}"), a, b);
@@ -162,6 +167,7 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
             o.worker_restart_delay,
             n.worker_restart_delay,
         ),
+        ("admin_timeout", o.admin_timeout, n.admin_timeout),
     ] {
         if a != b {
             scalar(
@@ -174,6 +180,19 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
     }
     if o.resolve_timeout != n.resolve_timeout {
         c.need_restart.push("limits.resolve_timeout".to_owned());
+    }
+    if old.admin_socket != new.admin_socket {
+        let show = |p: &Option<std::path::PathBuf>| {
+            p.as_ref()
+                .map_or_else(|| "disabled".to_owned(), |p| p.display().to_string())
+        };
+        scalar(
+            &mut c.items,
+            "admin_socket",
+            show(&old.admin_socket),
+            show(&new.admin_socket),
+        );
+        c.need_restart.push("admin_socket".to_owned());
     }
     if old.resolver != new.resolver {
         c.items.push("resolver changed".to_owned());

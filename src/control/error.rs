@@ -53,4 +53,6 @@ pub enum ControlError {
         new: Box<ControlError>,
         previous: Box<ControlError>,
     },
+    #[error("{0} (admin_socket: null disables it)")]
+    AdminSocket(#[from] super::admin_socket::AdminSocketError),
 }

@@ -17,11 +17,13 @@
 //! exited; SIGTERM drains all of them with the real `drain_timeout`. Every reload logs event 100
 //! with what changed and counts in `splicegate_config_reloads_total{result}`.
 
+pub mod admin_socket;
 pub mod diff;
 mod error;
 pub mod http;
 pub mod notify;
 pub mod pidfile;
+pub mod status;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -34,12 +36,15 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_ADMIN_SOCKET};
+use crate::engine::conn::session::Session;
+use crate::engine::worker::Command;
 use crate::engine::{self, Choice, Engine};
 use crate::events;
 use crate::metrics::{Metrics, Shard, Status};
 use crate::resolve::Resolver;
 use crate::settings::{self, Settings};
+use admin_socket::{AdminSocket, Asked, Request};
 use notify::Notifier;
 use pidfile::PidFile;
 use watch::Watcher;
@@ -124,6 +129,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
         )
         .with_dns(resolver.stats()),
     );
+    metrics.rules.publish(&current.load().rules);
 
     // Signal handlers and the HTTP endpoint are in place before event 101 announces the start:
     // a SIGTERM right after start-up must drain, not kill.
@@ -147,6 +153,15 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
             (Some(spawn_metrics(l, &metrics, &current)?), addr)
         }
         None => (None, None),
+    };
+    let (admin_tx, mut admin_rx) = tokio::sync::mpsc::channel::<Asked>(64);
+    let admin_socket = match open_admin_socket(&cfg, admin_tx) {
+        Ok(s) => s,
+        Err(e) => {
+            serving.engine.stop();
+            serving.engine.join();
+            return Err(e);
+        }
     };
     let mut watcher = match (&opts.config_path, opts.watch) {
         (Some(p), true) => match Watcher::new(p, cfg.limits.reload_debounce) {
@@ -184,6 +199,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
         event_id = events::STARTED,
         listen = %addr_list(&serving.bound),
         metrics_listen = %metrics_addr.map_or_else(|| "disabled".to_owned(), |a| a.to_string()),
+        admin_socket = %admin_socket.as_ref().map_or_else(|| "disabled".to_owned(), |s| s.path().display().to_string()),
         engine = serving.choice.kind(),
         engine_reason = %serving.choice.why,
         workers = serving.workers,
@@ -207,7 +223,13 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
         metrics_task,
         metrics_addr,
         notifier,
+        admin_socket,
+        samples: status::Samples::default(),
+        started: Instant::now(),
+        last_reload: None,
     };
+    let first = control.metrics.totals();
+    control.samples.push(control.started, first);
     control.notifier.ready(&control.status_line());
     let watchdog = control.notifier.watchdog_interval();
     if let Some(every) = watchdog {
@@ -228,6 +250,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
         }
         let mut reap = tokio::time::interval(REAP_INTERVAL);
         let mut dog = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+        let mut sample = tokio::time::interval(status::SAMPLE_EVERY);
         let how = loop {
             tokio::select! {
                 _ = term.recv() => break "SIGTERM",
@@ -245,6 +268,11 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
                     }
                 },
                 _ = reap.tick() => control.reap(),
+                _ = sample.tick() => {
+                    let t = control.metrics.totals();
+                    control.samples.push(Instant::now(), t);
+                }
+                Some(asked) = admin_rx.recv() => control.admin(asked),
                 _ = dog.tick(), if watchdog.is_some() => {
                     // Only while every worker is alive: a dead worker should get a restart.
                     if control.serving.engine.all_alive() {
@@ -296,6 +324,13 @@ struct Control {
     metrics_task: Option<JoinHandle<()>>,
     metrics_addr: Option<SocketAddr>,
     notifier: Notifier,
+    /// The admin socket, served on this runtime; its file goes when this drops.
+    admin_socket: Option<AdminSocket>,
+    /// Counter samples for the rates of `splicegate status`.
+    samples: status::Samples,
+    started: Instant,
+    /// When the last reload was tried, and whether it applied.
+    last_reload: Option<(std::time::SystemTime, bool)>,
 }
 
 impl Control {
@@ -379,6 +414,7 @@ impl Control {
                 parsed.and_then(|cfg| self.apply(cfg, b, &path, trigger))
             }
         };
+        self.last_reload = Some((std::time::SystemTime::now(), outcome.is_ok()));
         if let Err(e) = outcome {
             self.status.reloads_failed.fetch_add(1, Relaxed);
             error!(
@@ -426,6 +462,7 @@ impl Control {
             self.switch_engine(p)?;
         }
         // Committed from here on.
+        self.metrics.rules.publish(&settings.rules);
         self.current.store(settings);
         // Open tunnels are re-checked against the new policy (`revoke_on_reload`).
         self.serving.engine.recheck();
@@ -533,6 +570,146 @@ impl Control {
             Some(e) => Err(ControlError::NewEngine(Box::new(e))),
             None => Ok(()),
         }
+    }
+
+    /// Answer a request from the admin socket. Snapshots and closes go to every worker of
+    /// every engine; a task collects their answers (within `limits.admin_timeout`) so the
+    /// control loop never waits for a worker.
+    fn admin(&mut self, asked: Asked) {
+        let Asked { request, reply } = asked;
+        let (selector, close) = match request {
+            Request::Status => {
+                let _ = reply.send(self.status_answer().into());
+                return;
+            }
+            Request::Rules => {
+                let rules: Vec<serde_json::Value> = self
+                    .metrics
+                    .rules
+                    .totals()
+                    .into_iter()
+                    .map(|(rule, t)| {
+                        serde_json::json!({
+                            "rule": rule,
+                            "tunnels": t.tunnels,
+                            "bytes_up": t.bytes_up,
+                            "bytes_down": t.bytes_down,
+                            "last_used": (t.last_used > 0).then_some(t.last_used),
+                        })
+                    })
+                    .collect();
+                let _ = reply.send(serde_json::json!({"ok": true, "rules": rules}).into());
+                return;
+            }
+            Request::Sessions(s) => (s, false),
+            Request::Close(s) => (s, true),
+        };
+        if close && selector.is_empty() {
+            let e = admin_socket::SelectorError::Unbounded;
+            let _ = reply.send(admin_socket::error_answer(&e.to_string()).into());
+            return;
+        }
+        let filter = match selector.parse() {
+            Ok(f) => Arc::new(f),
+            Err(e) => {
+                let _ = reply.send(admin_socket::error_answer(&e.to_string()).into());
+                return;
+            }
+        };
+        let engines =
+            std::iter::once(&self.serving.engine).chain(self.retiring.iter().map(|r| &r.engine));
+        let timeout = self.cfg.limits.admin_timeout;
+        if close {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+            let asked: usize = engines
+                .map(|e| {
+                    e.ask(|| Command::CloseSessions {
+                        filter: Arc::clone(&filter),
+                        reply: tx.clone(),
+                    })
+                })
+                .sum();
+            drop(tx);
+            tokio::spawn(async move {
+                let (counts, missing) = gather(rx, asked, timeout).await;
+                let closed: usize = counts.into_iter().sum();
+                let _ = reply.send(
+                    serde_json::json!({
+                        "ok": true, "closed": closed, "missing_workers": missing,
+                    })
+                    .into(),
+                );
+            });
+        } else {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Session>>();
+            let asked: usize = engines
+                .map(|e| {
+                    e.ask(|| Command::Sessions {
+                        filter: Arc::clone(&filter),
+                        reply: tx.clone(),
+                    })
+                })
+                .sum();
+            drop(tx);
+            tokio::spawn(async move {
+                let (lists, missing) = gather(rx, asked, timeout).await;
+                let mut all: Vec<Session> = lists.into_iter().flatten().collect();
+                all.sort_by_key(|s| s.id);
+                let _ = reply.send(admin_socket::sessions_answer(&all, missing));
+            });
+        }
+    }
+
+    /// The answer to `splicegate status`.
+    fn status_answer(&self) -> serde_json::Value {
+        let now = Instant::now();
+        let t = self.metrics.totals();
+        let rates = self.samples.rates(now, &t);
+        let (alive, workers) = self.metrics.workers();
+        let (fds_open, fds_limit) = status::fds();
+        let refusals: serde_json::Map<String, serde_json::Value> = rates
+            .refusals
+            .iter()
+            .map(|(r, n)| ((*r).to_owned(), serde_json::Value::from(*n)))
+            .collect();
+        let unix = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        };
+        let last_reload = self.last_reload.map(|(at, ok)| {
+            serde_json::json!({
+                "at": unix(at),
+                "result": if ok { "ok" } else { "refused" },
+            })
+        });
+        let round = |x: f64| (x * 1000.0).round() / 1000.0;
+        // The window to the microsecond: rates times the window give the counts back.
+        let round_us = |x: f64| (x * 1e6).round() / 1e6;
+        serde_json::json!({"ok": true, "status": {
+            "version": env!("CARGO_PKG_VERSION"),
+            "engine": self.serving.choice.kind(),
+            "workers": workers,
+            "workers_alive": alive,
+            "engines_retiring": self.retiring.len(),
+            "draining": self.status.draining.load(Relaxed),
+            "uptime_s": round(now.saturating_duration_since(self.started).as_secs_f64()),
+            "config": self.path.as_ref().map(|p| p.display().to_string()),
+            "admin_socket": self.admin_socket.as_ref().map(|s| s.path().display().to_string()),
+            "reloads_ok": self.status.reloads_ok.load(Relaxed),
+            "reloads_refused": self.status.reloads_failed.load(Relaxed),
+            "last_reload": last_reload,
+            "tunnels_open": t.tunnels_active,
+            "connections_open": t.connections_active,
+            "tunnels_total": t.tunnels_established,
+            "window_s": round_us(rates.window.as_secs_f64()),
+            "tunnels_per_s": round(rates.tunnels_per_s),
+            "bytes_up_per_s": round(rates.bytes_up_per_s),
+            "bytes_down_per_s": round(rates.bytes_down_per_s),
+            "refusals_last_minute": refusals,
+            "fds_open": fds_open,
+            "fds_limit": fds_limit,
+            "dns_cache_entries": self.metrics.dns.cache_entries(),
+        }})
     }
 
     /// Join retired engines whose workers have all exited.
@@ -758,6 +935,71 @@ fn spawn_metrics(
         Arc::clone(metrics),
         Arc::clone(current),
     )))
+}
+
+/// Bind and serve `admin_socket`. At the default path a failure is a warning (outside systemd
+/// there is no `/run/splicegate`); at a path the configuration chose, it fails the start.
+fn open_admin_socket(
+    cfg: &Config,
+    control: tokio::sync::mpsc::Sender<Asked>,
+) -> Result<Option<AdminSocket>, ControlError> {
+    let Some(path) = cfg.admin_socket.as_deref() else {
+        return Ok(None);
+    };
+    let served = AdminSocket::bind(path).and_then(|mut s| {
+        s.serve(
+            cfg.limits.admin_max_connections,
+            cfg.limits.admin_timeout,
+            control,
+        )
+        .map_err(|source| admin_socket::AdminSocketError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(s)
+    });
+    match served {
+        Ok(s) => {
+            if s.replaced_live {
+                warn!(
+                    event_id = events::INFO,
+                    path = %path.display(),
+                    "admin socket: replaced the socket of another running gateway (a hand-over)"
+                );
+            }
+            Ok(Some(s))
+        }
+        Err(e) if path == std::path::Path::new(DEFAULT_ADMIN_SOCKET) => {
+            warn!(
+                event_id = events::INFO,
+                error = %e,
+                "admin socket unavailable at its default path; running without it \
+                 (`splicegate sessions` and `status` will not reach this gateway)"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Collect up to `asked` answers from `rx` within `timeout`; the answers and how many
+/// workers did not answer.
+async fn gather<T>(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+    asked: usize,
+    timeout: Duration,
+) -> (Vec<T>, usize) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut got = Vec::with_capacity(asked);
+    while got.len() < asked {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(v)) => got.push(v),
+            // Every sender gone (a worker exited without answering) or the time is up.
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let missing = asked - got.len();
+    (got, missing)
 }
 
 fn addr_list(addrs: &[SocketAddr]) -> String {

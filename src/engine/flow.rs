@@ -62,6 +62,11 @@ pub struct Cx<'a> {
 }
 
 impl Flow {
+    /// The source's end has been passed on: this direction is finished.
+    pub fn is_done(&self) -> bool {
+        self.shut
+    }
+
     pub fn with_pending(bytes: Vec<u8>) -> Flow {
         Flow {
             pending: bytes,

@@ -398,6 +398,20 @@ impl Engine {
         self.drain(far);
     }
 
+    /// Ask every worker to run `make()`'s command; how many workers took it (a worker that has
+    /// exited takes none). Used for the admin commands, whose answers come back on a channel
+    /// carried by the command.
+    pub fn ask(&self, make: impl Fn() -> Command) -> usize {
+        let mut asked = 0;
+        for w in &self.workers {
+            if w.commands.send(make()).is_ok() {
+                crate::mailbox::signal(w.wake.as_fd());
+                asked += 1;
+            }
+        }
+        asked
+    }
+
     /// Tell the workers that a reload published new settings: with `revoke_on_reload` they
     /// close the open tunnels the new policy no longer allows.
     pub fn recheck(&self) {

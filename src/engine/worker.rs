@@ -13,6 +13,7 @@ use arc_swap::Cache;
 use tracing::info;
 
 use super::conn::auth::AuthCache;
+use super::conn::session::{Session, SessionFilter};
 use super::conn::{Conn, State};
 use super::driver::{Driver, Event, Side};
 use super::pipe::PipePool;
@@ -35,6 +36,16 @@ pub enum Command {
     Stop,
     /// A reload published new settings: re-check the open tunnels (`revoke_on_reload`).
     Recheck,
+    /// `splicegate sessions`: answer with the open tunnels `filter` selects.
+    Sessions {
+        filter: Arc<SessionFilter>,
+        reply: tokio::sync::mpsc::UnboundedSender<Vec<Session>>,
+    },
+    /// `splicegate sessions close`: close the tunnels `filter` selects, answer how many.
+    CloseSessions {
+        filter: Arc<SessionFilter>,
+        reply: tokio::sync::mpsc::UnboundedSender<usize>,
+    },
 }
 
 /// Everything a worker needs, built by [`super::Engine::start`].
@@ -186,6 +197,13 @@ impl Worker {
                 match c {
                     Command::Drain { deadline } => self.start_drain(deadline),
                     Command::Recheck => self.revoke_disallowed(),
+                    // A gone asker (timed out) is no error.
+                    Command::Sessions { filter, reply } => {
+                        let _ = reply.send(self.sessions(&filter));
+                    }
+                    Command::CloseSessions { filter, reply } => {
+                        let _ = reply.send(self.close_sessions(&filter));
+                    }
                     Command::Stop => {
                         self.close_all();
                         self.flush_refusal_log();

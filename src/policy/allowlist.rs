@@ -175,6 +175,8 @@ pub struct Allowlist {
     sets: Vec<OwnPorts>,
     /// Where each distinct list is in `sets`.
     interned: HashMap<PortList, u32>,
+    /// The number the next entry inserted gets (see [`PortRule::entry`]).
+    next_entry: u32,
 }
 
 /// The ports one allowlist key may be reached on.
@@ -184,6 +186,8 @@ struct Rule {
     global: bool,
     /// Index of the key's own ports in `Allowlist::sets`.
     set: Option<u32>,
+    /// The entry that first listed the key (see [`PortRule::entry`]).
+    entry: u32,
 }
 
 /// Lists of up to this many ranges are checked range by range, without a bitmap.
@@ -218,6 +222,7 @@ impl OwnPorts {
 pub struct PortRule<'a> {
     global: bool,
     own: Option<&'a OwnPorts>,
+    entry: u32,
 }
 
 impl<'a> PortRule<'a> {
@@ -235,6 +240,13 @@ impl<'a> PortRule<'a> {
     pub fn own_ports(&self) -> Option<&'a PortList> {
         self.own.map(|o| &o.list)
     }
+
+    /// Which entry matched: its position in the entries the list was built from (counted
+    /// from [`Allowlist::from_entries_at`]'s `first`). A pattern listed more than once is the
+    /// entry that listed it first.
+    pub fn entry(&self) -> u32 {
+        self.entry
+    }
 }
 
 impl Allowlist {
@@ -250,7 +262,19 @@ impl Allowlist {
 
     /// Builds an allowlist from entries with their ports.
     pub fn from_entries<'a>(entries: impl IntoIterator<Item = &'a HostEntry>) -> Allowlist {
-        let mut list = Allowlist::new();
+        Allowlist::from_entries_at(entries, 0)
+    }
+
+    /// Like [`Allowlist::from_entries`], numbering the entries from `first` (so that several
+    /// lists of one policy number their entries apart).
+    pub fn from_entries_at<'a>(
+        entries: impl IntoIterator<Item = &'a HostEntry>,
+        first: u32,
+    ) -> Allowlist {
+        let mut list = Allowlist {
+            next_entry: first,
+            ..Allowlist::default()
+        };
         for entry in entries {
             list.insert_entry(entry);
         }
@@ -272,6 +296,9 @@ impl Allowlist {
         };
         let map = if exact { &self.exact } else { &self.wildcard };
         let old = map.get(key.as_str()).copied();
+        let number = self.next_entry;
+        self.next_entry = self.next_entry.saturating_add(1);
+        let entry_of_key = old.map_or(number, |r| r.entry);
         let (global, list) = match old {
             None => (entry.ports().is_none(), entry.ports().cloned()),
             Some(rule) => {
@@ -292,7 +319,14 @@ impl Allowlist {
         } else {
             &mut self.wildcard
         };
-        map.insert(key.clone(), Rule { global, set });
+        map.insert(
+            key.clone(),
+            Rule {
+                global,
+                set,
+                entry: entry_of_key,
+            },
+        );
         old.is_none()
     }
 
@@ -307,6 +341,7 @@ impl Allowlist {
         Some(PortRule {
             global: rule.global,
             own,
+            entry: rule.entry,
         })
     }
 

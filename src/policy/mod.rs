@@ -65,7 +65,15 @@ pub struct Policy {
     clients: Networks,
     overrides: HashMap<String, Vec<IpAddr>>,
     guard: Guard,
+    /// Every entry as the configuration lists it, by [`RuleId`]: the global allowlist's
+    /// entries first, then each user's (`"ENTRY (user NAME)"`). Bounded by the configuration,
+    /// so these are fit to be metric labels.
+    rules: Vec<String>,
 }
+
+/// Which allowlist entry allowed a request: an index into [`Policy::rules`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleId(pub u32);
 
 impl Policy {
     /// Builds the policy; cannot fail, since every part of `spec` is already parsed.
@@ -76,13 +84,18 @@ impl Policy {
             allow_private: spec.allow_private_destinations,
             exempt: Networks::new(spec.allowed_destination_networks),
         };
-        let users = spec
-            .user_hosts
-            .iter()
-            .map(|(user, entries)| (user.clone(), Allowlist::from_entries(entries)))
-            .filter(|(_, list)| !list.is_empty())
-            .collect();
+        let mut rules: Vec<String> = spec.allowed_hosts.iter().map(|e| e.to_string()).collect();
+        let mut users = HashMap::new();
+        for (user, entries) in spec.user_hosts {
+            let first = u32::try_from(rules.len()).unwrap_or(u32::MAX);
+            let list = Allowlist::from_entries_at(entries, first);
+            rules.extend(entries.iter().map(|e| format!("{e} (user {user})")));
+            if !list.is_empty() {
+                users.insert(user.clone(), list);
+            }
+        }
         Policy {
+            rules,
             allowlist: Allowlist::from_entries(spec.allowed_hosts),
             ports: spec.allowed_ports.iter().copied().collect(),
             users,
@@ -108,6 +121,17 @@ impl Policy {
         port: u16,
         user: Option<&str>,
     ) -> Result<(), Denial> {
+        self.decide_target_for(host, port, user).map(drop)
+    }
+
+    /// Like [`Policy::check_target_for`], and says which entry allowed the request (the same
+    /// lookup: no extra cost).
+    pub fn decide_target_for(
+        &self,
+        host: &str,
+        port: u16,
+        user: Option<&str>,
+    ) -> Result<RuleId, Denial> {
         let own = user
             .and_then(|u| self.users.get(u))
             .and_then(|list| list.lookup(host));
@@ -115,10 +139,15 @@ impl Policy {
             .or_else(|| self.allowlist.lookup(host))
             .ok_or(Denial::HostNotAllowed)?;
         if rule.allows(port, &self.ports) {
-            Ok(())
+            Ok(RuleId(rule.entry()))
         } else {
             Err(Denial::PortNotAllowed)
         }
+    }
+
+    /// The entries as the configuration lists them, by [`RuleId`] (see the field's doc).
+    pub fn rules(&self) -> &[String] {
+        &self.rules
     }
 
     /// Whether a client connecting from `ip` may be served (`allowed_client_networks`; an
@@ -484,6 +513,26 @@ mod tests {
         assert_eq!(p.check_target("a.y.test", 80), Err(Denial::PortNotAllowed));
         assert_eq!(p.check_target("z.test", 443), Ok(()));
         assert_eq!(p.allowlist().len(), 3);
+    }
+
+    #[test]
+    fn the_decision_names_the_entry_that_matched() {
+        let p = policy(
+            "allowed_ports: [443]\n\
+             allowed_hosts: ['*.a.test', 'exact.a.test:8443', 'b.test', '*.a.test:9443']\n",
+        );
+        assert_eq!(
+            p.rules(),
+            ["*.a.test", "exact.a.test:8443", "b.test", "*.a.test:9443"]
+        );
+        let rule = |host: &str, port: u16| p.decide_target_for(host, port, None);
+        assert_eq!(rule("x.a.test", 443), Ok(RuleId(0)));
+        // The exact entry is more specific than the wildcard.
+        assert_eq!(rule("exact.a.test", 8443), Ok(RuleId(1)));
+        assert_eq!(rule("b.test", 443), Ok(RuleId(2)));
+        // A pattern listed twice: its ports unite, and it counts as its first entry.
+        assert_eq!(rule("x.a.test", 9443), Ok(RuleId(0)));
+        assert_eq!(rule("c.test", 443), Err(Denial::HostNotAllowed));
     }
 
     #[test]

@@ -183,6 +183,7 @@ async fn run(
             Some(d) = done_rx.recv() => core.completed(d, Instant::now()),
             () = timer => core.tick(Instant::now()),
         }
+        core.stats.set_cache_entries(core.cache.len());
         for (name, family) in core.take_queries() {
             let (dns, done_tx) = (dns.clone(), done_tx.clone());
             tokio::spawn(async move {

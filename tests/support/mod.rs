@@ -548,7 +548,16 @@ impl Gateway {
     pub fn start_wrapped(cfg: Config, wrapper: &[&str]) -> Option<Gateway> {
         init();
         let dir = TempDir::new("gw");
-        let config_path = dir.write("splicegate.yaml", &cfg.render());
+        let mut text = cfg.render();
+        // Each gateway gets its own admin socket (never the shared /run/splicegate default).
+        if !text.lines().any(|l| l.starts_with("admin_socket:")) {
+            let sock = dir.path().join("admin.sock");
+            text.push_str(&format!(
+                "admin_socket: {}\n",
+                yq(&sock.display().to_string())
+            ));
+        }
+        let config_path = dir.write("splicegate.yaml", &text);
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
@@ -651,6 +660,15 @@ impl Gateway {
             exit: None,
             _dir: dir,
         })
+    }
+
+    /// The admin socket event 101 names (`None` when disabled).
+    pub fn admin_socket(&self) -> Option<PathBuf> {
+        self.started
+            .get("admin_socket")
+            .and_then(Value::as_str)
+            .filter(|s| *s != "disabled")
+            .map(PathBuf::from)
     }
 
     /// The first listener's bound address.

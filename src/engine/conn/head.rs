@@ -13,6 +13,7 @@ use crate::engine::conn::{Conn, State, Target};
 use crate::engine::sys;
 use crate::engine::worker::Worker;
 use crate::events::{self, clip_display, Reject};
+use crate::metrics::RuleRef;
 use crate::proto::connect::{parse_head, HeadError, Host};
 use crate::proto::response::Status;
 use crate::relay::RelayHost;
@@ -122,11 +123,17 @@ impl Worker {
         let current = self.settings.load();
         let policy = &current.policy;
         let host = target.authority.host.as_policy_str();
-        if let Err(d) =
-            policy.check_target_for(&host, target.authority.port, target.user.as_deref())
-        {
-            self.deny(slot, d, &target.authority, None);
-            return;
+        match policy.decide_target_for(&host, target.authority.port, target.user.as_deref()) {
+            Ok(rule) => {
+                target.rule = Some(RuleRef {
+                    usage: std::sync::Arc::clone(&current.rules),
+                    rule: rule.0,
+                })
+            }
+            Err(d) => {
+                self.deny(slot, d, &target.authority, None);
+                return;
+            }
         }
         let literal = match &target.authority.host {
             Host::V4(ip) => Some(IpAddr::V4(*ip)),

@@ -164,6 +164,8 @@ impl Worker {
             Verdict::Allow { version, sni, cert } => {
                 let took = self.now.saturating_duration_since(ins.started);
                 t.inspect = None;
+                t.tls_version = Some(version.as_str());
+                t.sni = sni.clone();
                 if let Some(i) = TLS_VERSIONS.iter().position(|v| *v == version.as_str()) {
                     self.shard.tls_verified[i].fetch_add(1, Relaxed);
                 }

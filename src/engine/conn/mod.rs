@@ -25,6 +25,7 @@ pub mod refusal;
 pub mod relay;
 pub mod resolve;
 pub mod revoke;
+pub mod session;
 #[cfg(test)]
 mod tests;
 pub mod tunnel;
@@ -38,6 +39,7 @@ use self::tunnel::Tunnel;
 use crate::config::Limits;
 use crate::engine::registry::Registered;
 use crate::engine::worker::Worker;
+use crate::metrics::RuleRef;
 use crate::proto::connect::Authority;
 
 /// A connection: its [`Shell`] (what every phase shares) and its current [`State`]. The shell's
@@ -87,6 +89,7 @@ impl Target {
             relay_request: None,
             proxy_auth,
             user: None,
+            rule: None,
         }
     }
 }
@@ -137,6 +140,8 @@ pub(in crate::engine) struct Target {
     pub(in crate::engine) proxy_auth: Option<Vec<u8>>,
     /// The authenticated user.
     pub(in crate::engine) user: Option<String>,
+    /// The allowlist entry that allowed the request (set by the policy decision).
+    pub(in crate::engine) rule: Option<RuleRef>,
 }
 
 impl Worker {

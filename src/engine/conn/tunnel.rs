@@ -4,7 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,6 +18,7 @@ use crate::engine::registry::Registered;
 use crate::engine::tls_leg::TlsLeg;
 use crate::engine::worker::Worker;
 use crate::events::{self, clip_display, ErrorKind};
+use crate::metrics::RuleRef;
 use crate::proto::connect::Authority;
 use crate::proto::response::Status;
 use crate::proto::tls::{Inspector, Verdict};
@@ -46,6 +47,26 @@ pub(in crate::engine) struct Tunnel {
     pub(in crate::engine) authority: Authority,
     pub(in crate::engine) user: Option<String>,
     pub(in crate::engine) cert_subject: Option<String>,
+    /// The tunnel's id in `splicegate sessions`: unique in the process, for the tunnel's life.
+    pub(in crate::engine) id: u64,
+    /// The allowlist entry that allowed it, whose usage counters it adds to.
+    pub(in crate::engine) rule: Option<RuleRef>,
+    /// What inspection saw once it allowed the session (`None` without inspection).
+    pub(in crate::engine) tls_version: Option<&'static str>,
+    pub(in crate::engine) sni: Option<String>,
+}
+
+/// The next tunnel id (see [`Tunnel::id`]); one atomic add per tunnel established.
+static NEXT_TUNNEL_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Tunnel {
+    /// Relayed bytes so far: (client to upstream, upstream to client).
+    pub(in crate::engine) fn bytes(&self) -> (u64, u64) {
+        match &self.tls {
+            Some(l) => (l.bytes_up, l.bytes_down),
+            None => (self.up.bytes, self.down.bytes),
+        }
+    }
 }
 
 /// A connected upstream (or relay) on its way into a [`Tunnel`]: what `Connecting` or
@@ -133,7 +154,17 @@ impl Worker {
             connect_ms = now.saturating_duration_since(started).as_secs_f64() * 1e3,
             "tunnel established"
         );
+        if let Some(r) = &target.rule {
+            let unix_now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            r.usage.established(self.id, r.rule, unix_now);
+        }
         let tunnel = Tunnel {
+            id: NEXT_TUNNEL_ID.fetch_add(1, Relaxed),
+            rule: target.rule,
+            tls_version: None,
+            sni: None,
             upstream,
             target: target_s,
             addr,
@@ -154,6 +185,7 @@ impl Worker {
         let idle = shell.limits.idle_timeout;
         self.put_conn(slot, shell, State::Tunnel(Box::new(tunnel)));
         self.shard.tunnels_active.fetch_add(1, Relaxed);
+        self.shard.tunnels_established.fetch_add(1, Relaxed);
         self.deadlines.set(slot, now + idle.min(hello_timeout));
         self.pump(slot);
     }
@@ -190,8 +222,13 @@ impl Worker {
             tls,
             inspect,
             last_activity,
+            rule,
             ..
         } = &mut **t;
+        let before = match tls.as_ref() {
+            Some(l) => (l.bytes_up, l.bytes_down),
+            None => (up.bytes, down.bytes),
+        };
         // While the handshake is followed, every chunk passes the inspector first. Both taps
         // share the inspector through a RefCell: they are called one after the other, never
         // at once.
@@ -270,6 +307,21 @@ impl Worker {
                 )),
             }
         };
+        // The entry's byte counters: two adds when bytes moved, none otherwise.
+        if let Some(r) = rule.as_ref() {
+            let after = match tls.as_ref() {
+                Some(l) => (l.bytes_up, l.bytes_down),
+                None => (up.bytes, down.bytes),
+            };
+            if after != before {
+                r.usage.bytes(
+                    self.id,
+                    r.rule,
+                    after.0.saturating_sub(before.0),
+                    after.1.saturating_sub(before.1),
+                );
+            }
+        }
         if following && self.inspection_verdict(slot) {
             return;
         }
