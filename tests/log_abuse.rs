@@ -339,7 +339,7 @@ impl Run {
 
     /// SIGTERM, then wait for the exit (bounded).
     fn stop(mut self) -> Vec<u8> {
-        unsafe_free_kill(self.child.id());
+        sigterm(self.child.id());
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -362,8 +362,8 @@ impl Drop for Run {
     }
 }
 
-/// SIGTERM through the `kill` command (no `unsafe` in tests).
-fn unsafe_free_kill(pid: u32) {
+/// SIGTERM through the `kill` command (the crate denies `unsafe`, tests included).
+fn sigterm(pid: u32) {
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
