@@ -527,3 +527,158 @@ fn sessions_answers_within_a_second_with_9000_tunnels_open() {
     assert!(direct[2] < 1.0, "the answer takes {:.3} s", direct[2]);
     drop(held);
 }
+
+/// `openssl s_server` on 127.0.0.1 with a throw-away self-signed certificate for `name`.
+struct TlsServer {
+    child: std::process::Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl TlsServer {
+    fn start(name: &str) -> TlsServer {
+        use std::process::{Command, Stdio};
+        let dir = TempDir::new("sessions-tls");
+        let out = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args([
+                "-subj",
+                &format!("/CN={name}"),
+                "-keyout",
+                "k.pem",
+                "-out",
+                "c.pem",
+            ])
+            .current_dir(dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("openssl req: {e}"));
+        assert!(out.status.success(), "openssl req: {out:?}");
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new("openssl")
+                .args(["s_server", "-accept", &format!("127.0.0.1:{port}")])
+                .args(["-cert", "c.pem", "-key", "k.pem", "-naccept", "10"])
+                .current_dir(dir.path())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("openssl s_server: {e}"));
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return TlsServer {
+                        child,
+                        port,
+                        _dir: dir,
+                    };
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("openssl s_server did not start");
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn sessions_show_the_tls_version_and_sni_inspection_saw() {
+    use std::process::{Command, Stdio};
+    const NAME: &str = "tls.sessions.test";
+    let server = TlsServer::start(NAME);
+    let cfg = Config::new().upstream(NAME, server.port).inspect_tls(&[]);
+    let Some(gw) = gateway(cfg) else { return };
+    // A client that stays connected: its stdin stays open until it is killed.
+    let mut client = Command::new("timeout")
+        .args(["30", "openssl", "s_client", "-tls1_3", "-servername", NAME])
+        .args(["-proxy", &format!("127.0.0.1:{}", gw.addr().port())])
+        .args(["-connect", &format!("{NAME}:{}", server.port)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("openssl s_client: {e}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let seen = loop {
+        let list = sessions(&gw, &[]);
+        if let Some(s) = list.iter().find(|s| s["tls_version"] != Value::Null) {
+            break Some(s.clone());
+        }
+        if std::time::Instant::now() >= deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = client.kill();
+    let _ = client.wait();
+    let s = seen.unwrap_or_else(|| panic!("no inspected session listed; log:\n{}", gw.log_dump()));
+    assert_eq!(s["tls_version"], "1.3", "{s}");
+    assert_eq!(s["sni"], NAME, "{s}");
+    assert_eq!(s["state"], "open", "{s}");
+    assert_eq!(s["rule"], NAME, "{s}");
+}
+
+#[test]
+fn a_reload_moves_the_admin_socket_and_refuses_a_path_that_fails() {
+    let Some(gw) = gateway(Config::new()) else {
+        return;
+    };
+    let old = gw.admin_socket().unwrap_or_default();
+    let cfg_path = gw.config_path().to_owned();
+    let text = std::fs::read_to_string(&cfg_path).unwrap_or_default();
+    let moved = old.with_file_name("moved.sock");
+    let without: String = text
+        .lines()
+        .filter(|l| !l.starts_with("admin_socket:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let write = |path: &str| {
+        std::fs::write(&cfg_path, format!("{without}admin_socket: {}\n", yq(path)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        gw.signal(libc::SIGHUP);
+    };
+    // A path that cannot be created: refused, the old socket keeps serving.
+    write("/nonexistent-splicegate-dir/admin.sock");
+    gw.expect_event(401, |_| true, T, "reload refused");
+    assert!(old.exists(), "the old socket stays");
+    let p = cfg_path.to_str().unwrap_or_default().to_owned();
+    // (The CLI reads the file, which now names the bad path: ask the old socket directly.)
+    let mut s =
+        std::os::unix::net::UnixStream::connect(&old).unwrap_or_else(|e| panic!("old socket: {e}"));
+    std::io::Write::write_all(&mut s, b"{\"cmd\":\"status\"}\n").unwrap_or_else(|e| panic!("{e}"));
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut s, &mut answer).unwrap_or_else(|e| panic!("{e}"));
+    assert!(answer.contains("\"ok\":true"), "{answer}");
+
+    write(moved.to_str().unwrap_or_default());
+    gw.expect_event(
+        100,
+        |e| e.to_string().contains("admin_socket"),
+        T,
+        "reload that moves the socket",
+    );
+    assert!(!old.exists(), "the old socket file is removed");
+    let st = ok_json(&cli(&["status", "--json", "--config", &p]), "status");
+    assert_eq!(
+        st["admin_socket"],
+        moved.to_str().unwrap_or_default(),
+        "{st}"
+    );
+    assert_eq!(st["reloads_ok"], 1, "{st}");
+    // The file watch and the SIGHUP may both have read the refused file.
+    assert!(st["reloads_refused"].as_u64() >= Some(1), "{st}");
+    assert_eq!(st["last_reload"]["result"], "ok", "{st}");
+}

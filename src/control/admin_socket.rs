@@ -28,18 +28,20 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::warn;
 
 use crate::engine::conn::session::{Session, SessionFilter};
 use crate::events;
 use crate::policy::{normalize_host, HostPattern};
+use crate::settings::Shared;
 
 /// The longest request line accepted.
 pub const MAX_REQUEST: usize = 4096;
@@ -167,6 +169,8 @@ pub struct AdminSocket {
     id: (u64, u64),
     /// Whether another running process had the path (it is replaced: a hand-over).
     pub replaced_live: bool,
+    /// The accept loop, stopped when the socket is dropped (a reload that moves it).
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl AdminSocket {
@@ -217,6 +221,7 @@ impl AdminSocket {
             gid,
             id: (meta.dev(), meta.ino()),
             replaced_live,
+            task: None,
         })
     }
 
@@ -224,28 +229,27 @@ impl AdminSocket {
         &self.path
     }
 
-    /// Serve the socket on the current tokio runtime: at most `max` connections at once,
-    /// each given `timeout` for its request and its answer. Requests go to `control`.
-    pub fn serve(
-        &mut self,
-        max: usize,
-        timeout: Duration,
-        control: mpsc::Sender<Asked>,
-    ) -> io::Result<tokio::task::JoinHandle<()>> {
+    /// Serve the socket on the current tokio runtime until it is dropped. The limits are
+    /// read from `current` as they are at each connection (`limits.admin_max_connections` at
+    /// once, more wait; `limits.admin_timeout` for a request and its answer), so a reload
+    /// changes them. Requests go to `control`.
+    pub fn serve(&mut self, current: Shared, control: mpsc::Sender<Asked>) -> io::Result<()> {
         let std = self
             .listener
             .take()
             .ok_or_else(|| io::Error::other("admin socket already served"))?;
         let listener = UnixListener::from_std(std)?;
         let gid = self.gid;
-        Ok(tokio::spawn(accept_loop(
-            listener, gid, max, timeout, control,
-        )))
+        self.task = Some(tokio::spawn(accept_loop(listener, gid, current, control)));
+        Ok(())
     }
 }
 
 impl Drop for AdminSocket {
     fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
         // Only our own file: after a hand-over the path belongs to the new gateway.
         if let Ok(m) = std::fs::symlink_metadata(&self.path) {
             if (m.dev(), m.ino()) == self.id {
@@ -258,24 +262,29 @@ impl Drop for AdminSocket {
 async fn accept_loop(
     listener: UnixListener,
     gid: u32,
-    max: usize,
-    timeout: Duration,
+    current: Shared,
     control: mpsc::Sender<Asked>,
 ) {
-    let permits = Arc::new(Semaphore::new(max));
+    let active = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(Notify::new());
     let mut backoff = Duration::from_millis(10);
     loop {
-        // Over the cap, clients wait in the listen backlog.
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            return;
-        };
+        // Over the cap, clients wait in the listen backlog (the cap is re-read every 100 ms,
+        // so a reload that raises it applies at once).
+        while active.load(Relaxed) >= current.load().limits.admin_max_connections {
+            let _ = tokio::time::timeout(Duration::from_millis(100), done.notified()).await;
+        }
         match listener.accept().await {
             Ok((stream, _)) => {
                 backoff = Duration::from_millis(10);
-                let control = control.clone();
+                let (control, active, done) =
+                    (control.clone(), Arc::clone(&active), Arc::clone(&done));
+                let timeout = current.load().limits.admin_timeout;
+                active.fetch_add(1, Relaxed);
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(timeout, serve_one(stream, gid, control)).await;
-                    drop(permit);
+                    active.fetch_sub(1, Relaxed);
+                    done.notify_one();
                 });
             }
             Err(e) => {

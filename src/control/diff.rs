@@ -192,7 +192,6 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
             show(&old.admin_socket),
             show(&new.admin_socket),
         );
-        c.need_restart.push("admin_socket".to_owned());
     }
     if old.resolver != new.resolver {
         c.items.push("resolver changed".to_owned());

@@ -155,7 +155,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
         None => (None, None),
     };
     let (admin_tx, mut admin_rx) = tokio::sync::mpsc::channel::<Asked>(64);
-    let admin_socket = match open_admin_socket(&cfg, admin_tx) {
+    let admin_socket = match open_admin_socket(&cfg, &current, admin_tx.clone()) {
         Ok(s) => s,
         Err(e) => {
             serving.engine.stop();
@@ -224,6 +224,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
         metrics_addr,
         notifier,
         admin_socket,
+        admin_tx,
         samples: status::Samples::default(),
         started: Instant::now(),
         last_reload: None,
@@ -326,6 +327,8 @@ struct Control {
     notifier: Notifier,
     /// The admin socket, served on this runtime; its file goes when this drops.
     admin_socket: Option<AdminSocket>,
+    /// Where the admin socket's requests go (for a socket a reload moves).
+    admin_tx: tokio::sync::mpsc::Sender<Asked>,
     /// Counter samples for the rates of `splicegate status`.
     samples: status::Samples,
     started: Instant,
@@ -448,6 +451,17 @@ impl Control {
             (true, None) => Some((None, None)),
             (false, _) => None,
         };
+        // A moved admin socket is bound before anything is committed: a chosen path that
+        // fails refuses the reload (the old socket keeps serving).
+        let new_admin = if cfg.admin_socket != self.cfg.admin_socket {
+            Some(open_admin_socket(
+                &cfg,
+                &self.current,
+                self.admin_tx.clone(),
+            )?)
+        } else {
+            None
+        };
         let settings = Arc::new(Settings::after(&cfg, &self.current.load()));
         let prepared = if changes.engine {
             // The old engine's sockets move to the new one for every address that stays, so
@@ -468,6 +482,10 @@ impl Control {
         self.serving.engine.recheck();
         for r in &self.retiring {
             r.engine.recheck();
+        }
+        if let Some(admin) = new_admin {
+            // The old socket's accept loop stops and its file goes with it.
+            self.admin_socket = admin;
         }
         if let Some((listener, addr)) = new_metrics {
             if let Some(task) = self.metrics_task.take() {
@@ -941,20 +959,18 @@ fn spawn_metrics(
 /// there is no `/run/splicegate`); at a path the configuration chose, it fails the start.
 fn open_admin_socket(
     cfg: &Config,
+    current: &settings::Shared,
     control: tokio::sync::mpsc::Sender<Asked>,
 ) -> Result<Option<AdminSocket>, ControlError> {
     let Some(path) = cfg.admin_socket.as_deref() else {
         return Ok(None);
     };
     let served = AdminSocket::bind(path).and_then(|mut s| {
-        s.serve(
-            cfg.limits.admin_max_connections,
-            cfg.limits.admin_timeout,
-            control,
-        )
-        .map_err(|source| admin_socket::AdminSocketError::Io {
-            path: path.to_owned(),
-            source,
+        s.serve(Arc::clone(current), control).map_err(|source| {
+            admin_socket::AdminSocketError::Io {
+                path: path.to_owned(),
+                source,
+            }
         })?;
         Ok(s)
     });
