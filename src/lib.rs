@@ -30,6 +30,7 @@
 //! - [`clients`]: open connections per client address (IPv6 per /64), shared by the workers,
 //!   for `limits.max_connections_per_client`.
 //! - [`settings`]: the per-connection configuration snapshot (policy, limits) behind `ArcSwap`.
+//! - [`manual`]: the man pages and shell completions, generated from the clap definitions.
 //! - [`metrics`]: metric names and per-worker shards, summed at scrape time.
 //! - [`events`]: the gateway's numeric event IDs, the reason enums used as metric labels, the
 //!   bound on peer-supplied strings in events and the rate limit on refusal events.
@@ -53,6 +54,7 @@ pub mod control;
 pub mod engine;
 pub mod events;
 pub mod mailbox;
+pub mod manual;
 pub mod metrics;
 pub mod policy;
 pub mod presets;

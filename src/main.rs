@@ -3,10 +3,11 @@
 //! `sessions`, `status` through the running gateway's admin socket; see
 //! [`splicegate::admin`]).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 use splicegate::config::Config;
@@ -78,6 +79,9 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Write the man pages and shell completions into DIR (run by the package build).
+    #[command(hide = true)]
+    Generate { dir: PathBuf },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -209,6 +213,19 @@ fn main() -> ExitCode {
             pid_file,
             json,
         } => ExitCode::from(admin::users::run(cmd, &users_file, &pid_file, json)),
+        Command::Generate { dir } => match splicegate::manual::write(Cli::command(), &dir) {
+            Ok(files) => {
+                let mut out = std::io::stdout().lock();
+                for f in files {
+                    let _ = writeln!(out, "{}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("splicegate: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

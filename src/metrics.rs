@@ -48,6 +48,11 @@ pub const DNS_QUERIES: &str = "splicegate_dns_queries";
 pub const DNS_CACHE: &str = "splicegate_dns_cache";
 pub const RULE_TUNNELS: &str = "splicegate_tunnels";
 pub const RULE_BYTES: &str = "splicegate_rule_bytes";
+pub const WORKERS_CONFIGURED: &str = "splicegate_workers_configured";
+/// The conventional names of the process collectors (Go, Python, Java clients), so fd headroom
+/// reads `process_open_fds / process_max_fds` as on any other exporter.
+pub const OPEN_FDS: &str = "process_open_fds";
+pub const MAX_FDS: &str = "process_max_fds";
 
 /// Upper bounds (seconds) of the tunnel duration histogram.
 const TUNNEL_BUCKETS: [f64; 12] = [
@@ -670,6 +675,12 @@ impl Collector for Metrics {
             "Workers of the serving engine running (fewer than configured: one has died).",
             self.workers().0 as i64,
         )?;
+        gauge(
+            &mut enc,
+            WORKERS_CONFIGURED,
+            "Workers the serving engine was started with (alive below this: /readyz fails).",
+            self.workers().1 as i64,
+        )?;
         {
             let mut m = enc.encode_descriptor(
                 ENGINE,
@@ -770,8 +781,29 @@ impl Collector for Metrics {
             "Engines replaced by a reload (new listen or workers) still draining their tunnels.",
             self.status.engines_retiring.load(Relaxed),
         )?;
+        let (open, max) = fd_usage();
+        gauge(&mut enc, OPEN_FDS, "Open file descriptors.", open)?;
+        gauge(
+            &mut enc,
+            MAX_FDS,
+            "The soft RLIMIT_NOFILE: the most file descriptors the process may open.",
+            max,
+        )?;
         Ok(())
     }
+}
+
+/// `(open, limit)` file descriptors of this process, read at scrape time; -1 for a figure that
+/// cannot be read (no `/proc`), so a dashboard shows a gap rather than a false zero.
+fn fd_usage() -> (i64, i64) {
+    // The directory listing holds one fd of its own while it is read.
+    let open = std::fs::read_dir("/proc/self/fd")
+        .map(|d| i64::try_from(d.count()).unwrap_or(i64::MAX) - 1)
+        .unwrap_or(-1);
+    let max = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+    (open, max)
 }
 
 #[cfg(test)]
@@ -802,6 +834,31 @@ mod tests {
         assert!(text.contains("splicegate_tunnel_duration_seconds_bucket{le=\"0.5\"} 3"));
         assert!(text.contains("splicegate_tunnel_duration_seconds_count 3"));
         assert!(text.contains("splicegate_engine{kind=\"epoll\"} 1"));
+        assert!(text.contains("splicegate_workers_configured 3"), "{text}");
+    }
+
+    #[test]
+    fn fd_headroom_is_reported() {
+        let m = Arc::new(Metrics::new(
+            Vec::new(),
+            Arc::new(Status::default()),
+            "epoll",
+        ));
+        let value = |text: &str, name: &str| -> i64 {
+            let line = text.lines().find(|l| l.starts_with(&format!("{name} ")));
+            line.and_then(|l| l.split(' ').nth(1)?.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {text}"))
+        };
+        let before = value(&m.render().unwrap(), OPEN_FDS);
+        let extra: Vec<std::fs::File> = (0..5)
+            .map(|_| std::fs::File::open("/dev/null").unwrap())
+            .collect();
+        let text = m.render().unwrap();
+        let (open, max) = (value(&text, OPEN_FDS), value(&text, MAX_FDS));
+        // Other tests of this binary open and close fds concurrently: a lower bound only.
+        assert!(open >= 5 && before >= 3, "{before} -> {open}");
+        assert!(max >= open, "limit {max} below {open} open");
+        drop(extra);
     }
 
     #[test]

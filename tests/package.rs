@@ -96,8 +96,12 @@ fn unit_file_verifies() {
     );
 }
 
-/// Build the .deb into `out` and return its path.
+/// Build the .deb into `out` and return its path: the steps of `scripts/deb.sh` (generate the
+/// man pages and completions into `target/assets`, then `cargo deb`) on the binary under test.
 fn build_deb(out: &Path) -> PathBuf {
+    let assets = Path::new(ROOT).join("target/assets");
+    let _ = std::fs::remove_dir_all(&assets);
+    run(Command::new(bin()).arg("generate").arg(&assets));
     let mut cmd = Command::new("cargo");
     cmd.current_dir(ROOT)
         .arg("deb")
@@ -221,6 +225,72 @@ fn debian_package_contents_and_maintainer_scripts() {
         "check-config of the packaged default: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+
+    // The man pages (gzipped by cargo deb) and the shell completions, generated from the CLI.
+    let man = root.join("usr/share/man/man1");
+    for page in [
+        "splicegate.1.gz",
+        "splicegate-run.1.gz",
+        "splicegate-check-config.1.gz",
+    ] {
+        let path = man.join(page);
+        let text = run(Command::new("gzip").arg("-dc").arg(&path));
+        assert!(text.contains(".TH splicegate"), "{page}: {text}");
+        assert!(text.contains(".SH NAME"), "{page}: {text}");
+    }
+    let top = run(Command::new("gzip")
+        .arg("-dc")
+        .arg(man.join("splicegate.1.gz")));
+    for sub in ["run", "check\\-config", "allowed\\-host", "user"] {
+        assert!(top.contains(sub), "splicegate(1) lists {sub}: {top}");
+    }
+    assert!(
+        !man.join("splicegate-generate.1.gz").exists(),
+        "the hidden generate command has no page"
+    );
+    if have("man", "--version") {
+        let o = Command::new("man")
+            .arg("-l")
+            .arg(man.join("splicegate-run.1.gz"))
+            .env("MANPAGER", "cat")
+            .env("MANWIDTH", "100")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success() && text.contains("--config"),
+            "man -l: {text}"
+        );
+    }
+    for (path, must) in [
+        (
+            "usr/share/bash-completion/completions/splicegate",
+            "complete -F _splicegate",
+        ),
+        (
+            "usr/share/zsh/vendor-completions/_splicegate",
+            "#compdef splicegate",
+        ),
+        (
+            "usr/share/fish/vendor_completions.d/splicegate.fish",
+            "complete -c splicegate",
+        ),
+    ] {
+        let text = std::fs::read_to_string(root.join(path)).unwrap_or_default();
+        assert!(text.contains(must), "{path} lacks {must:?}: {text:.200}");
+        assert!(
+            text.contains("check-config"),
+            "{path} completes the subcommands"
+        );
+    }
+    if have("bash", "--version") {
+        let script = root.join("usr/share/bash-completion/completions/splicegate");
+        run(Command::new("bash").arg("-n").arg(&script));
+    }
+    for example in ["prometheus-alerts.yml", "grafana-dashboard.json"] {
+        let p = root.join("usr/share/doc/splicegate/examples").join(example);
+        assert!(p.exists(), "{example} is installed");
+    }
 
     // Maintainer scripts: syntax, then a run against stubbed system tools.
     for s in ["postinst", "prerm", "postrm"] {

@@ -186,8 +186,10 @@ impl Worker {
                     client = %peer,
                     target = %clip_display(target),
                     reason = Reject::ClientAuth.as_str(),
-                    user = %clip(user.unwrap_or("")),
-                    detail = %clip(detail),
+                    // As `&str`, which the text format quotes and escapes: a peer string
+                    // cannot start a field of its own there.
+                    user = &*clip(user.unwrap_or("")),
+                    detail = &*clip(detail),
                     status = status.code(),
                     "client authentication failed"
                 );

@@ -185,8 +185,10 @@ impl Worker {
                     client = %peer,
                     target = %t.target,
                     version = version.as_str(),
-                    sni = %clip(sni.as_deref().unwrap_or("")),
-                    client_certificate = %clip(&cert),
+                    // As `&str`, quoted and escaped by the text format: a certificate subject
+                    // has spaces and `=`, and must not read as fields of its own.
+                    sni = &*clip(sni.as_deref().unwrap_or("")),
+                    client_certificate = &*clip(&cert),
                     inspect_ms = took.as_secs_f64() * 1e3,
                     "TLS session verified"
                 );
@@ -206,6 +208,9 @@ impl Worker {
                     .then_some("tls13_client_certificate: deny")
                     .unwrap_or("");
                 if self.refusal_logged(peer.ip(), reject, reason.event_id()) {
+                    // The reason names the SNI or the certificate subject, which the client
+                    // chose: a field (quoted in the text format), never the message.
+                    let detail = reason.to_string();
                     warn!(
                         event_id = reason.event_id(),
                         client = %peer,
@@ -213,7 +218,8 @@ impl Worker {
                         reason = reason.label(),
                         version = version,
                         policy = policy,
-                        "{reason}"
+                        detail = detail.as_str(),
+                        "TLS handshake refused"
                     );
                 }
                 self.close(slot, Close::Tunnel(reason.label()));

@@ -122,7 +122,8 @@ impl Worker {
                 client = %peer,
                 target = %target,
                 reason = reason,
-                detail = %clip(detail),
+                // As `&str`, quoted and escaped by the text format (a relay's answer has spaces).
+                detail = &*clip(detail),
                 status = status.code(),
                 "{message}"
             );

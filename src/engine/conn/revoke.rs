@@ -109,7 +109,7 @@ impl Worker {
                     event_id = events::NOT_ALLOWED,
                     client = %peer,
                     target = %target,
-                    user = %clip(user.as_deref().unwrap_or("")),
+                    user = &*clip(user.as_deref().unwrap_or("")),
                     reason = Reject::Revoked.as_str(),
                     detail = why.detail(),
                     "open tunnel closed: the reloaded configuration no longer allows it"
