@@ -259,9 +259,7 @@ impl Worker {
                 c_rd: false,
                 c_wr: true,
             },
-            state: State::Head {
-                buf: Vec::with_capacity(1024),
-            },
+            state: State::Head { buf: Vec::new() },
         });
         self.live += 1;
         self.shard.active_connections.fetch_add(1, Relaxed);
