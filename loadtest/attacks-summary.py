@@ -44,8 +44,8 @@ def main(path):
                       f"| {g(x,'gateway_cpu_pct_opening')} / {g(x,'gateway_cpu_pct_holding_with_trickle')} / {g(x,'gateway_cpu_pct_whole')} "
                       f"| {mib(g(x,'during','rss_kib_growth'))} |")
         elif scen == "resets":
-            print("| target | load | round | established | client reset seen by upstream p99 / max ms | upstream reset seen by client p99 / max ms | >100 ms | fds before -> after | RSS MiB before -> after | pipes / timers / tunnels / conns after |")
-            print("|---|---|---|---|---|---|---|---|---|---|")
+            print("| target | load | round | established | client reset seen by upstream p99 / max ms | upstream reset seen by client p99 / max ms | >100 ms | not seen in 5 s | fds before -> after | RSS MiB before -> after | pipes / timers / tunnels / conns after |")
+            print("|---|---|---|---|---|---|---|---|---|---|---|")
             for r in runs:
                 x = r["result"]
                 b = g(x, "state_before", default={})
@@ -54,7 +54,7 @@ def main(path):
                     print(f"| {r['target']} | {r['load1_before']} | {rd['round']} | {rd['established']}/{rd['tunnels']} "
                           f"| {g(rd,'client_reset_seen_by_upstream','p99_ms')} / {g(rd,'client_reset_seen_by_upstream','max_ms')} "
                           f"| {g(rd,'upstream_reset_seen_by_client','p99_ms')} / {g(rd,'upstream_reset_seen_by_client','max_ms')} "
-                          f"| {rd['seen_after_over_100ms']} | {g(b,'fds')} -> {g(s,'fds')} | {mib(g(b,'rss_kib'))} -> {mib(g(s,'rss_kib'))} "
+                          f"| {rd['seen_after_over_100ms']} | {rd['resets_never_seen']} | {g(b,'fds')} -> {g(s,'fds')} | {mib(g(b,'rss_kib'))} -> {mib(g(s,'rss_kib'))} "
                           f"| {g(s,'pipes_in_use')} / {g(s,'timer_entries')} / {g(s,'tunnels_active')} / {g(s,'active_client_connections')} |")
         elif scen.startswith("stall"):
             print("| target | load | up | bytes in flight per tunnel (MiB) | ended after bytes stopped min / max s | not ended | RSS min / peak MiB | pipes in use peak |")

@@ -23,6 +23,7 @@ SLOWLORIS=${SLOWLORIS:-9000}
 FLOOD=${FLOOD:-6000}
 FLOOD_MAX=${FLOOD_MAX:-2000}
 RESETS=${RESETS:-4000}
+RESET_CONCURRENCY=${RESET_CONCURRENCY:-1000}
 OUT=${OUT:-loadtest/results/attacks-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -166,7 +167,7 @@ for scen in $SCENARIOS; do
         stop ;;
       resets)
         start "$t" "$scen"
-        run "$t" resets resets --tunnels "$RESETS" --concurrency 1000 --rounds 2 --sources 4
+        run "$t" resets resets --tunnels "$RESETS" --concurrency "$RESET_CONCURRENCY" --rounds 2 --sources 4
         stop ;;
       stall)
         for side in client upstream; do

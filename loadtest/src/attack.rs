@@ -803,6 +803,18 @@ pub async fn resets(
         for h in handles {
             let _ = h.await;
         }
+        // The upstream's tasks are not joined: give the last resets up to 5 s to arrive there.
+        let pending = |m: &Marks| {
+            let (r, s) = (m.reset_at.lock().unwrap(), m.seen_at.lock().unwrap());
+            r.iter()
+                .zip(s.iter())
+                .filter(|(r, s)| r.is_some() && s.is_none())
+                .count()
+        };
+        let wait_end = Instant::now() + Duration::from_secs(5);
+        while pending(&marks) > 0 && Instant::now() < wait_end {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let storm_s = t0.elapsed().as_secs_f64();
         let samp = sampler.finish().await;
         // Propagation: the other side's close after the reset, per direction.
