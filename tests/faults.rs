@@ -341,8 +341,10 @@ fn a_black_holed_upstream_is_504_at_connect_timeout_and_others_carry_on() {
     }
     let (n, worst) = healthy.join().expect("healthy client");
     assert!(n >= 10, "only {n} healthy tunnels beside the black hole");
+    // Unaffected: no healthy tunnel waits behind the dials (that would take the 2 s
+    // connect_timeout); the bound leaves room for a loaded machine.
     assert!(
-        worst < Duration::from_millis(500),
+        worst < Duration::from_secs(1),
         "a healthy tunnel took {worst:?} beside the black hole"
     );
     expect_refusal_event(&gw, 403, 504, Some("connect_timeout"));
@@ -366,19 +368,41 @@ fn rss_kib(pid: u32) -> u64 {
 /// notes when its write failed (the gateway closed the tunnel).
 fn stall(client_stalls: bool) {
     const TUNNELS: usize = 4;
-    let moved = Arc::new(AtomicU64::new(0));
-    let ends = Arc::new(Mutex::new(Vec::new()));
+    // Bytes each tunnel's writer got through, and when its write failed (the tunnel closed).
+    let moved: Arc<Vec<AtomicU64>> = Arc::new((0..TUNNELS).map(|_| AtomicU64::new(0)).collect());
+    let ends: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; TUNNELS]));
     let held = Arc::new(Mutex::new(Vec::new()));
+    let write_until_closed = {
+        let (moved, ends) = (moved.clone(), ends.clone());
+        move |mut s: TcpStream, k: usize| {
+            // Non-blocking, so that every byte the kernel takes is counted when it is taken (a
+            // blocking write reports a partly sent buffer only when it fails, at the close).
+            s.set_nonblocking(true).unwrap();
+            let buf = vec![0x5au8; 64 * 1024];
+            let end = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < end {
+                match s.write(&buf) {
+                    Ok(n) => {
+                        moved[k].fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(_) => break,
+                }
+            }
+            ends.lock().unwrap()[k] = Some(Instant::now());
+        }
+    };
     let up = {
-        let (moved, ends, held) = (moved.clone(), ends.clone(), held.clone());
+        let (held, write) = (held.clone(), write_until_closed.clone());
         Upstream::with_handler(move |mut s| {
             if client_stalls {
-                s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
-                let buf = vec![0x5au8; 64 * 1024];
-                while let Ok(n) = s.write(&buf) {
-                    moved.fetch_add(n as u64, Ordering::Relaxed);
+                // The client names its tunnel with one byte, then never reads.
+                let mut k = [0u8; 1];
+                if s.read_exact(&mut k).is_ok() && (k[0] as usize) < TUNNELS {
+                    write(s, k[0] as usize);
                 }
-                ends.lock().unwrap().push(Instant::now());
             } else {
                 // Never read; keep the socket until the test ends.
                 held.lock().unwrap().push(s);
@@ -394,37 +418,38 @@ fn stall(client_stalls: bool) {
     let target = format!("{NAME}:{}", up.port());
     let mut clients = Vec::new();
     let mut writers = Vec::new();
-    for _ in 0..TUNNELS {
-        let s = open_tunnel(gw.addr(), &target);
+    for k in 0..TUNNELS {
+        let mut s = open_tunnel(gw.addr(), &target);
         if client_stalls {
+            s.write_all(&[k as u8]).unwrap();
             clients.push(s);
         } else {
-            let (moved, ends) = (moved.clone(), ends.clone());
-            let mut s = s;
-            s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
-            writers.push(thread::spawn(move || {
-                let buf = vec![0x5au8; 64 * 1024];
-                while let Ok(n) = s.write(&buf) {
-                    moved.fetch_add(n as u64, Ordering::Relaxed);
-                }
-                ends.lock().unwrap().push(Instant::now());
-            }));
+            let write = write_until_closed.clone();
+            writers.push(thread::spawn(move || write(s, k)));
         }
     }
-    // Sample until every tunnel ended (bounded): bytes moved, RSS, pipes in use.
+    // Sample until every tunnel ended (bounded): each tunnel's bytes, RSS, pipes in use.
     let t0 = Instant::now();
-    let (mut last, mut last_move) = (0u64, Instant::now());
+    let mut last = [0u64; TUNNELS];
+    let mut last_move = [Instant::now(); TUNNELS];
     let (mut rss_min, mut rss_max, mut pipes_max) = (u64::MAX, 0u64, 0.0f64);
-    while ends.lock().unwrap().len() < TUNNELS && t0.elapsed() < Duration::from_secs(15) {
-        thread::sleep(Duration::from_millis(100));
-        let m = moved.load(Ordering::Relaxed);
-        // A writer's last write can return a few bytes as its tunnel closes: only movement
-        // before the first end counts.
-        if m != last && ends.lock().unwrap().is_empty() {
-            (last, last_move) = (m, Instant::now());
+    loop {
+        thread::sleep(Duration::from_millis(50));
+        let ends = ends.lock().unwrap().clone();
+        if ends.iter().all(Option::is_some) || t0.elapsed() > Duration::from_secs(15) {
+            break;
         }
-        // Memory is judged once the stall has set in (bytes stopped moving for 300 ms).
-        if last_move.elapsed() > Duration::from_millis(300) {
+        for k in 0..TUNNELS {
+            let m = moved[k].load(Ordering::Relaxed);
+            if m != last[k] && ends[k].is_none() {
+                (last[k], last_move[k]) = (m, Instant::now());
+            }
+        }
+        // Memory is judged once the stall has set in (no bytes moved for 300 ms).
+        if last_move
+            .iter()
+            .all(|t| t.elapsed() > Duration::from_millis(300))
+        {
             let r = rss_kib(gw.pid());
             rss_min = rss_min.min(r);
             rss_max = rss_max.max(r);
@@ -432,24 +457,23 @@ fn stall(client_stalls: bool) {
         pipes_max = pipes_max.max(gw.metric_value("splicegate_pipes_in_use"));
     }
     let ends = ends.lock().unwrap().clone();
-    assert_eq!(
-        ends.len(),
-        TUNNELS,
-        "every stalled tunnel ends (moved {last} bytes)"
-    );
-    for e in &ends {
-        let after = e.saturating_duration_since(last_move);
+    for k in 0..TUNNELS {
+        let end = ends[k]
+            .unwrap_or_else(|| panic!("stalled tunnel {k} did not end (moved {} bytes)", last[k]));
+        // idle_timeout (2 s) after its own last byte; the sampling every 50 ms and a loaded
+        // machine widen the window.
+        let after = end.saturating_duration_since(last_move[k]);
         assert!(
-            after >= Duration::from_millis(1000) && after <= Duration::from_millis(3500),
-            "a stalled tunnel ended {after:?} after its bytes stopped moving; idle_timeout is 2 s"
+            after >= Duration::from_millis(1000) && after <= Duration::from_millis(4000),
+            "stalled tunnel {k} ended {after:?} after its bytes stopped moving; idle_timeout is 2 s"
         );
     }
     // Backpressure bounds what is in flight: the kernel's socket buffers on both legs (loopback
     // autotuning takes them to several MiB each, up to tcp_rmem/tcp_wmem) plus one pipe.
-    let per_tunnel = last / TUNNELS as u64;
+    let per_tunnel = last.iter().max().copied().unwrap_or(0);
     assert!(
         per_tunnel < 32 << 20,
-        "{per_tunnel} bytes per stalled tunnel: the gateway kept reading"
+        "{per_tunnel} bytes through one stalled tunnel: the gateway kept reading"
     );
     assert!(
         pipes_max <= TUNNELS as f64,
@@ -460,7 +484,7 @@ fn stall(client_stalls: bool) {
         "RSS moved {rss_min} -> {rss_max} KiB while stalled"
     );
     eprintln!(
-        "stall (client_stalls={client_stalls}): {per_tunnel} bytes/tunnel in flight, pipes <= {pipes_max}, RSS {rss_min}..{rss_max} KiB"
+        "stall (client_stalls={client_stalls}): <= {per_tunnel} bytes/tunnel in flight, pipes <= {pipes_max}, RSS {rss_min}..{rss_max} KiB"
     );
     for w in writers {
         w.join().expect("writer");
