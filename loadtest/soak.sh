@@ -129,7 +129,9 @@ done
 wait "$AGENTPID" || true
 restarts=$(grep -c '"event_id":400' "$work/gw.log" || true)
 panics=$(grep -c 'panicked' "$work/gw.log" || true)
-cp "$work/gw.log" "$OUT/gateway.log" 2>/dev/null || true
+# The whole log runs to tens of MB: keep the count per message and the last 200 lines.
+grep -o '"message":"[^"]*"' "$work/gw.log" | sort | uniq -c | sort -rn > "$OUT/gateway-messages.txt" || true
+tail -n 200 "$work/gw.log" > "$OUT/gateway-tail.log" 2>/dev/null || true
 python3 - "$OUT" "$WARMUP" "$GATE" "$restarts" "$panics" <<'PY' | tee "$OUT/summary.md"
 import json, sys
 out, warmup, gate, restarts, panics = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
