@@ -33,6 +33,7 @@ pub const CONNECT_REQUESTS: &str = "splicegate_connect_requests";
 pub const BYTES: &str = "splicegate_bytes";
 pub const TUNNELS_ACTIVE: &str = "splicegate_tunnels_active";
 pub const PIPES_IN_USE: &str = "splicegate_pipes_in_use";
+pub const TIMER_ENTRIES: &str = "splicegate_timer_entries";
 pub const COPY_FALLBACKS: &str = "splicegate_copy_fallbacks";
 pub const TUNNEL_DURATION: &str = "splicegate_tunnel_duration_seconds";
 pub const UPSTREAM_CONNECT: &str = "splicegate_upstream_connect_seconds";
@@ -246,6 +247,9 @@ pub struct Shard {
     pub bytes_upstream: AtomicU64,
     pub bytes_downstream: AtomicU64,
     pub pipes_in_use: AtomicI64,
+    /// Deadlines in the worker's timer heap, stored by the worker once per loop turn (a leaked
+    /// deadline shows as more entries than connections). Not absorbed from a retired worker.
+    pub timer_entries: AtomicI64,
     pub copy_fallbacks: AtomicU64,
     pub rejections: [AtomicU64; Reject::ALL.len()],
     pub errors: [AtomicU64; ErrorKind::ALL.len()],
@@ -272,6 +276,7 @@ impl Default for Shard {
             bytes_upstream: AtomicU64::new(0),
             bytes_downstream: AtomicU64::new(0),
             pipes_in_use: AtomicI64::new(0),
+            timer_entries: AtomicI64::new(0),
             copy_fallbacks: AtomicU64::new(0),
             rejections: std::array::from_fn(|_| AtomicU64::new(0)),
             errors: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -571,6 +576,12 @@ impl Collector for Metrics {
             PIPES_IN_USE,
             "Pipes held by tunnels with bytes in flight (splice data path).",
             sum_i(sh, |s| &s.pipes_in_use),
+        )?;
+        gauge(
+            &mut enc,
+            TIMER_ENTRIES,
+            "Deadlines in the workers' timer heaps (one per open connection at most).",
+            sum_i(sh, |s| &s.timer_entries),
         )?;
         counter(
             &mut enc,

@@ -37,6 +37,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+mod attack;
 mod dns;
 
 #[derive(Parser)]
@@ -170,6 +171,74 @@ enum Mode {
         #[arg(long)]
         count_file: PathBuf,
     },
+    /// Slowloris: CONNECTION heads that never end, one more header byte every INTERVAL_MS.
+    Slowloris {
+        #[command(flatten)]
+        net: Net,
+        #[command(flatten)]
+        attack: attack::Attack,
+        #[arg(long, default_value_t = 9000)]
+        connections: usize,
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Give up on a connection still open after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+    /// Idle flood: CONNECTIONS that never send a byte, then TRICKLE more per second for HOLD s.
+    Flood {
+        #[command(flatten)]
+        net: Net,
+        #[command(flatten)]
+        attack: attack::Attack,
+        #[arg(long, default_value_t = 6000)]
+        connections: usize,
+        #[arg(long, default_value_t = 5)]
+        hold: u64,
+        #[arg(long, default_value_t = 100)]
+        trickle: usize,
+    },
+    /// Reset storm: TUNNELS streaming both ways, each reset mid-stream by one side.
+    Resets {
+        #[command(flatten)]
+        net: Net,
+        #[command(flatten)]
+        attack: attack::Attack,
+        #[arg(long, default_value_t = 4000)]
+        tunnels: usize,
+        /// Resets are spread over this many milliseconds after each tunnel starts.
+        #[arg(long, default_value_t = 500)]
+        max_ms: u64,
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Each side writes a 16 KiB chunk every PACE_MS (0: as fast as it can).
+        #[arg(long, default_value_t = 100)]
+        pace_ms: u64,
+    },
+    /// Stalled reader: SIDE (client or upstream) stops reading while the other streams.
+    Stall {
+        #[command(flatten)]
+        net: Net,
+        #[command(flatten)]
+        attack: attack::Attack,
+        #[arg(long, default_value_t = 50)]
+        tunnels: usize,
+        #[arg(long, default_value = "client")]
+        side: String,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+    /// Black-holed upstream: COUNT CONNECTs to --target (SYNs dropped), healthy tunnels beside.
+    Blackhole {
+        #[command(flatten)]
+        net: Net,
+        #[command(flatten)]
+        attack: attack::Attack,
+        #[arg(long, default_value_t = 20)]
+        count: usize,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
     /// Hold N idle tunnels for SECONDS and report the gateway's cost per tunnel.
     Idle {
         #[command(flatten)]
@@ -211,7 +280,8 @@ fn main() -> Result<()> {
                 agents: agents.clamp(1, 20_000),
                 size: size.clamp(1, 1 << 30),
                 period: Duration::from_secs_f64((interval / time_scale).clamp(0.001, 3600.0)),
-                seconds: seconds.clamp(1, 600),
+                // Up to a day: the soak (`loadtest/soak.sh`) runs one agent process throughout.
+                seconds: seconds.clamp(1, 86_400),
                 concurrency: concurrency.clamp(1, 4096),
                 ack_timeout: Duration::from_secs(ack_timeout.clamp(1, 120)),
                 interval,
@@ -258,6 +328,71 @@ fn main() -> Result<()> {
             seconds.clamp(1, 86_400),
             &count_file,
         ),
+        Mode::Slowloris {
+            net,
+            attack,
+            connections,
+            interval_ms,
+            seconds,
+        } => runtime(net.threads)?.block_on(attack::slowloris(
+            net.clone(),
+            attack,
+            connections.clamp(1, 20_000),
+            Duration::from_millis(interval_ms.clamp(10, 60_000)),
+            seconds.clamp(1, 600),
+        )),
+        Mode::Flood {
+            net,
+            attack,
+            connections,
+            hold,
+            trickle,
+        } => runtime(net.threads)?.block_on(attack::flood(
+            net.clone(),
+            attack,
+            connections.clamp(1, 20_000),
+            hold.clamp(0, 600),
+            trickle.clamp(0, 10_000),
+        )),
+        Mode::Resets {
+            net,
+            attack,
+            tunnels,
+            max_ms,
+            rounds,
+            pace_ms,
+        } => runtime(net.threads)?.block_on(attack::resets(
+            net.clone(),
+            attack,
+            tunnels.clamp(1, 20_000),
+            max_ms.clamp(1, 60_000),
+            rounds.clamp(1, 100),
+            (pace_ms > 0).then(|| Duration::from_millis(pace_ms.min(60_000))),
+        )),
+        Mode::Stall {
+            net,
+            attack,
+            tunnels,
+            side,
+            seconds,
+        } => runtime(net.threads)?.block_on(attack::stall(
+            net.clone(),
+            attack,
+            tunnels.clamp(1, 5_000),
+            side,
+            seconds.clamp(1, 3_600),
+        )),
+        Mode::Blackhole {
+            net,
+            attack,
+            count,
+            seconds,
+        } => runtime(net.threads)?.block_on(attack::blackhole(
+            net.clone(),
+            attack,
+            count.clamp(1, 10_000),
+            seconds.clamp(1, 600),
+        )),
         Mode::Idle {
             net,
             tunnels,
@@ -451,6 +586,7 @@ fn pct(sorted: &[u32], p: f64) -> f64 {
 fn lat_json(sorted: &[u32]) -> Value {
     json!({
         "count": sorted.len(),
+        "min_ms": round(sorted.first().map_or(0.0, |&us| us as f64 / 1000.0), 3),
         "p50_ms": round(pct(sorted, 50.0), 3),
         "p99_ms": round(pct(sorted, 99.0), 3),
         "p99_9_ms": round(pct(sorted, 99.9), 3),

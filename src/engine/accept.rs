@@ -299,9 +299,8 @@ impl Worker {
                 buf: Vec::with_capacity(256),
             }
         } else {
-            State::Head {
-                buf: Vec::with_capacity(1024),
-            }
+            // Empty: `read_head` keeps only the bytes that arrive.
+            State::Head { buf: Vec::new() }
         };
         self.slots[slot as usize].conn = Some(Conn {
             shell: Shell {

@@ -634,6 +634,10 @@ fn run_worker(
     shard
         .alive
         .store(false, std::sync::atomic::Ordering::Relaxed);
+    // Its timer heap went with it.
+    shard
+        .timer_entries
+        .store(0, std::sync::atomic::Ordering::Relaxed);
     if let Err(e) = result {
         // Close the engine's duplicates of this worker's listeners too: once no fd refers to a
         // socket, the kernel takes it out of the SO_REUSEPORT group and sends its share of new

@@ -251,6 +251,10 @@ impl Worker {
             }
             let now = self.now;
             self.fire_timers(now);
+            self.shard.timer_entries.store(
+                self.deadlines.len() as i64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             self.sweep_refusal_log(now);
             if let Some(until) = self.accept_paused_until {
                 if now >= until {

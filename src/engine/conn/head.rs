@@ -37,23 +37,19 @@ impl Worker {
         };
         let limit = max + EARLY_DATA_ROOM;
         let mut eof = false;
+        // Read into the worker's scratch buffer and keep only what arrived: a client that
+        // dribbles a few bytes holds a few bytes (the Vec grows by doubling with what it
+        // keeps), not a zero-filled read-sized block per read.
         while conn.c_rd && buf.len() < limit {
-            let old = buf.len();
-            let want = (limit - old).min(8192);
-            buf.resize(old + want, 0);
-            match sys::recv(conn.client.as_fd(), &mut buf[old..]) {
+            let want = (limit - buf.len()).min(self.scratch.len());
+            match sys::recv(conn.client.as_fd(), &mut self.scratch[..want]) {
                 Ok(0) => {
-                    buf.truncate(old);
                     eof = true;
                     break;
                 }
-                Ok(n) => buf.truncate(old + n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    buf.truncate(old);
-                    conn.c_rd = false;
-                }
+                Ok(n) => buf.extend_from_slice(&self.scratch[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.c_rd = false,
                 Err(_) => {
-                    buf.truncate(old);
                     eof = true;
                     break;
                 }

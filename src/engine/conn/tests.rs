@@ -280,6 +280,44 @@ fn header_timeout_fires_at_header_timeout_then_lingers_exactly_two_seconds() {
     assert_eq!(b.worker.registry.live(), 0);
 }
 
+/// The head buffer holds what arrived, not a read-sized block: a slowloris client that has sent
+/// a few bytes costs a few bytes (it once cost 8-16 KiB, zero-filled, per connection).
+#[test]
+fn a_dribbled_head_holds_only_the_bytes_that_arrived() {
+    let mut b = bench();
+    b.worker.now = Instant::now();
+    let mut client = b.accept();
+    let key = b.fake().watched[0];
+    let held = |b: &Bench| -> (usize, usize) {
+        match &b.worker.slots[0].conn.as_ref().expect("a connection").state {
+            State::Head { buf } => (buf.len(), buf.capacity()),
+            _ => panic!("still reading the head"),
+        }
+    };
+    assert_eq!(
+        held(&b),
+        (0, 0),
+        "nothing is allocated before a byte arrives"
+    );
+    client.write_all(b"CONN").unwrap();
+    b.ready(key);
+    let (len, cap) = held(&b);
+    assert_eq!(len, 4);
+    assert!(cap <= 64, "4 bytes arrived, {cap} bytes held");
+    client
+        .write_all(b"ECT up.test:443 HTTP/1.1\r\nX-Pad: ")
+        .unwrap();
+    b.ready(key);
+    for i in 0..64 {
+        client.write_all(b"a").unwrap();
+        b.ready(key);
+        let (len, cap) = held(&b);
+        assert_eq!(len, 38 + i);
+        assert!(cap <= 2 * len, "{len} bytes arrived, {cap} bytes held");
+    }
+    assert_eq!(b.state(), "head");
+}
+
 #[test]
 fn connect_timeout_counts_from_the_first_address_across_the_second() {
     let mut b = bench();
