@@ -263,7 +263,23 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
     let takeover_listener = {
         let _guard = rt.enter();
         let replacing = took_over.as_ref().map(|(_, p, _)| p.as_path());
-        bind_takeover(&cfg.takeover_socket, replacing)?
+        match bind_takeover(&cfg.takeover_socket, replacing) {
+            Ok(l) => l,
+            // The old process has stopped accepting: this one serves whatever happens.
+            Err(e) if took_over.is_some() => {
+                warn!(
+                    event_id = events::INTERNAL_ERROR,
+                    error = %e,
+                    "takeover socket not served: this process cannot be taken over in turn"
+                );
+                None
+            }
+            Err(e) => {
+                serving.engine.stop();
+                serving.engine.join();
+                return Err(e);
+            }
+        }
     };
     let pid_path = opts
         .pid_file
