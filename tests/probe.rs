@@ -136,7 +136,7 @@ fn drain_grace_keeps_accepting_while_readyz_says_draining() {
     let sent = Instant::now();
     gw.sigterm();
     // 503 at once on both ports.
-    let deadline = sent + Duration::from_millis(1500);
+    let deadline = sent + Duration::from_millis(1000);
     let mut both = false;
     while Instant::now() < deadline {
         let a = http_get(probe, "/readyz").map(|r| r.0).ok();
@@ -160,7 +160,7 @@ fn drain_grace_keeps_accepting_while_readyz_says_draining() {
     );
     tunnel_works(gw.addr(), &target, 2);
     // After the grace: refused.
-    let deadline = sent + Duration::from_secs(5);
+    let deadline = sent + Duration::from_secs(6);
     let mut refused = false;
     while Instant::now() < deadline {
         match TcpStream::connect_timeout(&gw.addr(), Duration::from_millis(500)) {
