@@ -247,3 +247,20 @@ fn stopping_is_notified_at_the_signal_not_after_the_grace() {
     );
     assert!(gw.wait_exit(Duration::from_secs(10)).is_some());
 }
+
+/// With `relay_proxy.health_check`, an unreachable relay makes the probe port unready too.
+#[test]
+fn the_probe_port_reports_an_unreachable_relay() {
+    let closed = ClosedPort::new();
+    let cfg = Config::new().raw(&format!(
+        "health_listen: \"127.0.0.1:0\"\nrelay_proxy:\n  address: \"http://127.0.0.1:{}\"\n  health_check: true\n",
+        closed.port()
+    ));
+    let Some(gw) = Gateway::start(cfg) else {
+        return;
+    };
+    let (code, body) = http_get(health_addr(&gw), "/readyz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("relay proxy"), "{body}");
+    assert_eq!(http_get(health_addr(&gw), "/healthz").unwrap().0, 200);
+}
