@@ -265,7 +265,7 @@ fn a_restart_on_a_held_socket_refuses_nobody() {
 #[test]
 fn the_socket_unit_matches_the_default_listen_and_verifies() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let socket = std::fs::read_to_string(root.join("systemd/splicegate.socket")).unwrap();
+    let socket = std::fs::read_to_string(root.join("deploy/systemd/splicegate.socket")).unwrap();
     let streams: Vec<String> = socket
         .lines()
         .filter_map(|l| l.strip_prefix("ListenStream="))

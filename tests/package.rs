@@ -211,6 +211,13 @@ fn debian_package_contents_and_maintainer_scripts() {
         std::fs::read_to_string(&unit).unwrap(),
         std::fs::read_to_string(Path::new(ROOT).join("systemd/splicegate.service")).unwrap()
     );
+    // The socket unit is installed beside the service, for an operator to enable.
+    let socket = unit.with_file_name("splicegate.socket");
+    assert_eq!(
+        std::fs::read_to_string(&socket).unwrap_or_default(),
+        std::fs::read_to_string(Path::new(ROOT).join("deploy/systemd/splicegate.socket")).unwrap(),
+        "splicegate.socket is installed next to the service"
+    );
     let conf = root.join("etc/splicegate/splicegate.yaml");
     let mode = std::fs::metadata(&conf).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o640, "the config is not world-readable");
@@ -332,6 +339,11 @@ fn debian_package_contents_and_maintainer_scripts() {
             || calls.contains("deb-systemd-helper update-state splicegate.service")
             || calls.contains("deb-systemd-helper unmask splicegate.service"),
         "postinst enables the unit: {calls}"
+    );
+    // ... but never the socket unit: its addresses must first match an existing `listen`.
+    assert!(
+        !calls.contains("splicegate.socket"),
+        "postinst leaves splicegate.socket alone: {calls}"
     );
     // Purge: the user exists; config and user go.
     let log = scratch.path().join("purge.log");
