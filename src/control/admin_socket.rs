@@ -14,8 +14,9 @@
 //! - `{"cmd":"rules"}`: `{"ok":true,"rules":[{"rule","tunnels","bytes_up","bytes_down",
 //!   "last_used"}]}` (`last_used`: Unix seconds of the entry's last tunnel, or null).
 //!
-//! Any failure is `{"ok":false,"error":"..."}`. A worker that does not answer within
-//! `limits.admin_timeout` is counted in `"missing_workers"` next to the answer of the others.
+//! Any failure is `{"ok":false,"error":"..."}`. A worker that does not answer within three
+//! quarters of `limits.admin_timeout` is counted in `"missing_workers"`, next to the answer of
+//! the others.
 //!
 //! # Access
 //! The socket is mode 0660, group `splicegate` when that group exists (else the process's

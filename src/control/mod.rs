@@ -815,7 +815,9 @@ impl Control {
         };
         let engines =
             std::iter::once(&self.serving.engine).chain(self.retiring.iter().map(|r| &r.engine));
-        let timeout = self.cfg.limits.admin_timeout;
+        // Three quarters of the connection's own timeout, so that an answer without the
+        // workers that did not make it still reaches the client.
+        let timeout = self.cfg.limits.admin_timeout * 3 / 4;
         if close {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
             let asked: usize = engines

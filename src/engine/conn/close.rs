@@ -35,6 +35,7 @@ impl Worker {
         // Any upstream socket closes with its registration as the state drops.
         let Conn { shell: conn, state } = conn;
         if let State::Tunnel(mut t) = state {
+            t.count_rule_bytes(self.id);
             t.up.release(&mut self.pool);
             t.down.release(&mut self.pool);
             self.shard.tunnels_active.fetch_sub(1, Relaxed);

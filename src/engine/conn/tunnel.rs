@@ -54,6 +54,8 @@ pub(in crate::engine) struct Tunnel {
     /// What inspection saw once it allowed the session (`None` without inspection).
     pub(in crate::engine) tls_version: Option<&'static str>,
     pub(in crate::engine) sni: Option<String>,
+    /// The bytes already added to the entry's counters (see [`Tunnel::count_rule_bytes`]).
+    pub(in crate::engine) counted: (u64, u64),
 }
 
 /// The next tunnel id (see [`Tunnel::id`]); one atomic add per tunnel established.
@@ -66,6 +68,25 @@ impl Tunnel {
             Some(l) => (l.bytes_up, l.bytes_down),
             None => (self.up.bytes, self.down.bytes),
         }
+    }
+
+    /// Add the bytes relayed since the last call to the entry's counters (on `worker`'s
+    /// stripe): two adds when bytes moved, nothing otherwise. Called after each pump and at
+    /// the close, so bytes moved outside the pump (early data, the inspected hello) count too.
+    pub(in crate::engine) fn count_rule_bytes(&mut self, worker: usize) {
+        let now = self.bytes();
+        if now == self.counted {
+            return;
+        }
+        if let Some(r) = &self.rule {
+            r.usage.bytes(
+                worker,
+                r.rule,
+                now.0.saturating_sub(self.counted.0),
+                now.1.saturating_sub(self.counted.1),
+            );
+        }
+        self.counted = now;
     }
 }
 
@@ -165,6 +186,7 @@ impl Worker {
             rule: target.rule,
             tls_version: None,
             sni: None,
+            counted: (0, 0),
             upstream,
             target: target_s,
             addr,
@@ -222,13 +244,8 @@ impl Worker {
             tls,
             inspect,
             last_activity,
-            rule,
             ..
         } = &mut **t;
-        let before = match tls.as_ref() {
-            Some(l) => (l.bytes_up, l.bytes_down),
-            None => (up.bytes, down.bytes),
-        };
         // While the handshake is followed, every chunk passes the inspector first. Both taps
         // share the inspector through a RefCell: they are called one after the other, never
         // at once.
@@ -307,21 +324,7 @@ impl Worker {
                 )),
             }
         };
-        // The entry's byte counters: two adds when bytes moved, none otherwise.
-        if let Some(r) = rule.as_ref() {
-            let after = match tls.as_ref() {
-                Some(l) => (l.bytes_up, l.bytes_down),
-                None => (up.bytes, down.bytes),
-            };
-            if after != before {
-                r.usage.bytes(
-                    self.id,
-                    r.rule,
-                    after.0.saturating_sub(before.0),
-                    after.1.saturating_sub(before.1),
-                );
-            }
-        }
+        t.count_rule_bytes(self.id);
         if following && self.inspection_verdict(slot) {
             return;
         }
