@@ -42,6 +42,7 @@ pub const ENGINES_RETIRING: &str = "splicegate_engines_retiring";
 pub const DNS_LOOKUP: &str = "splicegate_dns_lookup_seconds";
 pub const DNS_QUERIES: &str = "splicegate_dns_queries";
 pub const DNS_CACHE: &str = "splicegate_dns_cache";
+pub const LOG_LINES_DROPPED: &str = "splicegate_log_lines_dropped";
 
 /// Upper bounds (seconds) of the tunnel duration histogram.
 const TUNNEL_BUCKETS: [f64; 12] = [
@@ -688,6 +689,12 @@ impl Collector for Metrics {
             ENGINES_RETIRING,
             "Engines replaced by a reload (new listen or workers) still draining their tunnels.",
             self.status.engines_retiring.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            LOG_LINES_DROPPED,
+            "Log lines dropped because the log writer's queue was full (a worker never waits on a log write).",
+            crate::logwriter::dropped(),
         )?;
         Ok(())
     }
