@@ -6,6 +6,14 @@
 //! the socket-to-pipe splice can only mean "socket empty" (the ambiguity HAProxy and Go avoid the
 //! same way). When no pipe can be had (pool cap, per-user pipe limit, fds), the chunk is copied
 //! through the worker's scratch buffer instead; `data_path: copy` always copies.
+//!
+//! A write to `dst` that takes less than it was given (a `send`, or a splice out of the pipe asked
+//! for everything the pipe holds) means the socket's send buffer is full: the flow stops there
+//! and waits for the writable edge instead of making the write that is bound to fail with
+//! `EAGAIN`. The kernel guarantees that edge: a TCP write that runs out of send buffer sets
+//! `SOCK_NOSPACE` before returning, and the socket then wakes its pollers when space frees up
+//! (`tcp_sendmsg_locked` -> `sk_stream_wait_memory`, `sk_stream_write_space`); the test
+//! `a_short_write_is_followed_by_a_writable_edge` checks it on this kernel.
 
 use std::io;
 use std::os::fd::BorrowedFd;
@@ -118,6 +126,11 @@ impl Flow {
                         let own = n.min(self.own);
                         self.own -= own;
                         self.delivered(n - own, counter, cx);
+                        if self.sent < self.pending.len() {
+                            // A short write: `dst`'s send buffer is full (see `full_after`).
+                            *dst_writable = false;
+                            return Ok(Pumped::Blocked);
+                        }
                         continue;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -143,6 +156,11 @@ impl Flow {
                     Ok(n) => {
                         self.in_pipe -= n;
                         self.delivered(n, counter, cx);
+                        if self.in_pipe > 0 {
+                            // Asked for all the pipe held, got less: `dst` is full.
+                            *dst_writable = false;
+                            return Ok(Pumped::Blocked);
+                        }
                         continue;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -218,7 +236,10 @@ impl Flow {
                     let mut k = 0;
                     if *dst_writable {
                         match sys::send(dst, &cx.scratch[..n], false) {
-                            Ok(w) => k = w,
+                            Ok(w) => {
+                                k = w;
+                                *dst_writable = w == n;
+                            }
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                                 *dst_writable = false;
                             }
@@ -246,5 +267,54 @@ impl Flow {
             counter.fetch_add(n as u64, Relaxed);
             cx.moved = true;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    use std::time::{Duration, Instant};
+
+    /// The premise of stopping at a short write: after a write that the kernel cut short (send
+    /// buffer full), an edge-triggered poller is told when the socket is writable again, with no
+    /// further write attempted in between.
+    #[test]
+    fn a_short_write_is_followed_by_a_writable_edge() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut b, _) = l.accept().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut ep = sys::Epoll::new(8).unwrap();
+        ep.add(a.as_fd(), sys::Interest::ReadWrite, 7).unwrap();
+        let chunk = vec![0u8; 256 * 1024];
+        let mut short = false;
+        for _ in 0..10_000 {
+            let n = sys::send(a.as_fd(), &chunk, false).unwrap();
+            if n < chunk.len() {
+                short = true;
+                break;
+            }
+        }
+        assert!(short, "the send buffer never filled");
+        // Let anything queued before the short write arrive, then take it out of the way.
+        std::thread::sleep(Duration::from_millis(50));
+        let mut ready = Vec::new();
+        ep.wait(Some(Duration::ZERO), &mut ready).unwrap();
+        ready.clear();
+        // The peer reads; the writer does nothing but wait for the edge.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut buf = vec![0u8; 1 << 20];
+        b.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let mut writable = false;
+        while !writable && Instant::now() < deadline {
+            let _ = b.read(&mut buf);
+            ep.wait(Some(Duration::from_millis(1)), &mut ready).unwrap();
+            writable = ready
+                .iter()
+                .any(|r| r.key == 7 && r.bits & libc::EPOLLOUT as u32 != 0);
+        }
+        assert!(writable, "no writable edge after the short write");
     }
 }

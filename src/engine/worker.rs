@@ -158,6 +158,10 @@ impl Worker {
     pub fn run(mut self) -> io::Result<()> {
         for (i, l) in self.listeners.iter().enumerate() {
             if let Some(fd) = l {
+                // Accepted sockets inherit TCP_NODELAY from their listener, which saves a
+                // setsockopt per connection; set here so that inherited listeners (hand-over,
+                // socket activation) carry it too. Failing only costs latency, not correctness.
+                let _ = socket2::SockRef::from(fd).set_tcp_nodelay(true);
                 self.driver.add_listener(i as u32, fd.as_fd())?;
             }
         }
@@ -319,7 +323,7 @@ impl Worker {
                 }
                 if side == Side::Upstream {
                     if let Some(State::Connecting(_)) = self.conn_mut(slot, gen).map(|c| &c.state) {
-                        self.on_connect_ready(slot);
+                        self.on_connect_ready(slot, readable, writable);
                         return;
                     }
                 }

@@ -40,6 +40,7 @@ impl Relaying {
             upstream,
             addr,
             started,
+            u_rd: _,
         } = up;
         Relaying {
             target,
@@ -187,6 +188,8 @@ impl Worker {
                     upstream,
                     addr,
                     started,
+                    // The relay may have sent more than its answer (or the TLS leg holds it).
+                    u_rd: true,
                 };
                 match tls {
                     Some(mut leg) => {

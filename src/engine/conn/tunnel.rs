@@ -56,6 +56,8 @@ pub(in crate::engine) struct Upstream {
     pub(in crate::engine) addr: SocketAddr,
     /// When dialling began (for `connect_ms`).
     pub(in crate::engine) started: Instant,
+    /// The upstream may have bytes to read already (its readiness so far).
+    pub(in crate::engine) u_rd: bool,
 }
 
 impl Worker {
@@ -66,7 +68,7 @@ impl Worker {
     pub(in crate::engine) fn establish(
         &mut self,
         slot: u32,
-        mut shell: Shell,
+        shell: Shell,
         up: Upstream,
         from_up: Vec<u8>,
         tls: Option<Box<TlsLeg>>,
@@ -76,6 +78,7 @@ impl Worker {
             upstream,
             addr,
             started,
+            u_rd,
         } = up;
         let now = self.now;
         let early = std::mem::take(&mut target.early);
@@ -137,7 +140,8 @@ impl Worker {
             upstream,
             target: target_s,
             addr,
-            u_rd: true,
+            // The readiness seen so far: a read that is bound to fail with EAGAIN is not made.
+            u_rd,
             u_wr: true,
             up,
             down,
@@ -149,8 +153,8 @@ impl Worker {
             user: target.user,
             cert_subject: None,
         };
-        // The client may have sent more while we connected.
-        shell.c_rd = true;
+        // `shell.c_rd` stays as it is: the head was read until EAGAIN (or its limit), and any
+        // wake-up since (while resolving or connecting) has set it again.
         let idle = shell.limits.idle_timeout;
         self.put_conn(slot, shell, State::Tunnel(Box::new(tunnel)));
         self.shard.tunnels_active.fetch_add(1, Relaxed);
