@@ -1,8 +1,8 @@
 //! The log writer: a bounded queue of formatted log lines and the one thread that writes them.
 //!
 //! A thread that logs (a worker, the control thread) formats its event into a line as before and
-//! hands a copy of it to the queue with `try_send`; it never makes the write syscall itself and
-//! never waits. The `log-writer` thread takes the lines in order, writes a batch of them to
+//! hands a copy of it to the queue with `try_send`; it never makes the write syscall itself,
+//! never wakes the writer (which polls the queue every 5 ms) and never waits. The `log-writer` thread takes the lines in order, writes a batch of them to
 //! stderr with one `write`, or sends each to journald as a datagram (see [`journald`]). When the
 //! queue is full (the writer is behind: a slow terminal, a stalled journald), the line is dropped
 //! and counted in [`dropped`] (`splicegate_log_lines_dropped_total`): a full log never slows a
@@ -15,7 +15,7 @@ pub mod journald;
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,8 @@ use tracing_subscriber::fmt::MakeWriter;
 pub const DEFAULT_QUEUE_LINES: usize = 65_536;
 /// Largest batch the writer puts in one `write` to stderr.
 const BATCH_BYTES: usize = 64 * 1024;
+/// How often the writer looks at the queue.
+const POLL: Duration = Duration::from_millis(5);
 /// How long the exit flush waits for the writer.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -169,23 +171,33 @@ impl Drop for LogGuard {
     }
 }
 
-/// The writer thread: until every sender is gone.
+/// The writer thread: until every sender is gone. It polls the queue every [`POLL`] instead of
+/// blocking on it, so that a thread queueing a line never has to wake it (a futex syscall per
+/// line on the worker); lines wait at most that long.
 fn run(rx: Receiver<Msg>, sink: Sink) {
     let mut batch: Vec<u8> = Vec::with_capacity(BATCH_BYTES);
     let stderr = io::stderr();
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        let mut acks = Vec::new();
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Line(line) => match &sink {
-                    Sink::Stderr => batch.extend_from_slice(&line),
+    let mut acks = Vec::new();
+    loop {
+        let mut gone = false;
+        loop {
+            match rx.try_recv() {
+                Ok(Msg::Line(line)) => match &sink {
+                    Sink::Stderr => {
+                        batch.extend_from_slice(&line);
+                        if batch.len() >= BATCH_BYTES {
+                            let _ = stderr.lock().write_all(&batch);
+                            batch.clear();
+                        }
+                    }
                     Sink::Journald(s) => s.send(&line),
                 },
-                Msg::Flush(ack) => acks.push(ack),
-            }
-            if batch.len() < BATCH_BYTES {
-                next = rx.try_recv().ok();
+                Ok(Msg::Flush(ack)) => acks.push(ack),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    gone = true;
+                    break;
+                }
             }
         }
         if !batch.is_empty() {
@@ -193,9 +205,13 @@ fn run(rx: Receiver<Msg>, sink: Sink) {
             let _ = stderr.lock().write_all(&batch);
             batch.clear();
         }
-        for ack in acks {
+        for ack in acks.drain(..) {
             let _ = ack.try_send(());
         }
+        if gone {
+            return;
+        }
+        std::thread::sleep(POLL);
     }
 }
 
