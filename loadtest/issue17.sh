@@ -9,7 +9,8 @@
 # Scenarios (the issue's set-up: TLS inspection on, the target name in a hosts file, default log
 # level, JSON lines to a file):
 #   storm    - `connect`: 5,000 tunnels, 32 at a time (TCP connect, CONNECT, 200, close)
-#   stream64 - 64 plain tunnels streaming for STREAM_SECONDS
+#   stream64 - 64 TLS tunnels (the sender encrypts, the sink decrypts: inspection passes them)
+#              streaming for STREAM_SECONDS
 #   agents   - 1,000 agents, 200 KB every 0.6 s over TLS (SNI sink.test), AGENT_SECONDS schedule
 # splicegate and Squid get `CONNECT sink.test:PORT`, the name only in a hosts file
 # (`resolver.hosts_file`, Squid's `hosts_file`); the floor has no resolver and gets
@@ -40,6 +41,9 @@ chmod 755 "$work"
 mkdir -p "$work/peer" && chown proxy:proxy "$work/peer" 2>/dev/null || chmod 777 "$work/peer"
 PEERPID=""; SINKPID=""
 cleanup() {
+  # Only the script itself cleans up (a background subshell interrupted by kill -INT runs the
+  # EXIT trap too).
+  [ "$BASHPID" = "$$" ] || return 0
   [ -n "$PEERPID" ] && kill "$PEERPID" 2>/dev/null && wait "$PEERPID" 2>/dev/null || true
   [ -n "$SINKPID" ] && kill "$SINKPID" 2>/dev/null || true
   rm -rf "$work"
@@ -136,16 +140,22 @@ run() { # round target scenario args...
   printf '%-4s %-13s %-9s %s\n' "r$round" "$target" "$scen" "$(echo "$line" | head -c 220)"
 }
 
-# strace -c of the whole gateway process (all threads) while `cmd...` runs, or for WINDOW seconds
-# starting DELAY seconds into it.
+# strace -c of the whole gateway process (all threads): WINDOW seconds starting DELAY seconds
+# into `cmd...`, or (WINDOW 0) the whole of `cmd...`, attached before it starts.
 traced() { # file delay window cmd...
-  local file=$1 delay=$2 window=$3; shift 3
-  "$@" > "$work/traced.out" 2> /dev/null & local cp=$!
-  sleep "$delay"
-  strace -c -f -p "$PEERPID" -o "$file" 2> /dev/null & local st=$!
-  if [ "$window" = 0 ]; then wait "$cp" || true; else sleep "$window"; fi
+  local file=$1 delay=$2 window=$3 cp="" st; shift 3
+  if [ "$window" = 0 ]; then
+    strace -c -f -p "$PEERPID" -o "$file" 2> /dev/null & st=$!
+    sleep 1
+    "$@" > "$work/traced.out" 2> /dev/null || true
+  else
+    "$@" > "$work/traced.out" 2> /dev/null & cp=$!
+    sleep "$delay"
+    strace -c -f -p "$PEERPID" -o "$file" 2> /dev/null & st=$!
+    sleep "$window"
+  fi
   kill -INT "$st" 2>/dev/null || true; wait "$st" 2>/dev/null || true
-  wait "$cp" 2>/dev/null || true
+  if [ -n "$cp" ]; then wait "$cp" 2>/dev/null || true; fi
 }
 
 { echo "nproc: $(nproc)"; echo "uname -r: $(uname -r)"; grep -m1 'model name' /proc/cpuinfo;
@@ -157,7 +167,7 @@ for r in $(seq "$ROUNDS"); do
   for t in $TARGETS; do
     start_target "$t"
     run "$r" "$t" storm    connect --count "$STORM" --concurrency 32 --seconds 30
-    run "$r" "$t" stream64 stream --tunnels 64 --seconds "$STREAM_SECONDS"
+    run "$r" "$t" stream64 stream --tunnels 64 --seconds "$STREAM_SECONDS" --tls
     run "$r" "$t" agents   agent --agents "$AGENTS" --interval 0.6 --seconds "$AGENT_SECONDS" --sources 4
     stop_target
   done
