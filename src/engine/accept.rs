@@ -257,6 +257,7 @@ impl Worker {
                 splice,
                 deadline,
                 c_rd: false,
+                c_hup: false,
                 c_wr: true,
             },
             state: State::Head {

@@ -14,6 +14,16 @@
 //! `SOCK_NOSPACE` before returning, and the socket then wakes its pollers when space frees up
 //! (`tcp_sendmsg_locked` -> `sk_stream_wait_memory`, `sk_stream_write_space`); the test
 //! `a_short_write_is_followed_by_a_writable_edge` checks it on this kernel.
+//!
+//! A short read proves less: a splice into the (empty) pipe stops when the socket is empty, but
+//! also when the pipe runs out of slots (one per socket-buffer fragment, however small), at a
+//! FIN, or before urgent data. One case is provable: a read of fewer bytes than the pipe has
+//! slots cannot have filled it, so unless the source has reported a hang-up (a FIN may be what
+//! stopped it) the socket was empty, and any byte arriving later wakes the poller. Only then is
+//! the flag cleared without the read bound to fail with `EAGAIN` — small messages such as
+//! acknowledgements (below 256 bytes with 1 MiB pipes and 4 KiB pages). Urgent data
+//! stops a splice too (`tcp_read_sock` stops at the urgent mark), which the splice path could not
+//! get past before either; this changes nothing there.
 
 use std::io;
 use std::os::fd::BorrowedFd;
@@ -108,6 +118,7 @@ impl Flow {
         src: BorrowedFd<'_>,
         dst: BorrowedFd<'_>,
         src_readable: &mut bool,
+        src_hup: bool,
         dst_writable: &mut bool,
         counter: &AtomicU64,
         budget: usize,
@@ -197,6 +208,11 @@ impl Flow {
                             self.eof = true;
                         }
                         Ok(n) => {
+                            if !src_hup && n < p.slots {
+                                // Fewer bytes than the pipe has slots: the pipe did not fill,
+                                // so the read stopped because the socket was empty.
+                                *src_readable = false;
+                            }
                             self.in_pipe = n;
                             self.pipe = Some(p);
                             budget = budget.saturating_sub(n);
@@ -316,5 +332,87 @@ mod tests {
                 .any(|r| r.key == 7 && r.bits & libc::EPOLLOUT as u32 != 0);
         }
         assert!(writable, "no writable edge after the short write");
+    }
+
+    /// A read shorter than the pipe's slot count ends the turn without the read that would only
+    /// say EAGAIN — which, had the source hung up, would have found its FIN: so with the
+    /// hang-up reported the flow reads on and passes the EOF along.
+    #[test]
+    fn a_small_read_needs_no_probe_unless_the_source_hung_up() {
+        let shard = std::sync::Arc::new(crate::metrics::Shard::default());
+        let mut pool = PipePool::new(1 << 20, 8, std::sync::Arc::clone(&shard));
+        let Some(p) = pool.take() else {
+            eprintln!("skipped: no pipe");
+            return;
+        };
+        if p.slots < 9 {
+            eprintln!(
+                "skipped: pipe of {} bytes (a 1 MiB pipe was refused)",
+                p.capacity
+            );
+            return;
+        }
+        pool.give(p);
+        let pair = || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (b, _) = l.accept().unwrap();
+            b.set_nonblocking(true).unwrap();
+            (a, b)
+        };
+        for hup in [false, true] {
+            let (mut peer, src) = pair();
+            let (dst, mut far) = pair();
+            std::io::Write::write_all(&mut peer, b"8 bytes!").unwrap();
+            peer.shutdown(std::net::Shutdown::Write).unwrap();
+            // Both the bytes and the FIN are queued on `src` (bounded wait on the kernel).
+            let mut fds = [rustix::event::PollFd::new(
+                &src,
+                rustix::event::PollFlags::RDHUP,
+            )];
+            let five = rustix::event::Timespec {
+                tv_sec: 5,
+                tv_nsec: 0,
+            };
+            assert_eq!(rustix::event::poll(&mut fds, Some(&five)).unwrap(), 1);
+            let mut scratch = vec![0u8; 4096];
+            let mut cx = Cx {
+                pool: &mut pool,
+                scratch: &mut scratch,
+                splice: true,
+                shard: &shard,
+                moved: false,
+            };
+            let (mut readable, mut writable) = (true, true);
+            let counter = AtomicU64::new(0);
+            let mut flow = Flow::default();
+            let r = flow
+                .pump(
+                    src.as_fd(),
+                    dst.as_fd(),
+                    &mut readable,
+                    hup,
+                    &mut writable,
+                    &counter,
+                    1 << 20,
+                    &mut cx,
+                    None,
+                )
+                .unwrap();
+            let mut got = [0u8; 8];
+            far.read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"8 bytes!");
+            if hup {
+                assert_eq!(
+                    r,
+                    Pumped::Done,
+                    "with the hang-up reported, the EOF is read"
+                );
+            } else {
+                assert_eq!(r, Pumped::Blocked, "no read after the short one");
+                assert!(!readable);
+            }
+            flow.release(&mut pool);
+        }
     }
 }

@@ -296,6 +296,7 @@ impl Worker {
                 gen,
                 readable,
                 writable,
+                hup,
             } => {
                 let Some(Owner { slot, gen, side }) = self.registry.owner(slot, gen) else {
                     return;
@@ -307,11 +308,13 @@ impl Worker {
                     Side::Client => {
                         conn.c_rd |= readable;
                         conn.c_wr |= writable;
+                        conn.c_hup |= hup;
                     }
                     Side::Upstream => match &mut conn.state {
                         State::Tunnel(t) => {
                             t.u_rd |= readable;
                             t.u_wr |= writable;
+                            t.u_hup |= hup;
                         }
                         State::Relaying(r) => {
                             r.u_rd |= readable;
@@ -323,7 +326,7 @@ impl Worker {
                 }
                 if side == Side::Upstream {
                     if let Some(State::Connecting(_)) = self.conn_mut(slot, gen).map(|c| &c.state) {
-                        self.on_connect_ready(slot, readable, writable);
+                        self.on_connect_ready(slot, readable, writable, hup);
                         return;
                     }
                 }

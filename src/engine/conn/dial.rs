@@ -160,6 +160,7 @@ impl Worker {
         slot: u32,
         readable: bool,
         writable: bool,
+        hup: bool,
     ) {
         if !writable {
             // Neither connected nor failed yet (an error would report writable too).
@@ -246,6 +247,7 @@ impl Worker {
             addr,
             started,
             u_rd: readable,
+            u_hup: hup,
         };
         if up.target.relay_request.is_some() {
             let relaying = Relaying::new(up, leg);

@@ -41,6 +41,7 @@ impl Relaying {
             addr,
             started,
             u_rd: _,
+            u_hup: _,
         } = up;
         Relaying {
             target,
@@ -190,6 +191,9 @@ impl Worker {
                     started,
                     // The relay may have sent more than its answer (or the TLS leg holds it).
                     u_rd: true,
+                    // Not tracked while relaying: assume it, which only turns off the
+                    // short-read shortcut in `flow`.
+                    u_hup: true,
                 };
                 match tls {
                     Some(mut leg) => {

@@ -114,6 +114,7 @@ impl Bench {
             gen,
             readable: true,
             writable: true,
+            hup: false,
         });
         self.settle();
     }
@@ -128,6 +129,7 @@ impl Bench {
             gen,
             readable,
             writable,
+            hup: false,
         });
         self.settle();
     }

@@ -31,6 +31,8 @@ pub(in crate::engine) struct Tunnel {
     pub(in crate::engine) addr: SocketAddr,
     pub(in crate::engine) u_rd: bool,
     pub(in crate::engine) u_wr: bool,
+    /// The upstream socket has reported a hang-up (sticky; see `Event::Ready::hup`).
+    pub(in crate::engine) u_hup: bool,
     pub(in crate::engine) up: Flow,
     pub(in crate::engine) down: Flow,
     /// Through an `https://` relay the relay leg is TLS and both directions copy through it
@@ -58,6 +60,8 @@ pub(in crate::engine) struct Upstream {
     pub(in crate::engine) started: Instant,
     /// The upstream may have bytes to read already (its readiness so far).
     pub(in crate::engine) u_rd: bool,
+    /// The upstream has reported a hang-up already.
+    pub(in crate::engine) u_hup: bool,
 }
 
 impl Worker {
@@ -79,6 +83,7 @@ impl Worker {
             addr,
             started,
             u_rd,
+            u_hup,
         } = up;
         let now = self.now;
         let early = std::mem::take(&mut target.early);
@@ -143,6 +148,7 @@ impl Worker {
             // The readiness seen so far: a read that is bound to fail with EAGAIN is not made.
             u_rd,
             u_wr: true,
+            u_hup,
             up,
             down,
             tls,
@@ -189,6 +195,7 @@ impl Worker {
             upstream,
             u_rd,
             u_wr,
+            u_hup,
             up,
             down,
             tls,
@@ -244,6 +251,7 @@ impl Worker {
                 conn.client.as_fd(),
                 upstream.as_fd(),
                 &mut conn.c_rd,
+                conn.c_hup,
                 u_wr,
                 &self.shard.bytes_upstream,
                 TURN_BUDGET,
@@ -255,6 +263,7 @@ impl Worker {
                     upstream.as_fd(),
                     conn.client.as_fd(),
                     u_rd,
+                    *u_hup,
                     &mut conn.c_wr,
                     &self.shard.bytes_downstream,
                     TURN_BUDGET,
