@@ -34,6 +34,8 @@
 //! - [`metrics`]: metric names and per-worker shards, summed at scrape time.
 //! - [`events`]: the gateway's numeric event IDs, the reason enums used as metric labels, the
 //!   bound on peer-supplied strings in events and the rate limit on refusal events.
+//! - [`logwriter`]: the bounded queue of formatted log lines and the thread that writes them
+//!   (stderr or journald), so no worker makes a logging syscall or waits on one.
 //!
 //! # Invariants
 //! - Layers point one way (see `docs/architecture.md`, "Layers"; `tests/layering.rs` fails on
@@ -53,6 +55,7 @@ pub mod config;
 pub mod control;
 pub mod engine;
 pub mod events;
+pub mod logwriter;
 pub mod mailbox;
 pub mod manual;
 pub mod metrics;

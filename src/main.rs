@@ -11,6 +11,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 use splicegate::config::Config;
+use splicegate::logwriter::{self, LogGuard, LogQueue, Sink};
 use splicegate::{admin, control, events};
 
 #[derive(Parser)]
@@ -103,7 +104,14 @@ impl LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // Flushes the queued log lines when `main` returns (the last events come after SIGTERM).
+    let _log = match init_logging(cli.log_format) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("splicegate: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match cli.command {
         Command::Run {
             pid_file,
@@ -243,7 +251,9 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn init_logging(format: Option<LogFormat>) {
+/// Events are formatted on the thread that logs them and written by the log writer thread
+/// (`splicegate::logwriter`): no worker waits on stderr or journald.
+fn init_logging(format: Option<LogFormat>) -> Result<LogGuard, logwriter::LogWriterError> {
     let filter =
         EnvFilter::try_from_env("SPLICEGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let format = format.unwrap_or(if std::env::var_os("JOURNAL_STREAM").is_some() {
@@ -251,6 +261,19 @@ fn init_logging(format: Option<LogFormat>) {
     } else {
         LogFormat::Text
     });
+    let lines = logwriter::queue_lines_from_env()?;
+    let (journal, journal_err) = match format {
+        LogFormat::Journald => {
+            match logwriter::journald::Socket::open(logwriter::journald::JOURNALD_PATH) {
+                Ok(s) => (Some(s), None),
+                Err(e) => (None, Some(e)),
+            }
+        }
+        _ => (None, None),
+    };
+    let journald = journal.is_some();
+    let (queue, guard): (LogQueue, LogGuard) =
+        logwriter::start(journal.map_or(Sink::Stderr, Sink::Journald), lines)?;
     match format {
         LogFormat::Json => tracing_subscriber::fmt()
             .json()
@@ -259,34 +282,25 @@ fn init_logging(format: Option<LogFormat>) {
             .with_current_span(false)
             .with_span_list(false)
             .with_env_filter(filter)
-            .with_writer(std::io::stderr)
+            .with_writer(queue)
             .init(),
-        LogFormat::Journald => match tracing_journald::layer() {
-            Ok(layer) => {
-                use tracing_subscriber::layer::SubscriberExt;
-                use tracing_subscriber::util::SubscriberInitExt;
-                tracing_subscriber::registry()
-                    .with(filter)
-                    // No field prefix: the event ID is the journal field EVENT_ID
-                    // (`journalctl -u splicegate EVENT_ID=401`).
-                    .with(
-                        layer
-                            .with_syslog_identifier("splicegate".into())
-                            .with_field_prefix(None),
-                    )
-                    .init();
-            }
-            Err(e) => {
-                tracing_subscriber::fmt()
-                    .with_env_filter(filter)
-                    .with_writer(std::io::stderr)
-                    .init();
-                tracing::warn!("journald unavailable ({e}); logging to stderr");
-            }
-        },
-        LogFormat::Text => tracing_subscriber::fmt()
+        LogFormat::Journald if journald => {
+            use tracing_subscriber::layer::SubscriberExt;
+            use tracing_subscriber::util::SubscriberInitExt;
+            // No field prefix: the event ID is the journal field EVENT_ID
+            // (`journalctl -u splicegate EVENT_ID=401`).
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(logwriter::journald::Layer::new(queue, "splicegate"))
+                .init();
+        }
+        LogFormat::Journald | LogFormat::Text => tracing_subscriber::fmt()
             .with_env_filter(filter)
-            .with_writer(std::io::stderr)
+            .with_writer(queue)
             .init(),
     }
+    if let Some(e) = journal_err {
+        tracing::warn!("journald unavailable ({e}); logging to stderr");
+    }
+    Ok(guard)
 }

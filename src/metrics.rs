@@ -54,6 +54,7 @@ pub const WORKERS_CONFIGURED: &str = "splicegate_workers_configured";
 /// reads `process_open_fds / process_max_fds` as on any other exporter.
 pub const OPEN_FDS: &str = "process_open_fds";
 pub const MAX_FDS: &str = "process_max_fds";
+pub const LOG_LINES_DROPPED: &str = "splicegate_log_lines_dropped";
 
 /// Upper bounds (seconds) of the tunnel duration histogram.
 const TUNNEL_BUCKETS: [f64; 12] = [
@@ -799,6 +800,12 @@ impl Collector for Metrics {
             MAX_FDS,
             "The soft RLIMIT_NOFILE: the most file descriptors the process may open.",
             max,
+        )?;
+        counter(
+            &mut enc,
+            LOG_LINES_DROPPED,
+            "Log lines dropped because the log writer's queue was full (a worker never waits on a log write).",
+            crate::logwriter::dropped(),
         )?;
         Ok(())
     }

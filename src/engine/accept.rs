@@ -267,7 +267,7 @@ impl Worker {
                 return;
             }
         }
-        let _ = sock.set_tcp_nodelay(true);
+        // TCP_NODELAY comes from the listener (set in `Worker::run`): accepted sockets inherit it.
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -312,6 +312,7 @@ impl Worker {
                 splice,
                 deadline,
                 c_rd: false,
+                c_hup: false,
                 c_wr: true,
             },
             state,
@@ -352,4 +353,33 @@ pub(in crate::engine) fn refuse_now(fd: &OwnedFd, status: Status) {
     }
     let _ = sys::send(fd.as_fd(), status.bytes(), false);
     let _ = sys::shutdown_write(fd.as_fd());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::fd::AsFd;
+
+    /// `on_accept` makes no setsockopt: it relies on Linux copying TCP_NODELAY from the
+    /// listening socket to each accepted one (also through io_uring's accept).
+    #[test]
+    fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        for nodelay in [true, false] {
+            let l = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+            l.set_tcp_nodelay(nodelay).unwrap();
+            l.bind(
+                &"127.0.0.1:0"
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap()
+                    .into(),
+            )
+            .unwrap();
+            l.listen(8).unwrap();
+            let addr = l.local_addr().unwrap().as_socket().unwrap();
+            let _c = std::net::TcpStream::connect(addr).unwrap();
+            let fd = super::super::sys::accept(l.as_fd()).unwrap();
+            assert_eq!(SockRef::from(&fd).tcp_nodelay().unwrap(), nodelay);
+        }
+    }
 }

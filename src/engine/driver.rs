@@ -99,6 +99,9 @@ pub enum Event {
         gen: u32,
         readable: bool,
         writable: bool,
+        /// The peer has shut down its side (`RDHUP`), or `HUP`/`ERR`: a read may stop at the
+        /// FIN, so a short read does not prove the socket empty (see `flow`).
+        hup: bool,
     },
     /// Another thread signalled the worker's eventfd.
     Wake,
@@ -428,6 +431,7 @@ fn ready(slot: u32, gen: u32, mask: u32) -> Event {
         gen,
         readable: bad || mask & (libc::POLLIN | libc::POLLRDHUP) as u32 != 0,
         writable: bad || mask & libc::POLLOUT as u32 != 0,
+        hup: bad || mask & libc::POLLRDHUP as u32 != 0,
     }
 }
 

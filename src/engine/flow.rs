@@ -6,6 +6,24 @@
 //! the socket-to-pipe splice can only mean "socket empty" (the ambiguity HAProxy and Go avoid the
 //! same way). When no pipe can be had (pool cap, per-user pipe limit, fds), the chunk is copied
 //! through the worker's scratch buffer instead; `data_path: copy` always copies.
+//!
+//! A write to `dst` that takes less than it was given (a `send`, or a splice out of the pipe asked
+//! for everything the pipe holds) means the socket's send buffer is full: the flow stops there
+//! and waits for the writable edge instead of making the write that is bound to fail with
+//! `EAGAIN`. The kernel guarantees that edge: a TCP write that runs out of send buffer sets
+//! `SOCK_NOSPACE` before returning, and the socket then wakes its pollers when space frees up
+//! (`tcp_sendmsg_locked` -> `sk_stream_wait_memory`, `sk_stream_write_space`); the test
+//! `a_short_write_is_followed_by_a_writable_edge` checks it on this kernel.
+//!
+//! A short read proves less: a splice into the (empty) pipe stops when the socket is empty, but
+//! also when the pipe runs out of slots (one per socket-buffer fragment, however small), at a
+//! FIN, or before urgent data. One case is provable: a read of fewer bytes than the pipe has
+//! slots cannot have filled it, so unless the source has reported a hang-up (a FIN may be what
+//! stopped it) the socket was empty, and any byte arriving later wakes the poller. Only then is
+//! the flag cleared without the read bound to fail with `EAGAIN` — small messages such as
+//! acknowledgements (below 256 bytes with 1 MiB pipes and 4 KiB pages). Urgent data
+//! stops a splice too (`tcp_read_sock` stops at the urgent mark), which the splice path could not
+//! get past before either; this changes nothing there.
 
 use std::io;
 use std::os::fd::BorrowedFd;
@@ -105,6 +123,7 @@ impl Flow {
         src: BorrowedFd<'_>,
         dst: BorrowedFd<'_>,
         src_readable: &mut bool,
+        src_hup: bool,
         dst_writable: &mut bool,
         counter: &AtomicU64,
         budget: usize,
@@ -123,6 +142,11 @@ impl Flow {
                         let own = n.min(self.own);
                         self.own -= own;
                         self.delivered(n - own, counter, cx);
+                        if self.sent < self.pending.len() {
+                            // A short write: `dst`'s send buffer is full (see `full_after`).
+                            *dst_writable = false;
+                            return Ok(Pumped::Blocked);
+                        }
                         continue;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -148,6 +172,11 @@ impl Flow {
                     Ok(n) => {
                         self.in_pipe -= n;
                         self.delivered(n, counter, cx);
+                        if self.in_pipe > 0 {
+                            // Asked for all the pipe held, got less: `dst` is full.
+                            *dst_writable = false;
+                            return Ok(Pumped::Blocked);
+                        }
                         continue;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -184,6 +213,11 @@ impl Flow {
                             self.eof = true;
                         }
                         Ok(n) => {
+                            if !src_hup && n < p.slots {
+                                // Fewer bytes than the pipe has slots: the pipe did not fill,
+                                // so the read stopped because the socket was empty.
+                                *src_readable = false;
+                            }
                             self.in_pipe = n;
                             self.pipe = Some(p);
                             budget = budget.saturating_sub(n);
@@ -223,7 +257,10 @@ impl Flow {
                     let mut k = 0;
                     if *dst_writable {
                         match sys::send(dst, &cx.scratch[..n], false) {
-                            Ok(w) => k = w,
+                            Ok(w) => {
+                                k = w;
+                                *dst_writable = w == n;
+                            }
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                                 *dst_writable = false;
                             }
@@ -250,6 +287,137 @@ impl Flow {
             self.bytes += n as u64;
             counter.fetch_add(n as u64, Relaxed);
             cx.moved = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    use std::time::{Duration, Instant};
+
+    /// The premise of stopping at a short write: after a write that the kernel cut short (send
+    /// buffer full), an edge-triggered poller is told when the socket is writable again, with no
+    /// further write attempted in between.
+    #[test]
+    fn a_short_write_is_followed_by_a_writable_edge() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut b, _) = l.accept().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut ep = sys::Epoll::new(8).unwrap();
+        ep.add(a.as_fd(), sys::Interest::ReadWrite, 7).unwrap();
+        let chunk = vec![0u8; 256 * 1024];
+        let mut short = false;
+        for _ in 0..10_000 {
+            let n = sys::send(a.as_fd(), &chunk, false).unwrap();
+            if n < chunk.len() {
+                short = true;
+                break;
+            }
+        }
+        assert!(short, "the send buffer never filled");
+        // Let anything queued before the short write arrive, then take it out of the way.
+        std::thread::sleep(Duration::from_millis(50));
+        let mut ready = Vec::new();
+        ep.wait(Some(Duration::ZERO), &mut ready).unwrap();
+        ready.clear();
+        // The peer reads; the writer does nothing but wait for the edge.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut buf = vec![0u8; 1 << 20];
+        b.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let mut writable = false;
+        while !writable && Instant::now() < deadline {
+            let _ = b.read(&mut buf);
+            ep.wait(Some(Duration::from_millis(1)), &mut ready).unwrap();
+            writable = ready
+                .iter()
+                .any(|r| r.key == 7 && r.bits & libc::EPOLLOUT as u32 != 0);
+        }
+        assert!(writable, "no writable edge after the short write");
+    }
+
+    /// A read shorter than the pipe's slot count ends the turn without the read that would only
+    /// say EAGAIN — which, had the source hung up, would have found its FIN: so with the
+    /// hang-up reported the flow reads on and passes the EOF along.
+    #[test]
+    fn a_small_read_needs_no_probe_unless_the_source_hung_up() {
+        let shard = std::sync::Arc::new(crate::metrics::Shard::default());
+        let mut pool = PipePool::new(1 << 20, 8, std::sync::Arc::clone(&shard));
+        let Some(p) = pool.take() else {
+            eprintln!("skipped: no pipe");
+            return;
+        };
+        if p.slots < 9 {
+            eprintln!(
+                "skipped: pipe of {} bytes (a 1 MiB pipe was refused)",
+                p.capacity
+            );
+            return;
+        }
+        pool.give(p);
+        let pair = || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (b, _) = l.accept().unwrap();
+            b.set_nonblocking(true).unwrap();
+            (a, b)
+        };
+        for hup in [false, true] {
+            let (mut peer, src) = pair();
+            let (dst, mut far) = pair();
+            std::io::Write::write_all(&mut peer, b"8 bytes!").unwrap();
+            peer.shutdown(std::net::Shutdown::Write).unwrap();
+            // Both the bytes and the FIN are queued on `src` (bounded wait on the kernel).
+            let mut fds = [rustix::event::PollFd::new(
+                &src,
+                rustix::event::PollFlags::RDHUP,
+            )];
+            let five = rustix::event::Timespec {
+                tv_sec: 5,
+                tv_nsec: 0,
+            };
+            assert_eq!(rustix::event::poll(&mut fds, Some(&five)).unwrap(), 1);
+            let mut scratch = vec![0u8; 4096];
+            let mut cx = Cx {
+                pool: &mut pool,
+                scratch: &mut scratch,
+                splice: true,
+                shard: &shard,
+                moved: false,
+            };
+            let (mut readable, mut writable) = (true, true);
+            let counter = AtomicU64::new(0);
+            let mut flow = Flow::default();
+            let r = flow
+                .pump(
+                    src.as_fd(),
+                    dst.as_fd(),
+                    &mut readable,
+                    hup,
+                    &mut writable,
+                    &counter,
+                    1 << 20,
+                    &mut cx,
+                    None,
+                )
+                .unwrap();
+            let mut got = [0u8; 8];
+            far.read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"8 bytes!");
+            if hup {
+                assert_eq!(
+                    r,
+                    Pumped::Done,
+                    "with the hang-up reported, the EOF is read"
+                );
+            } else {
+                assert_eq!(r, Pumped::Blocked, "no read after the short one");
+                assert!(!readable);
+            }
+            flow.release(&mut pool);
         }
     }
 }

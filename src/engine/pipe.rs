@@ -20,6 +20,9 @@ pub struct Pipe {
     write: OwnedFd,
     /// Capacity in bytes as granted by the kernel.
     pub capacity: usize,
+    /// Buffers the pipe holds when full (`capacity / PAGE_SIZE`): each holds at least one byte,
+    /// so fewer bytes than this cannot fill it.
+    pub slots: usize,
 }
 
 impl Pipe {
@@ -35,6 +38,7 @@ impl Pipe {
             read,
             write,
             capacity,
+            slots: capacity / sys::page_size().max(1),
         })
     }
 

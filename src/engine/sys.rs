@@ -45,6 +45,11 @@ pub fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) -> io::Result<usize> {
     Ok(rustix::pipe::fcntl_setpipe_size(fd, size)?)
 }
 
+/// The system's page size (from the auxiliary vector: no syscall).
+pub fn page_size() -> usize {
+    rustix::param::page_size()
+}
+
 /// `F_GETPIPE_SZ`: the pipe's capacity.
 pub fn pipe_size(fd: BorrowedFd<'_>) -> io::Result<usize> {
     Ok(rustix::pipe::fcntl_getpipe_size(fd)?)

@@ -189,6 +189,10 @@ impl Worker {
     pub fn run(mut self) -> io::Result<()> {
         for (i, l) in self.listeners.iter().enumerate() {
             if let Some(fd) = l {
+                // Accepted sockets inherit TCP_NODELAY from their listener, which saves a
+                // setsockopt per connection; set here so that inherited listeners (hand-over,
+                // socket activation) carry it too. Failing only costs latency, not correctness.
+                let _ = socket2::SockRef::from(fd).set_tcp_nodelay(true);
                 self.driver.add_listener(i as u32, fd.as_fd())?;
             }
         }
@@ -342,6 +346,7 @@ impl Worker {
                 gen,
                 readable,
                 writable,
+                hup,
             } => {
                 let Some(Owner { slot, gen, side }) = self.registry.owner(slot, gen) else {
                     return;
@@ -353,11 +358,13 @@ impl Worker {
                     Side::Client => {
                         conn.c_rd |= readable;
                         conn.c_wr |= writable;
+                        conn.c_hup |= hup;
                     }
                     Side::Upstream => match &mut conn.state {
                         State::Tunnel(t) => {
                             t.u_rd |= readable;
                             t.u_wr |= writable;
+                            t.u_hup |= hup;
                         }
                         State::Relaying(r) => {
                             r.u_rd |= readable;
@@ -369,7 +376,7 @@ impl Worker {
                 }
                 if side == Side::Upstream {
                     if let Some(State::Connecting(_)) = self.conn_mut(slot, gen).map(|c| &c.state) {
-                        self.on_connect_ready(slot);
+                        self.on_connect_ready(slot, readable, writable, hup);
                         return;
                     }
                 }

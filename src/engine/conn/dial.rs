@@ -153,7 +153,19 @@ impl Worker {
         }
     }
 
-    pub(in crate::engine) fn on_connect_ready(&mut self, slot: u32) {
+    /// The upstream socket being dialled woke up with `readable`/`writable` (an error or hang-up
+    /// reports both).
+    pub(in crate::engine) fn on_connect_ready(
+        &mut self,
+        slot: u32,
+        readable: bool,
+        writable: bool,
+        hup: bool,
+    ) {
+        if !writable {
+            // Neither connected nor failed yet (an error would report writable too).
+            return;
+        }
         let Some(conn) = self
             .slots
             .get_mut(slot as usize)
@@ -167,17 +179,22 @@ impl Worker {
         let Some(up) = c.upstream.as_ref() else {
             return;
         };
-        let sock = SockRef::from(up);
-        match sock.take_error() {
-            Ok(Some(e)) | Err(e) => {
-                self.connect_next(slot, Some(e));
+        // Writable alone is a completed connect: `POLLOUT` is not reported while the handshake
+        // is in progress, and an error comes with `POLLERR`, reported as readable too. Only that
+        // ambiguous case (or data already there) costs the two checks.
+        if readable {
+            let sock = SockRef::from(up);
+            match sock.take_error() {
+                Ok(Some(e)) | Err(e) => {
+                    self.connect_next(slot, Some(e));
+                    return;
+                }
+                Ok(None) => {}
+            }
+            if sock.peer_addr().is_err() {
+                // Still in progress (a spurious wake-up).
                 return;
             }
-            Ok(None) => {}
-        }
-        if sock.peer_addr().is_err() {
-            // Still in progress (a spurious wake-up).
-            return;
         }
         // Through an https:// relay: its TLS session is set up first. On failure the refusal
         // replaces `Connecting`, which drops with its socket and registration.
@@ -223,12 +240,14 @@ impl Worker {
         self.shard
             .upstream_connect
             .observe(self.now.saturating_duration_since(started));
-        let _ = SockRef::from(&upstream).set_tcp_nodelay(true);
+        // TCP_NODELAY was set before the connect (`dial`).
         let up = Upstream {
             target,
             upstream,
             addr,
             started,
+            u_rd: readable,
+            u_hup: hup,
         };
         if up.target.relay_request.is_some() {
             let relaying = Relaying::new(up, leg);

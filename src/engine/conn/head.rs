@@ -47,7 +47,18 @@ impl Worker {
                     eof = true;
                     break;
                 }
-                Ok(n) => buf.extend_from_slice(&self.scratch[..n]),
+                Ok(n) => {
+                    let old = buf.len();
+                    buf.extend_from_slice(&self.scratch[..n]);
+                    // The head is complete: stop rather than make the read that is bound to fail
+                    // with EAGAIN. `c_rd` stays set, so whatever follows is read by the next phase.
+                    if buf[old.saturating_sub(3)..]
+                        .windows(4)
+                        .any(|w| w == b"\r\n\r\n")
+                    {
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.c_rd = false,
                 Err(_) => {
                     eof = true;

@@ -85,6 +85,7 @@ impl Worker {
                     upstream.as_fd(),
                     conn.client.as_fd(),
                     &mut never,
+                    true,
                     &mut conn.c_wr,
                     &self.shard.bytes_downstream,
                     0,

@@ -128,6 +128,8 @@ pub(in crate::engine) struct Shell {
     pub(in crate::engine) deadline: Instant,
     pub(in crate::engine) c_rd: bool,
     pub(in crate::engine) c_wr: bool,
+    /// The client's socket has reported a hang-up (sticky; see `Event::Ready::hup`).
+    pub(in crate::engine) c_hup: bool,
 }
 
 impl Conn {

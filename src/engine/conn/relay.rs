@@ -40,6 +40,8 @@ impl Relaying {
             upstream,
             addr,
             started,
+            u_rd: _,
+            u_hup: _,
         } = up;
         Relaying {
             target,
@@ -187,6 +189,11 @@ impl Worker {
                     upstream,
                     addr,
                     started,
+                    // The relay may have sent more than its answer (or the TLS leg holds it).
+                    u_rd: true,
+                    // Not tracked while relaying: assume it, which only turns off the
+                    // short-read shortcut in `flow`.
+                    u_hup: true,
                 };
                 match tls {
                     Some(mut leg) => {

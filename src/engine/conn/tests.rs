@@ -115,6 +115,22 @@ impl Bench {
             gen,
             readable: true,
             writable: true,
+            hup: false,
+        });
+        self.settle();
+    }
+
+    /// Report key `k` with the given readiness, as a driver would.
+    fn event(&mut self, k: Key, readable: bool, writable: bool) {
+        let Key::Conn { slot, gen, .. } = k else {
+            panic!("a connection key")
+        };
+        self.worker.on_event(Event::Ready {
+            slot,
+            gen,
+            readable,
+            writable,
+            hup: false,
         });
         self.settle();
     }
@@ -730,4 +746,68 @@ fn proxy_client_limit_and_local() {
     assert_eq!(counts.clients(), 0, "every hold given back");
     assert!(clients_of(&b).is_empty());
     drop((first, second, local));
+/// A dialled socket is connected when it reports writable (an error reports readable too); a
+/// wake-up that is not writable leaves it connecting. The tunnel then starts from the readiness
+/// seen, not assuming the upstream readable.
+#[test]
+fn a_writable_wake_up_completes_the_connect_and_the_tunnel_keeps_its_readiness() {
+    let mut b = bench();
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    let mut client = b.accept();
+    let client_key = b.fake().watched[0];
+    client
+        .write_all(format!("CONNECT up.test:{port} HTTP/1.1\r\n\r\n").as_bytes())
+        .unwrap();
+    b.ready(client_key);
+    // The read that brought the whole head was the last one: no read bound to fail with EAGAIN.
+    assert_eq!(b.state(), "resolving");
+    assert!(b.worker.slots[0].conn.as_ref().expect("a connection").c_rd);
+    b.answer(&["127.0.0.1"]);
+    b.connect_settled();
+    let up_key = b.fake().watched[1];
+    b.event(up_key, false, false);
+    assert_eq!(b.state(), "connecting");
+    b.event(up_key, false, true);
+    assert_eq!(b.state(), "tunnel");
+    let conn = b.worker.slots[0].conn.as_ref().expect("a connection");
+    let State::Tunnel(t) = &conn.state else {
+        panic!("tunnel")
+    };
+    assert!(!t.u_rd, "the upstream was not reported readable");
+    assert!(!conn.c_rd, "the tunnel read the client until EAGAIN");
+    let mut got = [0u8; 12];
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"HTTP/1.1 200");
+    // Bytes from the far end arrive with a readable wake-up and go through.
+    let (mut far, _) = upstream.accept().unwrap();
+    far.write_all(b"hello").unwrap();
+    {
+        use std::os::fd::AsFd;
+        let conn = b.worker.slots[0].conn.as_ref().expect("a connection");
+        let State::Tunnel(t) = &conn.state else {
+            panic!("tunnel")
+        };
+        let fd = t.upstream.as_fd();
+        let mut fds = [rustix::event::PollFd::new(
+            &fd,
+            rustix::event::PollFlags::IN,
+        )];
+        let five = rustix::event::Timespec {
+            tv_sec: 5,
+            tv_nsec: 0,
+        };
+        assert_eq!(rustix::event::poll(&mut fds, Some(&five)).expect("poll"), 1);
+    }
+    b.event(up_key, true, false);
+    let mut rest = Vec::new();
+    for _ in 0..64 {
+        let mut byte = [0u8; 1];
+        client.read_exact(&mut byte).unwrap();
+        rest.push(byte[0]);
+        if rest.ends_with(b"hello") {
+            break;
+        }
+    }
+    assert!(rest.ends_with(b"hello"));
 }

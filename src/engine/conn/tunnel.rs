@@ -32,6 +32,8 @@ pub(in crate::engine) struct Tunnel {
     pub(in crate::engine) addr: SocketAddr,
     pub(in crate::engine) u_rd: bool,
     pub(in crate::engine) u_wr: bool,
+    /// The upstream socket has reported a hang-up (sticky; see `Event::Ready::hup`).
+    pub(in crate::engine) u_hup: bool,
     pub(in crate::engine) up: Flow,
     pub(in crate::engine) down: Flow,
     /// Through an `https://` relay the relay leg is TLS and both directions copy through it
@@ -98,6 +100,10 @@ pub(in crate::engine) struct Upstream {
     pub(in crate::engine) addr: SocketAddr,
     /// When dialling began (for `connect_ms`).
     pub(in crate::engine) started: Instant,
+    /// The upstream may have bytes to read already (its readiness so far).
+    pub(in crate::engine) u_rd: bool,
+    /// The upstream has reported a hang-up already.
+    pub(in crate::engine) u_hup: bool,
 }
 
 impl Worker {
@@ -108,7 +114,7 @@ impl Worker {
     pub(in crate::engine) fn establish(
         &mut self,
         slot: u32,
-        mut shell: Shell,
+        shell: Shell,
         up: Upstream,
         from_up: Vec<u8>,
         tls: Option<Box<TlsLeg>>,
@@ -118,6 +124,8 @@ impl Worker {
             upstream,
             addr,
             started,
+            u_rd,
+            u_hup,
         } = up;
         let now = self.now;
         let early = std::mem::take(&mut target.early);
@@ -190,8 +198,10 @@ impl Worker {
             upstream,
             target: target_s,
             addr,
-            u_rd: true,
+            // The readiness seen so far: a read that is bound to fail with EAGAIN is not made.
+            u_rd,
             u_wr: true,
+            u_hup,
             up,
             down,
             tls,
@@ -202,8 +212,8 @@ impl Worker {
             user: target.user,
             cert_subject: None,
         };
-        // The client may have sent more while we connected.
-        shell.c_rd = true;
+        // `shell.c_rd` stays as it is: the head was read until EAGAIN (or its limit), and any
+        // wake-up since (while resolving or connecting) has set it again.
         let idle = shell.limits.idle_timeout;
         self.put_conn(slot, shell, State::Tunnel(Box::new(tunnel)));
         self.shard.tunnels_active.fetch_add(1, Relaxed);
@@ -239,6 +249,7 @@ impl Worker {
             upstream,
             u_rd,
             u_wr,
+            u_hup,
             up,
             down,
             tls,
@@ -294,6 +305,7 @@ impl Worker {
                 conn.client.as_fd(),
                 upstream.as_fd(),
                 &mut conn.c_rd,
+                conn.c_hup,
                 u_wr,
                 &self.shard.bytes_upstream,
                 TURN_BUDGET,
@@ -305,6 +317,7 @@ impl Worker {
                     upstream.as_fd(),
                     conn.client.as_fd(),
                     u_rd,
+                    *u_hup,
                     &mut conn.c_wr,
                     &self.shard.bytes_downstream,
                     TURN_BUDGET,
