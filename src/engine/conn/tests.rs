@@ -746,6 +746,8 @@ fn proxy_client_limit_and_local() {
     assert_eq!(counts.clients(), 0, "every hold given back");
     assert!(clients_of(&b).is_empty());
     drop((first, second, local));
+}
+
 /// A dialled socket is connected when it reports writable (an error reports readable too); a
 /// wake-up that is not writable leaves it connecting. The tunnel then starts from the readiness
 /// seen, not assuming the upstream readable.
