@@ -1,4 +1,4 @@
-//! The `splicegate` command: `run`, `check-config`, `default-config`, and the admin commands
+//! The `splicegate` command: `run`, `upgrade`, `check-config`, `default-config`, and the admin commands
 //! (`config`, `allowed-host`, `allowed-client-cert`, `relay-proxy`, `init`; see
 //! [`splicegate::admin`]).
 
@@ -34,6 +34,23 @@ enum Command {
         /// Do not watch the configuration file for changes (SIGHUP still reloads).
         #[arg(long)]
         no_watch: bool,
+        /// Take the listening sockets over from the gateway serving this takeover socket
+        /// instead of binding them; it stops accepting once this process accepts.
+        #[arg(long, value_name = "PATH")]
+        takeover: Option<PathBuf>,
+    },
+    /// Replace the running gateway by a new process of this binary (after a package upgrade)
+    /// through a takeover: no connection is refused. Waits until the new process serves.
+    Upgrade {
+        /// The running gateway's `takeover_socket`.
+        #[arg(long, default_value = splicegate::config::DEFAULT_TAKEOVER_SOCKET)]
+        takeover_socket: PathBuf,
+        /// The binary to start (default: this one).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Seconds to wait for the new process to take over.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
     },
     /// Validate a configuration file and print the effective policy.
     CheckConfig { path: PathBuf },
@@ -64,6 +81,16 @@ enum LogFormat {
     Journald,
 }
 
+impl LogFormat {
+    fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+            LogFormat::Journald => "journald",
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
@@ -72,6 +99,7 @@ fn main() -> ExitCode {
             config,
             pid_file,
             no_watch,
+            takeover,
         } => {
             let cfg = match &config {
                 Some(p) => Config::load(p).map(|(c, text)| (c, Some(text.into_bytes()))),
@@ -90,9 +118,15 @@ fn main() -> ExitCode {
                 config_source,
                 pid_file,
                 watch: !no_watch,
+                takeover,
             };
             match control::run(cfg, opts) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.is_config_problem() => {
+                    tracing::error!(event_id = events::BAD_CONFIG, "cannot serve: {e}");
+                    eprintln!("splicegate: {e}");
+                    ExitCode::from(2)
+                }
                 Err(e) => {
                     tracing::error!(event_id = events::INTERNAL_ERROR, "cannot serve: {e}");
                     eprintln!("splicegate: {e}");
@@ -111,6 +145,35 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Upgrade {
+            takeover_socket,
+            binary,
+            timeout,
+        } => {
+            let binary = match binary.map_or_else(std::env::current_exe, Ok) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("splicegate upgrade: cannot find this binary: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let opts = control::upgrade::UpgradeOptions {
+                takeover_socket,
+                binary,
+                timeout: std::time::Duration::from_secs(timeout),
+                log_format: cli.log_format.map(|f| f.as_str().to_owned()),
+            };
+            match control::upgrade::upgrade(&opts) {
+                Ok(u) => {
+                    println!("splicegate: pid {} took over from pid {}", u.new, u.old);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("splicegate upgrade: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::DefaultConfig => {
             print!("{}", splicegate::config::DEFAULT_YAML);
             ExitCode::SUCCESS

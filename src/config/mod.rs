@@ -17,7 +17,7 @@ mod validate;
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::auth::ClientAuthSettings;
@@ -65,6 +65,12 @@ pub struct Config {
     /// `metrics_public: true` allows a `metrics_listen` that is not a loopback address (the
     /// endpoint has no authentication, so serving it beyond the host is an explicit choice).
     pub metrics_public: bool,
+    /// `health_listen`: a listener that serves only `/healthz` and `/readyz` (any address: it
+    /// is for a load balancer's probe); `None` = off.
+    pub health_listen: Option<SocketAddr>,
+    /// `takeover_socket`: the Unix socket a new process (`run --takeover`) receives this
+    /// gateway's listening sockets from.
+    pub takeover_socket: TakeoverSocket,
     /// Worker threads; 0 = one per online CPU (resolved by the engine).
     pub workers: usize,
     /// Which I/O driver the workers use.
@@ -111,6 +117,33 @@ pub struct Config {
     pub regions: Vec<Region>,
     /// The presets expanded, each with its origin; also appended to `allowed_hosts`.
     pub preset_hosts: Vec<PresetHost>,
+}
+
+/// Where a running gateway offers its listening sockets to a successor (`run --takeover`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TakeoverSocket {
+    /// The key is absent: [`DEFAULT_TAKEOVER_SOCKET`], used when it can be (a directory that
+    /// cannot be created or a socket another live gateway holds leaves takeover off, with a
+    /// warning).
+    Default,
+    /// A path set in the file: it must be usable, or the start fails.
+    Path(PathBuf),
+    /// `takeover_socket: null`.
+    Off,
+}
+
+/// The takeover socket when `takeover_socket` is not set.
+pub const DEFAULT_TAKEOVER_SOCKET: &str = "/run/splicegate/takeover.sock";
+
+impl TakeoverSocket {
+    /// The path to serve on, if any.
+    pub fn path(&self) -> Option<PathBuf> {
+        match self {
+            TakeoverSocket::Default => Some(PathBuf::from(DEFAULT_TAKEOVER_SOCKET)),
+            TakeoverSocket::Path(p) => Some(p.clone()),
+            TakeoverSocket::Off => None,
+        }
+    }
 }
 
 /// `engine:`: the I/O driver.
@@ -190,6 +223,11 @@ pub struct Limits {
     pub accept_backoff_max: Duration,
     /// How long a worker that died stays dead before it is started again, at most 1 hour.
     pub worker_restart_delay: Duration,
+    /// On SIGTERM, how long the listeners keep accepting (with `/readyz` already 503) before
+    /// they close and the drain begins; zero = close at once. At most 1 hour.
+    pub drain_grace: Duration,
+    /// How long either side of a takeover waits for the other's next message.
+    pub takeover_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -210,6 +248,8 @@ impl Default for Limits {
             accept_backoff_min: Duration::from_millis(10),
             accept_backoff_max: Duration::from_secs(1),
             worker_restart_delay: Duration::from_secs(1),
+            drain_grace: Duration::ZERO,
+            takeover_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -230,6 +270,8 @@ impl Default for Config {
             ],
             metrics_listen: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9464)),
             metrics_public: false,
+            health_listen: None,
+            takeover_socket: TakeoverSocket::Default,
             workers: 0,
             engine: EngineKind::Auto,
             data_path: DataPath::Splice,
@@ -356,6 +398,21 @@ impl Config {
                 "metrics_public: true (the metrics endpoint may listen beyond loopback)"
             );
         }
+        let _ = writeln!(
+            out,
+            "health_listen: {}",
+            self.health_listen
+                .map_or_else(|| "disabled".to_owned(), |a| a.to_string())
+        );
+        let _ = writeln!(
+            out,
+            "takeover_socket: {}",
+            match &self.takeover_socket {
+                TakeoverSocket::Default => format!("{DEFAULT_TAKEOVER_SOCKET} (default)"),
+                TakeoverSocket::Path(p) => p.display().to_string(),
+                TakeoverSocket::Off => "disabled".to_owned(),
+            }
+        );
         if self.workers == 0 {
             let _ = writeln!(out, "workers: 0 (one per online CPU)");
         } else {
@@ -527,6 +584,8 @@ impl Config {
             ("accept_backoff_min", l.accept_backoff_min),
             ("accept_backoff_max", l.accept_backoff_max),
             ("worker_restart_delay", l.worker_restart_delay),
+            ("drain_grace", l.drain_grace),
+            ("takeover_timeout", l.takeover_timeout),
         ] {
             let _ = writeln!(out, "  {key}: {}", format_duration(d));
         }
@@ -737,6 +796,7 @@ mod tests {
         let top = [
             "listen:",
             "metrics_listen:",
+            "health_listen:",
             "workers:",
             "engine:",
             "data_path:",
@@ -770,6 +830,8 @@ mod tests {
             "accept_backoff_min:",
             "accept_backoff_max:",
             "worker_restart_delay:",
+            "drain_grace:",
+            "takeover_timeout:",
             "nameservers:",
             "cache_size:",
         ];

@@ -127,6 +127,10 @@ pub(super) struct RawConfig {
     #[serde(default, deserialize_with = "present")]
     pub metrics_public: Field,
     #[serde(default, deserialize_with = "present")]
+    pub health_listen: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub takeover_socket: Field,
+    #[serde(default, deserialize_with = "present")]
     pub workers: Field,
     #[serde(default, deserialize_with = "present")]
     pub engine: Field,
@@ -234,6 +238,10 @@ pub(super) struct RawLimits {
     pub accept_backoff_max: Field,
     #[serde(default, deserialize_with = "present")]
     pub worker_restart_delay: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub drain_grace: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub takeover_timeout: Field,
 }
 
 /// `resolver:`.

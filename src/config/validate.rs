@@ -18,7 +18,7 @@ use super::error::Problem;
 use super::raw::{
     Node, RawClientAuth, RawConfig, RawLimits, RawLogging, RawRelay, RawResolver, RawTls,
 };
-use super::{Config, DataPath, EngineKind, Limits, LoggingSettings, MAX_WORKERS};
+use super::{Config, DataPath, EngineKind, Limits, LoggingSettings, TakeoverSocket, MAX_WORKERS};
 use crate::auth::{ClientAuthSettings, Users};
 use crate::events::limiter::RefusalBudget;
 use crate::policy::{normalize_host, HostEntry, HostPattern};
@@ -32,6 +32,11 @@ const EXPECT_LISTEN: &str = "a list of socket addresses such as \"0.0.0.0:8080\"
 const EXPECT_SOCKET: &str = "a socket address such as \"0.0.0.0:8080\" or \"[::]:8080\"";
 const EXPECT_METRICS: &str =
     "a socket address such as \"127.0.0.1:9464\", or null to disable the metrics listener";
+const EXPECT_HEALTH: &str = "a socket address such as \"0.0.0.0:9465\", or null for no probe port";
+const EXPECT_TAKEOVER: &str = "an absolute path of at most 107 bytes such as \
+    \"/run/splicegate/takeover.sock\", or null to disable takeover";
+/// The most `limits.drain_grace`.
+const MAX_DRAIN_GRACE: Duration = Duration::from_secs(3600);
 const EXPECT_PORTS: &str = "a list of port numbers from 1 to 65535, such as [443]";
 const EXPECT_PORT: &str = "a port number from 1 to 65535";
 const EXPECT_HOSTS_LIST: &str =
@@ -135,6 +140,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         metrics_public: c
             .boolean("metrics_public", raw.metrics_public.as_ref())
             .unwrap_or(defaults.metrics_public),
+        health_listen: c
+            .health_listen(raw.health_listen.as_ref())
+            .unwrap_or(defaults.health_listen),
+        takeover_socket: c
+            .takeover_socket(raw.takeover_socket.as_ref())
+            .unwrap_or(defaults.takeover_socket),
         workers: c
             .count(
                 "workers",
@@ -225,6 +236,23 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             c.report("metrics_listen", node, message);
         } else if let Some(node) = raw.listen.as_ref() {
             c.report("listen", node, message);
+        }
+    }
+    // The probe port is a third listener of its own.
+    if let Some(health) = cfg.health_listen.filter(|h| h.port() != 0) {
+        let message = if cfg.listen.contains(&health) {
+            Some(format!(
+                "{health} is both a listen address and health_listen; each needs its own"
+            ))
+        } else if cfg.metrics_listen == Some(health) {
+            Some(format!(
+                "{health} is both metrics_listen and health_listen; each needs its own"
+            ))
+        } else {
+            None
+        };
+        if let (Some(message), Some(node)) = (message, raw.health_listen.as_ref()) {
+            c.report("health_listen", node, message);
         }
     }
     // The endpoint has no authentication: serving it beyond this host is an explicit choice.
@@ -440,6 +468,36 @@ impl Checker {
                 .socket_addr("metrics_listen", at, EXPECT_METRICS)
                 .map(Some),
         }
+    }
+
+    fn health_listen(&mut self, at: Option<&Spanned<Node>>) -> Option<Option<SocketAddr>> {
+        let at = at?;
+        match at.value {
+            Node::Null => Some(None),
+            _ => self
+                .socket_addr("health_listen", at, EXPECT_HEALTH)
+                .map(Some),
+        }
+    }
+
+    /// `takeover_socket`: an absolute path, or null (off).
+    fn takeover_socket(&mut self, at: Option<&Spanned<Node>>) -> Option<TakeoverSocket> {
+        const KEY: &str = "takeover_socket";
+        let at = at?;
+        if let Node::Null = at.value {
+            return Some(TakeoverSocket::Off);
+        }
+        let text = self.string(KEY, at, EXPECT_TAKEOVER)?;
+        let path = PathBuf::from(text);
+        // sun_path holds 108 bytes with its terminating NUL.
+        if !path.is_absolute()
+            || text.contains('\0')
+            || text.len() > 107
+            || path.file_name().is_none()
+        {
+            return self.mismatch(KEY, at, EXPECT_TAKEOVER);
+        }
+        Some(TakeoverSocket::Path(path))
     }
 
     fn allowed_ports(&mut self, at: Option<&Spanned<Node>>) -> Option<Vec<u16>> {
@@ -848,6 +906,30 @@ impl Checker {
                     "1h",
                 )
                 .unwrap_or(d.worker_restart_delay),
+            drain_grace: self
+                .duration_or_zero("limits.drain_grace", raw.drain_grace.as_ref())
+                .and_then(|t| {
+                    if t > MAX_DRAIN_GRACE {
+                        let at = raw.drain_grace.as_ref()?;
+                        let found = at.value.describe();
+                        self.report(
+                            "limits.drain_grace",
+                            at,
+                            format!("expected at most 1h, found {found}"),
+                        );
+                        return None;
+                    }
+                    Some(t)
+                })
+                .unwrap_or(d.drain_grace),
+            takeover_timeout: self
+                .duration_at_most(
+                    "limits.takeover_timeout",
+                    raw.takeover_timeout.as_ref(),
+                    MAX_DRAIN_GRACE,
+                    "1h",
+                )
+                .unwrap_or(d.takeover_timeout),
         }
     }
 

@@ -18,6 +18,8 @@ pub struct Changes {
     pub engine: bool,
     /// `metrics_listen` changed: the HTTP endpoint moves.
     pub metrics_listen: bool,
+    /// `health_listen` changed: the probe port moves (or opens, or closes).
+    pub health_listen: bool,
     /// Changes that only a restart applies (the resolver is started once).
     pub need_restart: Vec<String>,
 }
@@ -82,6 +84,20 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
             show(old.metrics_listen),
             show(new.metrics_listen),
         );
+    }
+    if old.health_listen != new.health_listen {
+        c.health_listen = true;
+        let show = |a: Option<std::net::SocketAddr>| a.map_or("null".to_owned(), |a| a.to_string());
+        scalar(
+            &mut c.items,
+            "health_listen",
+            show(old.health_listen),
+            show(new.health_listen),
+        );
+    }
+    if old.takeover_socket != new.takeover_socket {
+        c.items.push("takeover_socket changed".to_owned());
+        c.need_restart.push("takeover_socket".to_owned());
     }
     if old.metrics_public != new.metrics_public {
         scalar(
@@ -162,6 +178,8 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
             o.worker_restart_delay,
             n.worker_restart_delay,
         ),
+        ("drain_grace", o.drain_grace, n.drain_grace),
+        ("takeover_timeout", o.takeover_timeout, n.takeover_timeout),
     ] {
         if a != b {
             scalar(

@@ -28,8 +28,30 @@ pub enum ControlError {
     },
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot listen on metrics_listen {addr}: {source}")]
-    MetricsListen { addr: SocketAddr, source: io::Error },
+    #[error("cannot listen on {kind} {addr}: {source}")]
+    HttpListen {
+        kind: super::HttpKind,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    /// Inherited sockets (systemd socket activation) that cannot be used as configured.
+    #[error(transparent)]
+    Activation(#[from] super::activation::ActivationError),
+    /// A reload would stop serving a socket-activated address.
+    #[error(
+        "{addr} is a socket-activated address (the socket unit owns it): it stays in `listen` \
+         until the socket unit changes"
+    )]
+    SharedRemoved { addr: SocketAddr },
+    #[error("cannot take over from {path}: {source}")]
+    TakeoverFrom {
+        path: PathBuf,
+        source: super::takeover::TakeoverError,
+    },
+    #[error("takeover: {0}")]
+    Takeover(#[source] io::Error),
+    #[error("takeover_socket: {0}")]
+    TakeoverSocket(#[source] super::takeover::TakeoverError),
     #[error("cannot serve /metrics: {0}")]
     MetricsServe(#[source] io::Error),
     /// No usable I/O driver (`engine:`), as the engine explains it.
@@ -53,4 +75,12 @@ pub enum ControlError {
         new: Box<ControlError>,
         previous: Box<ControlError>,
     },
+}
+
+impl ControlError {
+    /// A problem of the configuration or of what the service manager passed, not of the
+    /// host: `run` exits with status 2 and event 401, as for an invalid file.
+    pub fn is_config_problem(&self) -> bool {
+        matches!(self, ControlError::Activation(_) | ControlError::Config(_))
+    }
 }

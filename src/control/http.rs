@@ -1,5 +1,8 @@
 //! The loopback HTTP endpoint: `GET /metrics`, `/healthz`, `/readyz`. Read-only, off the data
-//! path, on the control runtime.
+//! path, on the control runtime. The probe port (`health_listen`) is the same server with
+//! [`Routes::Probe`]: only `/healthz` and `/readyz`, so it can face a load balancer while
+//! `/metrics` stays on loopback. Both share `limits.metrics_max_connections` (each listener
+//! counts its own connections) and the request timeout.
 //!
 //! Three fixed GET routes with `Connection: close` do not need an HTTP library: a bounded read of
 //! the request line, a canned answer, and a timeout so a silent client cannot hold a task.
@@ -50,8 +53,18 @@ const OVER_CAP: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text
     Content-Length: 21\r\nConnection: close\r\nRetry-After: 1\r\nCache-Control: no-store\r\n\r\n\
     too many connections\n";
 
-/// Serve until the task is aborted (a reload that moves or disables `metrics_listen`).
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, current: Shared) {
+/// Which paths a listener answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    /// `metrics_listen`: `/metrics`, `/healthz` (`/live`), `/readyz` (`/ready`).
+    All,
+    /// `health_listen`: `/healthz` and `/readyz` only; anything else is 404.
+    Probe,
+}
+
+/// Serve until the task is aborted (a reload that moves or disables `metrics_listen` or
+/// `health_listen`).
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, current: Shared, routes: Routes) {
     let active = Arc::new(AtomicUsize::new(0));
     // The spare fd: closed to make room for one accept when the process is out of fds.
     let mut spare: Option<OwnedFd> = spare_fd().ok();
@@ -81,7 +94,8 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, current: Shared
                     if let Poll::Ready(Ok((stream, _))) = once.await {
                         let m = Arc::clone(&metrics);
                         let c = Arc::clone(&current);
-                        let _ = tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, m, c)).await;
+                        let _ = tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, m, c, routes))
+                            .await;
                     }
                 }
                 for _ in 0..RESPARE_TRIES {
@@ -124,7 +138,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, current: Shared
         let m = Arc::clone(&metrics);
         let c = Arc::clone(&current);
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, m, c)).await;
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, m, c, routes)).await;
             drop(slot);
         });
     }
@@ -165,6 +179,7 @@ async fn handle(
     mut stream: TcpStream,
     metrics: Arc<Metrics>,
     current: Shared,
+    routes: Routes,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
@@ -186,6 +201,11 @@ async fn handle(
     if method != "GET" && method != "HEAD" {
         return respond(&mut stream, 405, "text/plain", b"only GET\n").await;
     }
+    let path = match (routes, path) {
+        (Routes::All, p) => p,
+        (Routes::Probe, p @ ("/healthz" | "/readyz")) => p,
+        (Routes::Probe, _) => "",
+    };
     match path {
         "/metrics" => match metrics.render() {
             Ok(text) => {

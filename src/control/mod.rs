@@ -17,14 +17,18 @@
 //! exited; SIGTERM drains all of them with the real `drain_timeout`. Every reload logs event 100
 //! with what changed and counts in `splicegate_config_reloads_total{result}`.
 
+mod activation;
 pub mod diff;
 mod error;
 pub mod http;
 pub mod notify;
 pub mod pidfile;
+pub mod takeover;
+pub mod upgrade;
 pub mod watch;
 
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -34,14 +38,16 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, TakeoverSocket};
 use crate::engine::{self, Choice, Engine};
 use crate::events;
 use crate::metrics::{Metrics, Shard, Status};
 use crate::resolve::Resolver;
 use crate::settings::{self, Settings};
+use http::Routes;
 use notify::Notifier;
 use pidfile::PidFile;
+use takeover::{Channel, Kind, Message, SocketMeta};
 use watch::Watcher;
 
 pub use error::ControlError;
@@ -65,6 +71,29 @@ pub struct RunOptions {
     pub pid_file: Option<PathBuf>,
     /// Watch the configuration file with inotify (on by default).
     pub watch: bool,
+    /// `run --takeover PATH`: take the listening sockets of the gateway serving this takeover
+    /// socket instead of binding them, then tell it to stop.
+    pub takeover: Option<PathBuf>,
+}
+
+/// What a takeover brought: the old process's sockets and the connection to confirm on.
+struct Received {
+    chan: Channel,
+    from_pid: u32,
+    path: PathBuf,
+    pid_file: Option<PathBuf>,
+    listen: Vec<engine::Handover>,
+    http: Vec<(SocketAddr, OwnedFd)>,
+}
+
+/// Why the control loop ended.
+enum Stop {
+    Signal(&'static str),
+    /// A new process confirmed it accepts on our sockets (`ready`).
+    Takeover {
+        chan: Channel,
+        pid: u32,
+    },
 }
 
 /// The engine accepting new connections, with what it was started from.
@@ -85,6 +114,17 @@ struct Retiring {
 
 /// Serve `cfg` until SIGTERM/SIGINT and a drain.
 pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
+    // First, before any thread starts: this removes the LISTEN_* variables from the environment.
+    let activated = activation::take()?;
+    activation::check(&activated, &cfg)?;
+    for a in &activated {
+        info!(
+            event_id = events::INFO,
+            addr = %a.addr,
+            name = %a.name,
+            "socket activation: serving on an inherited socket instead of binding it"
+        );
+    }
     match engine::sys::raise_nofile_limit() {
         Ok(n) => info!(
             event_id = events::INFO,
@@ -95,15 +135,55 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
         Err(e) => warn!(event_id = events::INFO, error = %e, "cannot raise RLIMIT_NOFILE"),
     }
     let notifier = Notifier::from_env();
-    let metrics_listener = match cfg.metrics_listen {
-        Some(a) => Some(bind_metrics(a)?),
-        None => None,
-    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("splicegate-control")
         .build()
         .map_err(ControlError::Runtime)?;
+    let received = match &opts.takeover {
+        Some(path) => Some(rt.block_on(receive(path, cfg.limits.takeover_timeout))?),
+        None => None,
+    };
+    // Sockets every worker shares (systemd's, or such sockets handed over): kept for the life
+    // of the process, so a reload or a failed engine switch can serve them again.
+    let mut shared: Vec<(SocketAddr, OwnedFd)> = Vec::new();
+    let mut http_stash: Vec<(SocketAddr, OwnedFd)> = Vec::new();
+    for a in activated {
+        if cfg.listen.contains(&a.addr) {
+            shared.push((a.addr, a.fd));
+        } else {
+            http_stash.push((a.addr, a.fd));
+        }
+    }
+    // A takeover's sockets: the listen sockets become the new engine's, a shared one (systemd's)
+    // is also kept like an activated one, the endpoints' go to the stash.
+    let mut received = received;
+    let mut inherited = Vec::new();
+    let mut from_bound = Vec::new();
+    if let Some(r) = received.as_mut() {
+        inherited = std::mem::take(&mut r.listen);
+        http_stash.append(&mut r.http);
+        for h in inherited
+            .iter()
+            .filter(|h| h.shared && cfg.listen.contains(&h.addr))
+        {
+            if let Some(fd) = h.sockets.first() {
+                shared.push((h.addr, fd.try_clone().map_err(ControlError::Takeover)?));
+            }
+        }
+        from_bound = inherited.iter().map(|h| h.addr).collect();
+    }
+    let metrics_listener = match cfg.metrics_listen {
+        Some(a) => Some(bind_http(a, &http_stash, HttpKind::Metrics)?),
+        None => None,
+    };
+    let health_listener = match cfg.health_listen {
+        Some(a) => Some(bind_http(a, &http_stash, HttpKind::Health)?),
+        None => None,
+    };
+    // Whatever was handed over or activated for an endpoint this configuration has not is
+    // closed here.
+    drop(http_stash);
 
     let current = settings::shared(&cfg);
     let (resolver, resolver_warning) =
@@ -114,7 +194,12 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
             "{w}; names without a static `hosts:` entry will fail to resolve"
         );
     }
-    let serving = start_engine(&cfg, &current, &resolver)?;
+    let old = received.as_ref().map(|_| (&cfg, &from_bound[..]));
+    let serving = launch_engine(
+        prepare_engine(&cfg, old, inherited, &shared)?,
+        &current,
+        &resolver,
+    )?;
     let status = Arc::new(Status::default());
     let metrics = Arc::new(
         Metrics::new(
@@ -141,12 +226,13 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
             return Err(ControlError::Signals(e));
         }
     };
-    let (metrics_task, metrics_addr) = match metrics_listener {
-        Some(l) => {
-            let addr = l.local_addr().ok();
-            (Some(spawn_metrics(l, &metrics, &current)?), addr)
-        }
-        None => (None, None),
+    let metrics_ep = match metrics_listener {
+        Some(l) => Some(Endpoint::spawn(l, &metrics, &current, Routes::All)?),
+        None => None,
+    };
+    let health_ep = match health_listener {
+        Some(l) => Some(Endpoint::spawn(l, &metrics, &current, Routes::Probe)?),
+        None => None,
     };
     let mut watcher = match (&opts.config_path, opts.watch) {
         (Some(p), true) => match Watcher::new(p, cfg.limits.reload_debounce) {
@@ -165,7 +251,21 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
     };
     drop(guard);
     status.listening.store(true, Relaxed);
-    let pid_file = match &opts.pid_file {
+    // A takeover: our workers accept on the old process's sockets; tell it to stop.
+    let took_over = received.map(|r| {
+        rt.block_on(confirm(&r, &serving.engine, cfg.limits.takeover_timeout));
+        (r.from_pid, r.path, r.pid_file)
+    });
+    let takeover_listener = {
+        let _guard = rt.enter();
+        let replacing = took_over.as_ref().map(|(_, p, _)| p.as_path());
+        bind_takeover(&cfg.takeover_socket, replacing)?
+    };
+    let pid_path = opts
+        .pid_file
+        .clone()
+        .or_else(|| took_over.as_ref().and_then(|(_, _, p)| p.clone()));
+    let pid_file = match &pid_path {
         Some(p) => match PidFile::create(p) {
             Ok(f) => Some(f),
             Err(e) => {
@@ -183,7 +283,11 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
     info!(
         event_id = events::STARTED,
         listen = %addr_list(&serving.bound),
-        metrics_listen = %metrics_addr.map_or_else(|| "disabled".to_owned(), |a| a.to_string()),
+        metrics_listen = %show_addr(metrics_ep.as_ref().map(|e| e.addr)),
+        health_listen = %show_addr(health_ep.as_ref().map(|e| e.addr)),
+        socket_activated = %addr_list(&shared.iter().map(|(a, _)| *a).collect::<Vec<_>>()),
+        takeover_from = took_over.as_ref().map_or(0, |t| t.0),
+        takeover_socket = %takeover_listener.as_ref().map_or_else(|| "disabled".into(), |l| l.path().display().to_string()),
         engine = serving.choice.kind(),
         engine_reason = %serving.choice.why,
         workers = serving.workers,
@@ -204,9 +308,11 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
         retiring: Vec::new(),
         metrics,
         status: Arc::clone(&status),
-        metrics_task,
-        metrics_addr,
+        metrics_ep,
+        health_ep,
+        shared,
         notifier,
+        handing_over: false,
     };
     control.notifier.ready(&control.status_line());
     let watchdog = control.notifier.watchdog_interval();
@@ -218,6 +324,13 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
         );
     }
 
+    let about = Arc::new(About {
+        config: opts.config_path.clone(),
+        pid_file: pid_path.clone(),
+    });
+    let (offer_tx, mut offer_rx) = tokio::sync::mpsc::unbounded_channel::<Channel>();
+    let (done_tx, mut done_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(Channel, Result<u32, takeover::TakeoverError>)>();
     rt.block_on(async move {
         // A change made between the parse and the start of the watch raised no event.
         if watcher.is_some() {
@@ -230,8 +343,32 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
         let mut dog = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         let how = loop {
             tokio::select! {
-                _ = term.recv() => break "SIGTERM",
-                _ = int.recv() => break "SIGINT",
+                _ = term.recv() => break Stop::Signal("SIGTERM"),
+                _ = int.recv() => break Stop::Signal("SIGINT"),
+                r = accept_takeover(takeover_listener.as_ref()) => match r {
+                    Ok(chan) => {
+                        let limit = control.cfg.limits.takeover_timeout;
+                        tokio::spawn(first_request(chan, limit, Arc::clone(&about), offer_tx.clone()));
+                    }
+                    Err(e) => {
+                        warn!(event_id = events::INTERNAL_ERROR, error = %e, "takeover socket: accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some(chan) = offer_rx.recv() => control.offer(chan, &done_tx),
+                Some((chan, result)) = done_rx.recv() => match result {
+                    Ok(pid) => break Stop::Takeover { chan, pid },
+                    Err(e) => {
+                        control.handing_over = false;
+                        error!(
+                            event_id = events::INTERNAL_ERROR,
+                            reason = "takeover_failed",
+                            error = %e,
+                            "takeover failed before the new process confirmed; this process keeps serving"
+                        );
+                        drop(chan);
+                    }
+                },
                 _ = hup.recv() => control.reload(Trigger::Signal).await,
                 r = next_change(&mut watcher) => match r {
                     Ok(()) => control.reload(Trigger::File).await,
@@ -256,7 +393,9 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
                 w.set_debounce(control.cfg.limits.reload_debounce);
             }
         };
-        control.shutdown(how, &mut int).await;
+        // The takeover socket goes first: nobody may take over from a process that stops.
+        drop(takeover_listener);
+        control.shutdown(how, &mut term, &mut int).await;
     });
     drop(pid_file);
     info!(event_id = events::STOPPED, "splicegate stopped");
@@ -293,9 +432,16 @@ struct Control {
     retiring: Vec<Retiring>,
     metrics: Arc<Metrics>,
     status: Arc<Status>,
-    metrics_task: Option<JoinHandle<()>>,
-    metrics_addr: Option<SocketAddr>,
+    /// `metrics_listen`, served.
+    metrics_ep: Option<Endpoint>,
+    /// `health_listen`, served.
+    health_ep: Option<Endpoint>,
+    /// Listening sockets without `SO_REUSEPORT` that every worker shares (socket activation),
+    /// by address: kept for the life of the process. A reload may not drop their addresses.
+    shared: Vec<(SocketAddr, OwnedFd)>,
     notifier: Notifier,
+    /// A takeover is under way (sockets sent, waiting for the new process's `ready`).
+    handing_over: bool,
 }
 
 impl Control {
@@ -403,13 +549,19 @@ impl Control {
         trigger: Trigger,
     ) -> Result<(), ControlError> {
         let changes = diff::diff(&self.cfg, &cfg);
+        // The socket unit owns an activated address: dropping it would leave clients waiting
+        // in a queue nobody serves.
+        if let Some((addr, _)) = self.shared.iter().find(|(a, _)| !cfg.listen.contains(a)) {
+            return Err(ControlError::SharedRemoved { addr: *addr });
+        }
         let new_metrics = match (changes.metrics_listen, cfg.metrics_listen) {
-            (true, Some(a)) => {
-                let l = bind_metrics(a)?;
-                let addr = l.local_addr().ok();
-                Some((Some(l), addr))
-            }
-            (true, None) => Some((None, None)),
+            (true, Some(a)) => Some(Some(bind_http(a, &[], HttpKind::Metrics)?)),
+            (true, None) => Some(None),
+            (false, _) => None,
+        };
+        let new_health = match (changes.health_listen, cfg.health_listen) {
+            (true, Some(a)) => Some(Some(bind_http(a, &[], HttpKind::Health)?)),
+            (true, None) => Some(None),
             (false, _) => None,
         };
         let settings = Arc::new(Settings::after(&cfg, &self.current.load()));
@@ -418,7 +570,7 @@ impl Control {
             // no socket with clients in its accept queue is closed by the reload.
             let inherited = self.serving.engine.take_listeners();
             let old = (&self.cfg, &self.serving.bound[..]);
-            Some(prepare_engine(&cfg, Some(old), inherited)?)
+            Some(prepare_engine(&cfg, Some(old), inherited, &self.shared)?)
         } else {
             None
         };
@@ -432,21 +584,23 @@ impl Control {
         for r in &self.retiring {
             r.engine.recheck();
         }
-        if let Some((listener, addr)) = new_metrics {
-            if let Some(task) = self.metrics_task.take() {
-                task.abort();
-            }
-            self.metrics_task = match listener
-                .map(|l| spawn_metrics(l, &self.metrics, &self.current))
+        for (listener, routes) in [(new_metrics, Routes::All), (new_health, Routes::Probe)] {
+            let Some(listener) = listener else { continue };
+            let slot = match routes {
+                Routes::All => &mut self.metrics_ep,
+                Routes::Probe => &mut self.health_ep,
+            };
+            // The old endpoint stops (its socket closes) before the new one serves.
+            *slot = None;
+            *slot = match listener.map(|l| Endpoint::spawn(l, &self.metrics, &self.current, routes))
             {
-                Some(Ok(task)) => Some(task),
+                Some(Ok(ep)) => Some(ep),
                 Some(Err(e)) => {
-                    error!(event_id = events::INTERNAL_ERROR, error = %e, "cannot serve /metrics");
+                    error!(event_id = events::INTERNAL_ERROR, error = %e, "cannot serve the HTTP endpoint");
                     None
                 }
                 None => None,
             };
-            self.metrics_addr = addr;
         }
         self.status.reloads_ok.fetch_add(1, Relaxed);
         info!(
@@ -455,7 +609,8 @@ impl Control {
             trigger = trigger.as_str(),
             changes = %changes.summary(),
             listen = %addr_list(&self.serving.bound),
-            metrics_listen = %self.metrics_addr.map_or_else(|| "disabled".to_owned(), |a| a.to_string()),
+            metrics_listen = %show_addr(self.metrics_ep.as_ref().map(|e| e.addr)),
+            health_listen = %show_addr(self.health_ep.as_ref().map(|e| e.addr)),
             engine = self.serving.choice.kind(),
             workers = self.serving.workers,
             engines_retiring = self.retiring.len(),
@@ -505,7 +660,7 @@ impl Control {
                     "cannot start the new engine; restarting the previous listeners and workers"
                 );
                 let old = (&self.cfg, &self.serving.bound[..]);
-                let again = prepare_engine(&self.cfg, Some(old), Vec::new())
+                let again = prepare_engine(&self.cfg, Some(old), Vec::new(), &self.shared)
                     .and_then(|p| launch_engine(p, &self.current, &self.resolver));
                 match again {
                     Ok(n) => (n, Some(e)),
@@ -576,8 +731,92 @@ impl Control {
         self.notifier.status(&self.status_line());
     }
 
-    /// SIGTERM/SIGINT: stop accepting everywhere, drain every engine within `drain_timeout`.
-    async fn shutdown(self, how: &str, int: &mut tokio::signal::unix::Signal) {
+    /// Offer the listening sockets to the process on `chan` (a `takeover` request); the
+    /// outcome arrives on `done` once it confirmed (`ready`), failed or timed out.
+    fn offer(
+        &mut self,
+        chan: Channel,
+        done: &tokio::sync::mpsc::UnboundedSender<(Channel, Result<u32, takeover::TakeoverError>)>,
+    ) {
+        if self.handing_over {
+            tokio::spawn(async move {
+                let _ = chan.send(&Message::Busy, &[]).await;
+            });
+            return;
+        }
+        let offer = match self.offer_sockets() {
+            Ok(o) => o,
+            Err(e) => {
+                error!(
+                    event_id = events::INTERNAL_ERROR,
+                    reason = "takeover_failed",
+                    error = %e,
+                    "takeover: cannot duplicate the listening sockets; this process keeps serving"
+                );
+                return;
+            }
+        };
+        self.handing_over = true;
+        info!(
+            event_id = events::INFO,
+            sockets = offer.sockets.len(),
+            "takeover: a new process asked for the listening sockets; sending them"
+        );
+        let limit = self.cfg.limits.takeover_timeout;
+        let done = done.clone();
+        tokio::spawn(async move {
+            let result = async {
+                offer.send(&chan).await?;
+                drop(offer);
+                match chan.recv(limit).await?.0 {
+                    Message::Ready { pid } => Ok(pid),
+                    other => Err(takeover::TakeoverError::Unexpected(format!("{other:?}"))),
+                }
+            }
+            .await;
+            let _ = done.send((chan, result));
+        });
+    }
+
+    /// Duplicates of every listening socket (the engine's and the HTTP endpoints'), described.
+    fn offer_sockets(&self) -> std::io::Result<takeover::Offer> {
+        let mut sockets = Vec::new();
+        for h in self.serving.engine.listener_copies()? {
+            for fd in h.sockets {
+                let meta = SocketMeta {
+                    addr: h.addr,
+                    kind: Kind::Listen,
+                    shared: h.shared,
+                };
+                sockets.push((meta, fd));
+            }
+        }
+        for (ep, kind) in [
+            (&self.metrics_ep, Kind::Metrics),
+            (&self.health_ep, Kind::Health),
+        ] {
+            if let Some(ep) = ep {
+                let meta = SocketMeta {
+                    addr: ep.addr,
+                    kind,
+                    shared: false,
+                };
+                sockets.push((meta, ep.fd.try_clone()?));
+            }
+        }
+        Ok(takeover::Offer { sockets })
+    }
+
+    /// SIGTERM/SIGINT: `/readyz` turns 503 at once; after `limits.drain_grace` (listeners still
+    /// accepting meanwhile) stop accepting everywhere and drain every engine within
+    /// `drain_timeout`. After a takeover: stop accepting at once, tell the new process and
+    /// systemd, then drain the same way.
+    async fn shutdown(
+        self,
+        how: Stop,
+        term: &mut tokio::signal::unix::Signal,
+        int: &mut tokio::signal::unix::Signal,
+    ) {
         let Control {
             cfg,
             serving,
@@ -585,18 +824,44 @@ impl Control {
             status,
             metrics,
             notifier,
+            metrics_ep,
+            health_ep,
             ..
         } = self;
         let drain_timeout = cfg.limits.drain_timeout;
         status.draining.store(true, Relaxed);
+        let (signal, handed_to) = match &how {
+            Stop::Signal(s) => (*s, None),
+            Stop::Takeover { pid, .. } => ("takeover", Some(*pid)),
+        };
+        let grace = if handed_to.is_some() {
+            Duration::ZERO
+        } else {
+            cfg.limits.drain_grace
+        };
         notifier.stopping(&format!(
-            "draining open tunnels for up to {}",
+            "stopping: accepting for {} more (drain_grace), then draining open tunnels for up to {}",
+            crate::config::format_duration(grace),
             crate::config::format_duration(drain_timeout)
         ));
+        if !grace.is_zero() {
+            info!(
+                event_id = events::INFO,
+                signal,
+                drain_grace_s = grace.as_secs_f64(),
+                "stopping: /readyz answers 503; listeners keep accepting for limits.drain_grace"
+            );
+            // A second SIGTERM or SIGINT ends the grace early.
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => {}
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
         let deadline = Instant::now() + drain_timeout;
         info!(
             event_id = events::INFO,
-            signal = how,
+            signal,
             drain_timeout_s = drain_timeout.as_secs_f64(),
             engines = 1 + retiring.len(),
             "stopping: listeners closed, draining open tunnels"
@@ -605,6 +870,22 @@ impl Control {
         engines.extend(retiring.into_iter().map(|r| (r.engine, r.shards)));
         for (e, _) in &engines {
             e.drain(deadline);
+        }
+        if let Stop::Takeover { chan, pid } = how {
+            // Our copies of the endpoints' sockets close; the new process serves them.
+            drop(metrics_ep);
+            drop(health_ep);
+            // Let the workers act on the drain before the new process re-checks the queues.
+            tokio::time::sleep(RETIRE_GRACE).await;
+            notifier.main_pid(pid, &format!("handed over to pid {pid}; draining"));
+            if let Err(e) = chan.send(&Message::Done, &[]).await {
+                warn!(event_id = events::INFO, error = %e, "takeover: could not confirm to the new process");
+            }
+            info!(
+                event_id = events::INFO,
+                new_pid = pid,
+                "takeover complete: the new process accepts on the listening sockets; draining open tunnels"
+            );
         }
         // Workers close what is left at the deadline; give them a moment past it.
         let hard = deadline + Duration::from_secs(2);
@@ -639,23 +920,16 @@ struct Prepared {
     listeners: engine::Listeners,
 }
 
-/// Pick the driver, bind the listeners and start the workers for `cfg`.
-fn start_engine(
-    cfg: &Config,
-    current: &settings::Shared,
-    resolver: &Resolver,
-) -> Result<Serving, ControlError> {
-    launch_engine(prepare_engine(cfg, None, Vec::new())?, current, resolver)
-}
-
 /// Pick the driver and bind the listeners for `cfg`. With `old` (the configuration and bound
 /// addresses being replaced), a listen entry with port 0 that is also in the old configuration
 /// keeps the port it was given, so a reload does not move it; addresses found in `inherited`
-/// (the old engine's sockets) reuse those sockets.
+/// (the old engine's sockets) reuse those sockets, and so do addresses of `shared` (sockets
+/// every worker accepts from, such as systemd's) that `inherited` does not carry.
 fn prepare_engine(
     cfg: &Config,
     old: Option<(&Config, &[SocketAddr])>,
-    inherited: Vec<engine::Handover>,
+    mut inherited: Vec<engine::Handover>,
+    shared: &[(SocketAddr, OwnedFd)],
 ) -> Result<Prepared, ControlError> {
     // The engine's errors are kept as its own text.
     let choice = engine::choose(cfg.engine).map_err(|e| ControlError::Driver(e.to_string()))?;
@@ -668,6 +942,14 @@ fn prepare_engine(
         Some((old_cfg, old_bound)) => keep_ephemeral_ports(&cfg.listen, &old_cfg.listen, old_bound),
         None => cfg.listen.clone(),
     };
+    for (addr, fd) in shared {
+        if listen.contains(addr) && !inherited.iter().any(|h| h.addr == *addr) {
+            let fd = fd
+                .try_clone()
+                .map_err(|e| ControlError::Listen(format!("cannot listen on {addr}: {e}")))?;
+            inherited.push(engine::Handover::shared(*addr, fd));
+        }
+    }
     let (listeners, warnings) = engine::bind_listeners_from(&listen, workers, inherited)
         .map_err(|e| ControlError::Listen(e.to_string()))?;
     for w in warnings {
@@ -740,24 +1022,263 @@ fn widens_listen(old: &[SocketAddr], new: &[SocketAddr]) -> bool {
     old.iter().all(local) && !new.iter().all(local)
 }
 
-fn bind_metrics(a: SocketAddr) -> Result<std::net::TcpListener, ControlError> {
-    std::net::TcpListener::bind(a)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|e| ControlError::MetricsListen { addr: a, source: e })
+/// Which HTTP endpoint a listener is for (in errors).
+#[derive(Debug, Clone, Copy)]
+pub enum HttpKind {
+    Metrics,
+    Health,
 }
 
-/// Serve `/metrics` on `l`. Must be called inside the runtime.
-fn spawn_metrics(
-    l: std::net::TcpListener,
-    metrics: &Arc<Metrics>,
-    current: &settings::Shared,
-) -> Result<JoinHandle<()>, ControlError> {
-    let l = tokio::net::TcpListener::from_std(l).map_err(ControlError::MetricsServe)?;
-    Ok(tokio::spawn(http::serve(
-        l,
-        Arc::clone(metrics),
-        Arc::clone(current),
-    )))
+impl std::fmt::Display for HttpKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HttpKind::Metrics => "metrics_listen",
+            HttpKind::Health => "health_listen",
+        })
+    }
+}
+
+/// The listener for `a`: a socket from `stash` (socket activation, a takeover) with that
+/// address, or with the same IP when `a` asks for port 0; otherwise a new one.
+fn bind_http(
+    a: SocketAddr,
+    stash: &[(SocketAddr, OwnedFd)],
+    kind: HttpKind,
+) -> Result<std::net::TcpListener, ControlError> {
+    let err = |source| ControlError::HttpListen {
+        kind,
+        addr: a,
+        source,
+    };
+    let found = stash
+        .iter()
+        .find(|(s, _)| *s == a || (a.port() == 0 && s.ip() == a.ip()));
+    let l = match found {
+        Some((_, fd)) => std::net::TcpListener::from(fd.try_clone().map_err(err)?),
+        None => std::net::TcpListener::bind(a).map_err(err)?,
+    };
+    l.set_nonblocking(true).map_err(err)?;
+    Ok(l)
+}
+
+/// A served HTTP endpoint: its task (aborted on drop, which closes the socket) and a duplicate
+/// of its socket for a takeover.
+struct Endpoint {
+    task: JoinHandle<()>,
+    addr: SocketAddr,
+    fd: OwnedFd,
+}
+
+impl Endpoint {
+    /// Serve `routes` on `l`. Must be called inside the runtime.
+    fn spawn(
+        l: std::net::TcpListener,
+        metrics: &Arc<Metrics>,
+        current: &settings::Shared,
+        routes: Routes,
+    ) -> Result<Endpoint, ControlError> {
+        let addr = l.local_addr().map_err(ControlError::MetricsServe)?;
+        let fd = OwnedFd::from(l.try_clone().map_err(ControlError::MetricsServe)?);
+        let l = tokio::net::TcpListener::from_std(l).map_err(ControlError::MetricsServe)?;
+        let task = tokio::spawn(http::serve(
+            l,
+            Arc::clone(metrics),
+            Arc::clone(current),
+            routes,
+        ));
+        Ok(Endpoint { task, addr, fd })
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn show_addr(a: Option<SocketAddr>) -> String {
+    a.map_or_else(|| "disabled".to_owned(), |a| a.to_string())
+}
+
+/// What `info` answers: who serves this takeover socket.
+struct About {
+    config: Option<PathBuf>,
+    pid_file: Option<PathBuf>,
+}
+
+/// `run --takeover PATH`: ask the gateway at `path` for its sockets.
+async fn receive(path: &Path, limit: Duration) -> Result<Received, ControlError> {
+    let fail = |e| ControlError::TakeoverFrom {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let (from_pid, pid_file) = match takeover::info(path, limit).await.map_err(fail)? {
+        Message::About { pid, pid_file, .. } => (pid, pid_file),
+        other => {
+            return Err(fail(takeover::TakeoverError::Unexpected(format!(
+                "{other:?}"
+            ))))
+        }
+    };
+    let chan = Channel::connect(path).map_err(fail)?;
+    let sockets = takeover::receive(&chan, limit).await.map_err(fail)?;
+    let mut listen: Vec<engine::Handover> = Vec::new();
+    let mut http = Vec::new();
+    for (meta, fd) in sockets {
+        match meta.kind {
+            Kind::Listen => match listen.iter_mut().find(|h| h.addr == meta.addr) {
+                Some(h) if !h.shared => {
+                    h.owners.push(h.sockets.len());
+                    h.sockets.push(fd);
+                }
+                // A second socket for a shared address adds nothing.
+                Some(_) => {}
+                None if meta.shared => listen.push(engine::Handover::shared(meta.addr, fd)),
+                None => listen.push(engine::Handover {
+                    addr: meta.addr,
+                    sockets: vec![fd],
+                    owners: vec![0],
+                    shared: false,
+                }),
+            },
+            Kind::Metrics | Kind::Health => http.push((meta.addr, fd)),
+        }
+    }
+    info!(
+        event_id = events::INFO,
+        from_pid,
+        path = %path.display(),
+        listen = %addr_list(&listen.iter().map(|h| h.addr).collect::<Vec<_>>()),
+        sockets = listen.iter().map(|h| h.sockets.len()).sum::<usize>(),
+        "takeover: received the listening sockets; starting the workers on them"
+    );
+    test_pause_before_ready();
+    Ok(Received {
+        chan,
+        from_pid,
+        path: path.to_path_buf(),
+        pid_file,
+        listen,
+        http,
+    })
+}
+
+/// Test builds only: `SPLICEGATE_TEST_TAKEOVER_PAUSE=<ms>` makes a new process wait that long
+/// after it received the sockets, so a test can kill it before it confirms.
+#[cfg(debug_assertions)]
+fn test_pause_before_ready() {
+    if let Some(ms) = std::env::var("SPLICEGATE_TEST_TAKEOVER_PAUSE")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn test_pause_before_ready() {}
+
+/// Our workers accept on the received sockets: tell the old process (`ready`), wait for it to
+/// stop accepting (`done`), then have our workers look at every queue once.
+async fn confirm(r: &Received, engine: &Engine, limit: Duration) {
+    let result = async {
+        r.chan
+            .send(
+                &Message::Ready {
+                    pid: std::process::id(),
+                },
+                &[],
+            )
+            .await?;
+        match r.chan.recv(limit).await?.0 {
+            Message::Done => Ok(()),
+            other => Err(takeover::TakeoverError::Unexpected(format!("{other:?}"))),
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => info!(
+            event_id = events::INFO,
+            from_pid = r.from_pid,
+            "takeover: the old process stopped accepting and drains its tunnels"
+        ),
+        Err(e) => warn!(
+            event_id = events::INFO,
+            from_pid = r.from_pid,
+            error = %e,
+            "takeover: the old process did not confirm; serving on the sockets anyway"
+        ),
+    }
+    engine.poke();
+}
+
+/// Bind `takeover_socket`. The default path is used when it can be (a warning otherwise); a
+/// configured one must work. `replacing`: the path this process took over from, replaced.
+fn bind_takeover(
+    setting: &TakeoverSocket,
+    replacing: Option<&Path>,
+) -> Result<Option<takeover::Listener>, ControlError> {
+    let Some(path) = setting.path() else {
+        return Ok(None);
+    };
+    let bound = if replacing == Some(path.as_path()) {
+        takeover::Listener::bind_replacing(&path)
+    } else {
+        takeover::Listener::bind(&path)
+    };
+    match (bound, setting) {
+        (Ok(l), _) => Ok(Some(l)),
+        (Err(e), TakeoverSocket::Default) => {
+            warn!(
+                event_id = events::INFO,
+                error = %e,
+                "takeover is off for this process (set `takeover_socket` to choose a path, or null)"
+            );
+            Ok(None)
+        }
+        (Err(e), _) => Err(ControlError::TakeoverSocket(e)),
+    }
+}
+
+async fn accept_takeover(l: Option<&takeover::Listener>) -> std::io::Result<Channel> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Read a takeover socket client's request: `info` is answered here, `takeover` goes to the
+/// control loop.
+async fn first_request(
+    chan: Channel,
+    limit: Duration,
+    about: Arc<About>,
+    offers: tokio::sync::mpsc::UnboundedSender<Channel>,
+) {
+    match chan.recv(limit).await {
+        Ok((Message::Info, _)) => {
+            let msg = Message::About {
+                pid: std::process::id(),
+                config: about.config.clone(),
+                pid_file: about.pid_file.clone(),
+            };
+            let _ = chan.send(&msg, &[]).await;
+        }
+        Ok((Message::Takeover { pid }, _)) => {
+            info!(
+                event_id = events::INFO,
+                new_pid = pid,
+                "takeover: requested"
+            );
+            let _ = offers.send(chan);
+        }
+        Ok((other, _)) => warn!(
+            event_id = events::INFO,
+            message = ?other,
+            "takeover socket: unexpected request"
+        ),
+        Err(e) => tracing::debug!(error = %e, "takeover socket: client went away"),
+    }
 }
 
 fn addr_list(addrs: &[SocketAddr]) -> String {

@@ -62,6 +62,13 @@ impl Notifier {
         self.send(&[NotifyState::Stopping, NotifyState::Status(status)]);
     }
 
+    /// A takeover: `pid` is the service's main process from now on (with `NotifyAccess=main`
+    /// only the main process may say so; the shipped unit sets `NotifyAccess=all` so the new
+    /// process's own notifications are accepted too).
+    pub fn main_pid(&self, pid: u32, status: &str) {
+        self.send(&[NotifyState::MainPid(pid), NotifyState::Status(status)]);
+    }
+
     pub fn status(&self, status: &str) {
         self.send(&[NotifyState::Status(status)]);
     }

@@ -120,11 +120,42 @@ pub struct Handover {
     /// The worker serving each socket (`owners[i]` for `sockets[i]`), so the sockets of a worker
     /// that died can be closed (see [`Engine::start`]).
     pub owners: Vec<usize>,
+    /// One socket without `SO_REUSEPORT` (inherited from systemd's socket activation): it can't
+    /// be bound again beside itself, so every worker accepts from a duplicate of `sockets[0]`,
+    /// and that socket is never closed for a worker that died.
+    pub shared: bool,
 }
 
 impl Handover {
+    /// A socket every worker accepts from (see [`Handover::shared`]).
+    pub fn shared(addr: SocketAddr, socket: OwnedFd) -> Handover {
+        Handover {
+            addr,
+            sockets: vec![socket],
+            owners: vec![usize::MAX],
+            shared: true,
+        }
+    }
+
+    /// A duplicate of this entry (the same sockets, new fds), for a takeover.
+    pub fn try_clone(&self) -> io::Result<Handover> {
+        Ok(Handover {
+            addr: self.addr,
+            sockets: self
+                .sockets
+                .iter()
+                .map(OwnedFd::try_clone)
+                .collect::<io::Result<_>>()?,
+            owners: self.owners.clone(),
+            shared: self.shared,
+        })
+    }
+
     /// Close the duplicates of worker `id`'s sockets.
     fn forget_worker(&mut self, id: usize) {
+        if self.shared {
+            return;
+        }
         let sockets = std::mem::take(&mut self.sockets);
         let owners = std::mem::take(&mut self.owners);
         for (sock, owner) in sockets.into_iter().zip(owners) {
@@ -164,6 +195,17 @@ pub fn bind_listeners_from(
             .position(|h| h.addr == *addr && addr.port() != 0)
         {
             let h = inherited.swap_remove(i);
+            if h.shared {
+                let Some(sock) = h.sockets.first() else {
+                    continue;
+                };
+                for w in per_worker.iter_mut() {
+                    w.push(sock.try_clone()?);
+                }
+                bound.push(*addr);
+                handover.push(h);
+                continue;
+            }
             let mut dups = Vec::new();
             let mut owners = Vec::new();
             let mut served = vec![false; workers];
@@ -193,6 +235,7 @@ pub fn bind_listeners_from(
                 addr: *addr,
                 sockets: dups,
                 owners,
+                shared: false,
             });
             continue;
         }
@@ -239,6 +282,7 @@ pub fn bind_listeners_from(
             addr: local,
             sockets: dups,
             owners,
+            shared: false,
         });
     }
     if bound.is_empty() {
@@ -380,6 +424,23 @@ impl Engine {
             Ok(mut h) => std::mem::take(&mut *h),
             Err(e) => std::mem::take(&mut *e.into_inner()),
         }
+    }
+
+    /// Duplicates of the listening sockets, by address, for a takeover: the engine keeps
+    /// accepting on them.
+    pub fn listener_copies(&self) -> io::Result<Vec<Handover>> {
+        let h = match self.handover.lock() {
+            Ok(h) => h,
+            Err(e) => e.into_inner(),
+        };
+        h.iter().map(Handover::try_clone).collect()
+    }
+
+    /// Make every worker try its listeners now: after another process that accepted on the
+    /// same sockets stopped (a takeover), a wake-up it swallowed would otherwise leave a client
+    /// in the queue until the next one arrives.
+    pub fn poke(&self) {
+        self.send(|| Command::Poke);
     }
 
     fn drop_listeners(&self) {

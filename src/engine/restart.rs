@@ -1,6 +1,7 @@
 //! Restarting a worker that died: owns the decision (the engine still serves, the worker has
 //! been dead for `limits.worker_restart_delay`) and the start of a replacement on new `SO_REUSEPORT`
-//! sockets for the same addresses, with the dead worker's metric shard.
+//! sockets for the same addresses (or, for an inherited socket without `SO_REUSEPORT`, another
+//! duplicate of it), with the dead worker's metric shard.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -52,10 +53,26 @@ impl Engine {
         let restart_err = |source: io::Error| EngineError::Restart { id, source };
         let mut fds = Vec::new();
         let mut dups = Vec::new();
-        for addr in &self.spawn.bound {
-            let fd = OwnedFd::from(bind_one(*addr).map_err(restart_err)?);
-            dups.push((*addr, fd.try_clone().map_err(restart_err)?));
-            fds.push(fd);
+        {
+            let handover = match self.handover.lock() {
+                Ok(h) => h,
+                Err(e) => e.into_inner(),
+            };
+            for addr in &self.spawn.bound {
+                // An inherited socket without SO_REUSEPORT is shared: the new worker accepts
+                // from another duplicate of it.
+                let shared = handover
+                    .iter()
+                    .find(|h| h.addr == *addr && h.shared)
+                    .and_then(|h| h.sockets.first());
+                if let Some(sock) = shared {
+                    fds.push(sock.try_clone().map_err(restart_err)?);
+                    continue;
+                }
+                let fd = OwnedFd::from(bind_one(*addr).map_err(restart_err)?);
+                dups.push((*addr, fd.try_clone().map_err(restart_err)?));
+                fds.push(fd);
+            }
         }
         let (tx, rx) = mpsc::channel();
         let n = self.workers.len();

@@ -35,6 +35,8 @@ pub enum Command {
     Stop,
     /// A reload published new settings: re-check the open tunnels (`revoke_on_reload`).
     Recheck,
+    /// Try every listener now (see [`super::Engine::poke`]).
+    Poke,
 }
 
 /// Everything a worker needs, built by [`super::Engine::start`].
@@ -186,6 +188,14 @@ impl Worker {
                 match c {
                     Command::Drain { deadline } => self.start_drain(deadline),
                     Command::Recheck => self.revoke_disallowed(),
+                    Command::Poke => {
+                        for (i, l) in self.listeners.iter().enumerate() {
+                            if l.is_some() && self.accept_paused_until.is_none() {
+                                self.driver.rearm_listener(i as u32);
+                                self.pending_accept.push(i as u32);
+                            }
+                        }
+                    }
                     Command::Stop => {
                         self.close_all();
                         self.flush_refusal_log();
