@@ -1,6 +1,7 @@
 //! The deployment examples under `deploy/` parse, and agree with each other and with the
 //! gateway: the Kubernetes manifests (the ConfigMap's configuration passes `check-config`, the
-//! probes ask the port the configuration serves them on, the grace period outlasts the drain),
+//! probes ask its `health_listen` port, the grace period outlasts `drain_grace` +
+//! `drain_timeout`),
 //! the keepalived pair (`keepalived -t`, one virtual router seen from both sides) and the
 //! HAProxy configuration (`haproxy -c`; tests/ha.rs runs it). A tool that is missing skips its
 //! check with a printed reason.
@@ -73,15 +74,18 @@ fn kubernetes_manifests_agree_with_the_gateway() {
         String::from_utf8_lossy(&out.stderr)
     );
     let cfg: Value = serde_saphyr::from_str(config).expect("the ConfigMap's configuration");
-    let drain = duration(
-        cfg["limits"]["drain_timeout"]
-            .as_str()
-            .expect("limits.drain_timeout is set"),
-    );
+    let limit = |key: &str| {
+        duration(
+            cfg["limits"][key]
+                .as_str()
+                .unwrap_or_else(|| panic!("limits.{key} is set")),
+        )
+    };
+    let drain = limit("drain_grace") + limit("drain_timeout");
     let probe_port = port_of(
-        cfg["metrics_listen"]
+        cfg["health_listen"]
             .as_str()
-            .expect("the configuration serves /readyz on metrics_listen"),
+            .expect("the configuration serves the probes on health_listen"),
     );
 
     let dep = yaml("kubernetes/deployment.yaml");
@@ -91,7 +95,7 @@ fn kubernetes_manifests_agree_with_the_gateway() {
         .expect("terminationGracePeriodSeconds");
     assert!(
         Duration::from_secs(grace) > drain,
-        "terminationGracePeriodSeconds ({grace}) must outlast drain_timeout ({drain:?})"
+        "terminationGracePeriodSeconds ({grace}) must outlast drain_grace + drain_timeout ({drain:?})"
     );
     let c = &spec["containers"][0];
     let named_port = |name: &str| {

@@ -22,6 +22,10 @@ pub struct ServerStat {
     pub name: String,
     /// `UP`, `DOWN`, `MAINT`, `NOLB`, `UP 1/2` (going down), `DOWN 1/2` (going up), ...
     pub status: String,
+    /// Connection errors to the server (refused, reset or timed out while connecting).
+    pub econ: u64,
+    /// Connection retries (each failed connect that HAProxy tried again).
+    pub wretr: u64,
 }
 
 pub struct Haproxy {
@@ -107,12 +111,15 @@ impl Haproxy {
         for line in lines {
             let f: HashMap<&str, &str> = header.iter().copied().zip(line.split(',')).collect();
             let get = |k: &str| f.get(k).copied().unwrap_or("");
+            let num = |k: &str| get(k).parse::<u64>().unwrap_or(0);
             if get("pxname") != backend || matches!(get("svname"), "BACKEND" | "FRONTEND" | "") {
                 continue;
             }
             rows.push(ServerStat {
                 name: get("svname").to_string(),
                 status: get("status").to_string(),
+                econ: num("econ"),
+                wretr: num("wretr"),
             });
         }
         rows
