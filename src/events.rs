@@ -61,6 +61,12 @@ pub enum Reject {
     ClientNetwork,
     /// An open tunnel a reload no longer allows (`revoke_on_reload`).
     Revoked,
+    /// A PROXY protocol listener got no header, or a malformed one, in time.
+    ProxyProtocol,
+    /// A PROXY protocol listener was reached from outside its `proxy_from`.
+    ProxyUntrusted,
+    /// The client already holds `limits.max_connections_per_client` connections.
+    ClientLimit,
 }
 
 impl Reject {
@@ -85,6 +91,9 @@ impl Reject {
             Reject::ClientAuth => "client_auth",
             Reject::ClientNetwork => "client_network",
             Reject::Revoked => "revoked",
+            Reject::ProxyProtocol => "proxy_protocol",
+            Reject::ProxyUntrusted => "proxy_protocol_untrusted",
+            Reject::ClientLimit => "client_limit",
         }
     }
 

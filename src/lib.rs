@@ -25,6 +25,8 @@
 //!   `init`): surgical, validated, atomic edits of the YAML file, then a reload of the service.
 //! - [`presets`]: cloud endpoint presets (Azure public, US Government, China) expanded into
 //!   allowlist entries, each citing its source.
+//! - [`clients`]: open connections per client address (IPv6 per /64), shared by the workers,
+//!   for `limits.max_connections_per_client`.
 //! - [`settings`]: the per-connection configuration snapshot (policy, limits) behind `ArcSwap`.
 //! - [`metrics`]: metric names and per-worker shards, summed at scrape time.
 //! - [`events`]: the gateway's numeric event IDs, the reason enums used as metric labels, the
@@ -43,6 +45,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod clients;
 pub mod config;
 pub mod control;
 pub mod engine;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::auth::{Auth, Failures};
+use crate::clients::ClientCounts;
 use crate::config::{Config, DataPath, Limits};
 use crate::events::limiter::RefusalBudget;
 use crate::policy::Policy;
@@ -36,12 +37,15 @@ pub struct Settings {
     pub refusals: RefusalBudget,
     /// Re-check open tunnels against this snapshot when it replaces another (`revoke_on_reload`).
     pub revoke_on_reload: bool,
+    /// Open connections per client across the workers (`limits.max_connections_per_client`);
+    /// carried over by a reload, so the connections already open stay counted.
+    pub clients: Arc<ClientCounts>,
 }
 
 impl Settings {
     /// The first snapshot: no failed logins counted yet.
     pub fn new(cfg: &Config) -> Settings {
-        Settings::build(cfg, Arc::default())
+        Settings::build(cfg, Arc::default(), Arc::default())
     }
 
     /// The snapshot that replaces `previous` on a reload: the failed-login counts carry over,
@@ -52,13 +56,13 @@ impl Settings {
             // Authentication is newly switched on: nobody has failed a login yet.
             None => Arc::default(),
         };
-        Settings::build(cfg, failures)
+        Settings::build(cfg, failures, Arc::clone(&previous.clients))
     }
 
     /// Made only of values the configuration already parsed: no file is read and nothing can
     /// fail here (the users table, the per-user allowlists and the relay's TLS client all come
     /// from [`Config`]).
-    fn build(cfg: &Config, failures: Arc<Failures>) -> Settings {
+    fn build(cfg: &Config, failures: Arc<Failures>, clients: Arc<ClientCounts>) -> Settings {
         Settings {
             policy: Policy::new(&cfg.policy_spec()),
             limits: cfg.limits.clone(),
@@ -76,6 +80,7 @@ impl Settings {
                 .map(|t| (Arc::clone(&t.config), t.server_name.clone())),
             refusals: cfg.logging.refusals,
             revoke_on_reload: cfg.revoke_on_reload,
+            clients,
         }
     }
 }

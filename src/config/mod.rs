@@ -24,6 +24,7 @@ use crate::auth::ClientAuthSettings;
 use crate::events::limiter::RefusalBudget;
 use crate::policy::{HostEntry, PolicySpec};
 use crate::presets::{Cloud, Preset, PresetHost, Region, WorkspaceId};
+use crate::proto::proxy::ProxySources;
 use crate::proto::tls::TlsSettings;
 use crate::resolve::ResolverSettings;
 
@@ -59,6 +60,10 @@ pub const MAX_WORKERS: usize = 1024;
 pub struct Config {
     /// Addresses the gateway accepts clients on.
     pub listen: Vec<SocketAddr>,
+    /// One per `listen` entry, in the same order: the networks a listener with
+    /// `proxy_protocol: true` accepts the PROXY header from (`proxy_from`), `None` for a plain
+    /// listener. Parsed with `listen` from the same list, so the two always have one length.
+    pub listen_proxy: Vec<Option<ProxySources>>,
     /// The `/metrics`, `/healthz`, `/readyz` listener; `None` disables it. Loopback unless
     /// `metrics_public`.
     pub metrics_listen: Option<SocketAddr>,
@@ -228,6 +233,9 @@ pub struct Limits {
     pub drain_grace: Duration,
     /// How long either side of a takeover waits for the other's next message.
     pub takeover_timeout: Duration,
+    /// Open connections one client address may hold across all workers (an IPv6 client per
+    /// /64); 0 = no limit. Behind a PROXY protocol listener, the address the header names.
+    pub max_connections_per_client: usize,
 }
 
 impl Default for Limits {
@@ -250,6 +258,7 @@ impl Default for Limits {
             worker_restart_delay: Duration::from_secs(1),
             drain_grace: Duration::ZERO,
             takeover_timeout: Duration::from_secs(30),
+            max_connections_per_client: 0,
         }
     }
 }
@@ -268,6 +277,7 @@ impl Default for Config {
                 SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8080),
                 SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 8080),
             ],
+            listen_proxy: vec![None, None],
             metrics_listen: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9464)),
             metrics_public: false,
             health_listen: None,
@@ -386,6 +396,12 @@ impl Config {
             "listen: {}",
             list(self.listen.iter().map(ToString::to_string).collect())
         );
+        for (addr, from) in self.listen.iter().zip(&self.listen_proxy) {
+            if let Some(from) = from {
+                let nets = from.networks().iter().map(ToString::to_string).collect();
+                let _ = writeln!(out, "  {addr}: PROXY protocol from {}", list(nets));
+            }
+        }
         let _ = writeln!(
             out,
             "metrics_listen: {}",
@@ -553,6 +569,15 @@ impl Config {
         let l = &self.limits;
         let _ = writeln!(out, "limits:");
         let _ = writeln!(out, "  max_connections: {}", l.max_connections);
+        if l.max_connections_per_client == 0 {
+            let _ = writeln!(out, "  max_connections_per_client: 0 (no limit)");
+        } else {
+            let _ = writeln!(
+                out,
+                "  max_connections_per_client: {}",
+                l.max_connections_per_client
+            );
+        }
         let _ = writeln!(out, "  max_header_bytes: {}", l.max_header_bytes);
         for (key, d) in [
             ("header_timeout", l.header_timeout),
@@ -892,6 +917,103 @@ mod tests {
             "listen[0]",
             1,
             &["found the number 8080"],
+        );
+    }
+
+    #[test]
+    fn listen_objects_with_proxy_protocol() {
+        let cfg = ok("listen:\n  - 127.0.0.1:3128\n  - {address: \"0.0.0.0:8080\", proxy_protocol: true, proxy_from: [\"10.0.0.0/24\", 192.0.2.7]}\n  - {address: \"[::]:8081\"}\n  - {address: \"[::]:8082\", proxy_protocol: false}\n");
+        assert_eq!(
+            cfg.listen,
+            vec![
+                addr("127.0.0.1:3128"),
+                addr("0.0.0.0:8080"),
+                addr("[::]:8081"),
+                addr("[::]:8082")
+            ]
+        );
+        let nets: Vec<ipnet::IpNet> = vec![
+            "10.0.0.0/24".parse().unwrap(),
+            "192.0.2.7/32".parse().unwrap(),
+        ];
+        assert_eq!(
+            cfg.listen_proxy,
+            vec![None, ProxySources::new(nets), None, None]
+        );
+        assert!(cfg
+            .summary()
+            .contains("0.0.0.0:8080: PROXY protocol from 10.0.0.0/24, 192.0.2.7/32"));
+        assert_eq!(
+            Config::default().listen_proxy.len(),
+            Config::default().listen.len()
+        );
+        bad(
+            "listen:\n  - {address: 0.0.0.0:8080, proxy_protocol: true}\n",
+            "listen[0].proxy_protocol",
+            2,
+            &["needs proxy_from"],
+        );
+        bad(
+            "listen:\n  - {address: 0.0.0.0:8080, proxy_from: [10.0.0.0/8]}\n",
+            "listen[0].proxy_from",
+            2,
+            &["only used with `proxy_protocol: true`"],
+        );
+        bad(
+            "listen:\n  - {address: 0.0.0.0:8080, proxy_protocol: true, proxy_from: []}\n",
+            "listen[0].proxy_from",
+            2,
+            &["empty"],
+        );
+        bad(
+            "listen:\n  - {address: 0.0.0.0:8080, proxy_protocol: true, proxy_from: [10.0.0.0/33]}\n",
+            "listen[0].proxy_from[0]",
+            2,
+            &["found the string \"10.0.0.0/33\""],
+        );
+        bad(
+            "listen:\n  - {address: 0.0.0.0:8080, proxy_protocol: yes please, proxy_from: [10.0.0.0/8]}\n",
+            "listen[0].proxy_protocol",
+            2,
+            &["true or false"],
+        );
+        bad(
+            "listen:\n  - {address: 0.0.0.0:8080, proxy: true}\n",
+            "listen[0]",
+            2,
+            &["unknown key the string \"proxy\""],
+        );
+        bad(
+            "listen:\n  - {proxy_protocol: false}\n",
+            "listen[0]",
+            2,
+            &["no `address`"],
+        );
+        bad(
+            "listen:\n  - {address: nope}\n",
+            "listen[0].address",
+            2,
+            &["found the string \"nope\""],
+        );
+        bad(
+            "listen:\n  - 0.0.0.0:8080\n  - {address: 0.0.0.0:8080, proxy_protocol: true, proxy_from: [10.0.0.0/8]}\n",
+            "listen[1]",
+            3,
+            &["more than once"],
+        );
+    }
+
+    #[test]
+    fn max_connections_per_client() {
+        assert_eq!(Config::default().limits.max_connections_per_client, 0);
+        let cfg = ok("limits:\n  max_connections_per_client: 20\n");
+        assert_eq!(cfg.limits.max_connections_per_client, 20);
+        assert!(cfg.summary().contains("max_connections_per_client: 20"));
+        bad(
+            "limits:\n  max_connections_per_client: -1\n",
+            "limits.max_connections_per_client",
+            2,
+            &["0 = no limit per client"],
         );
     }
 

@@ -242,6 +242,8 @@ pub(super) struct RawLimits {
     pub drain_grace: Field,
     #[serde(default, deserialize_with = "present")]
     pub takeover_timeout: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub max_connections_per_client: Field,
 }
 
 /// `resolver:`.

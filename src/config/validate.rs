@@ -23,12 +23,16 @@ use crate::auth::{ClientAuthSettings, Users};
 use crate::events::limiter::RefusalBudget;
 use crate::policy::{normalize_host, HostEntry, HostPattern};
 use crate::presets::{self, Cloud, Preset, Region, WorkspaceId, MAX_WORKSPACES};
+use crate::proto::proxy::ProxySources;
 use crate::proto::tls::{normalize_subject, Tls13Policy, TlsSettings, TlsVersion};
 use crate::relay::{self, RelaySettings};
 use crate::resolve::ResolverSettings;
 use std::path::PathBuf;
 
 const EXPECT_LISTEN: &str = "a list of socket addresses such as \"0.0.0.0:8080\"";
+
+/// The addresses of `listen` and, entry by entry, their PROXY protocol sources.
+type Listen = (Vec<SocketAddr>, Vec<Option<ProxySources>>);
 const EXPECT_SOCKET: &str = "a socket address such as \"0.0.0.0:8080\" or \"[::]:8080\"";
 const EXPECT_METRICS: &str =
     "a socket address such as \"127.0.0.1:9464\", or null to disable the metrics listener";
@@ -132,8 +136,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         }
     }
     let raw_resolver = raw.resolver.unwrap_or_default();
+    let listen = c
+        .listen(raw.listen.as_ref())
+        .unwrap_or((defaults.listen, defaults.listen_proxy));
     let mut cfg = Config {
-        listen: c.listen(raw.listen.as_ref()).unwrap_or(defaults.listen),
+        listen: listen.0,
+        listen_proxy: listen.1,
         metrics_listen: c
             .metrics_listen(raw.metrics_listen.as_ref())
             .unwrap_or(defaults.metrics_listen),
@@ -433,7 +441,10 @@ impl Checker {
         }
     }
 
-    fn listen(&mut self, at: Option<&Spanned<Node>>) -> Option<Vec<SocketAddr>> {
+    /// `listen`: each entry a socket address, or `{address, proxy_protocol, proxy_from}`.
+    /// Returns the addresses and, entry by entry, the PROXY protocol sources (`None` for a
+    /// plain listener).
+    fn listen(&mut self, at: Option<&Spanned<Node>>) -> Option<Listen> {
         let at = at?;
         let items = self.list("listen", at, EXPECT_LISTEN, false)?;
         if items.is_empty() {
@@ -445,19 +456,135 @@ impl Checker {
             return None;
         }
         let mut out: Vec<SocketAddr> = Vec::with_capacity(items.len());
+        let mut proxy = Vec::with_capacity(items.len());
         let mut ok = true;
         for (i, item) in items.iter().enumerate() {
             let key = format!("listen[{i}]");
-            match self.socket_addr(&key, item, EXPECT_SOCKET) {
-                Some(addr) if addr.port() != 0 && out.contains(&addr) => {
+            let entry = match &item.value {
+                Node::Map(entries) => self.listen_object(&key, item, entries),
+                _ => self
+                    .socket_addr(&key, item, EXPECT_SOCKET)
+                    .map(|a| (a, None)),
+            };
+            match entry {
+                Some((addr, _)) if addr.port() != 0 && out.contains(&addr) => {
                     self.report(&key, item, format!("{addr} is listed more than once"));
                     ok = false;
                 }
-                Some(addr) => out.push(addr),
+                Some((addr, from)) => {
+                    out.push(addr);
+                    proxy.push(from);
+                }
                 None => ok = false,
             }
         }
-        ok.then_some(out)
+        ok.then_some((out, proxy))
+    }
+
+    /// `{address: "0.0.0.0:8080", proxy_protocol: true, proxy_from: ["10.0.0.0/24"]}`.
+    fn listen_object(
+        &mut self,
+        key: &str,
+        at: &Spanned<Node>,
+        entries: &[(Spanned<Node>, Spanned<Node>)],
+    ) -> Option<(SocketAddr, Option<ProxySources>)> {
+        let (mut address, mut enabled, mut from) = (None, None, None);
+        let mut ok = true;
+        for (k, v) in entries {
+            let name = match &k.value {
+                Node::Str(s) => s.as_str(),
+                _ => "",
+            };
+            let slot = match name {
+                "address" => &mut address,
+                "proxy_protocol" => &mut enabled,
+                "proxy_from" => &mut from,
+                _ => {
+                    self.report(
+                        key,
+                        k,
+                        format!(
+                            "found a mapping with the unknown key {}; expected {EXPECT_SOCKET}, \
+                             or a listener with the keys address, proxy_protocol and proxy_from \
+                             (an IPv6 address must be quoted in YAML, as in \"[::]:8080\")",
+                            k.value.describe()
+                        ),
+                    );
+                    ok = false;
+                    continue;
+                }
+            };
+            if slot.replace(v).is_some() {
+                self.report(key, k, format!("{name} is given more than once"));
+                ok = false;
+            }
+        }
+        let Some(address_node) = address else {
+            if !ok {
+                // An unknown key was reported (often an unquoted IPv6 address): enough said.
+                return None;
+            }
+            self.report(
+                key,
+                at,
+                format!("the listener has no `address`; expected {EXPECT_SOCKET}"),
+            );
+            return None;
+        };
+        let addr = self.socket_addr(&format!("{key}.address"), address_node, EXPECT_SOCKET);
+        let enabled = match enabled {
+            None => false,
+            Some(node) => self.boolean(&format!("{key}.proxy_protocol"), Some(node))?,
+        };
+        let sources = match (enabled, from) {
+            (false, None) => None,
+            (false, Some(node)) => {
+                self.report(
+                    &format!("{key}.proxy_from"),
+                    node,
+                    "proxy_from is only used with `proxy_protocol: true`; set it, or remove \
+                     proxy_from"
+                        .to_owned(),
+                );
+                ok = false;
+                None
+            }
+            (true, None) => {
+                self.report(
+                    &format!("{key}.proxy_protocol"),
+                    at,
+                    "proxy_protocol: true needs proxy_from, the networks of the load balancers \
+                     allowed to send the header (such as [\"10.0.0.0/24\"])"
+                        .to_owned(),
+                );
+                ok = false;
+                None
+            }
+            (true, Some(node)) => {
+                let key = format!("{key}.proxy_from");
+                let nets = self.networks(&key, Some(node));
+                match nets.map(ProxySources::new) {
+                    Some(Some(s)) => Some(s),
+                    Some(None) => {
+                        self.report(
+                            &key,
+                            node,
+                            format!("the list is empty; expected {EXPECT_NETWORKS}"),
+                        );
+                        ok = false;
+                        None
+                    }
+                    None => {
+                        ok = false;
+                        None
+                    }
+                }
+            }
+        };
+        match (addr, ok) {
+            (Some(addr), true) => Some((addr, sources)),
+            _ => None,
+        }
     }
 
     fn metrics_listen(&mut self, at: Option<&Spanned<Node>>) -> Option<Option<SocketAddr>> {
@@ -896,6 +1023,15 @@ impl Checker {
                     "a whole number from 0 to 10",
                 )
                 .unwrap_or(d.reload_retries),
+            max_connections_per_client: self
+                .count(
+                    "limits.max_connections_per_client",
+                    raw.max_connections_per_client.as_ref(),
+                    0,
+                    usize::MAX,
+                    "a whole number (0 = no limit per client)",
+                )
+                .unwrap_or(d.max_connections_per_client),
             accept_backoff_min,
             accept_backoff_max,
             worker_restart_delay: self

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::fmt::Display;
 
 use crate::config::{format_duration, Config};
+use crate::proto::proxy::ProxySources;
 
 /// The changes between two configurations, one entry per item.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -39,6 +40,19 @@ impl Changes {
     }
 }
 
+/// `[0.0.0.0:8080 from 10.0.0.0/24]`: the listeners with the PROXY protocol and their sources.
+fn proxy_list(listen: &[std::net::SocketAddr], proxy: &[Option<ProxySources>]) -> String {
+    let items: Vec<String> = listen
+        .iter()
+        .zip(proxy)
+        .filter_map(|(a, p)| {
+            p.as_ref()
+                .map(|p| format!("{a} from {}", list(p.networks())))
+        })
+        .collect();
+    format!("[{}]", items.join(", "))
+}
+
 /// Compare `old` with `new`.
 pub fn diff(old: &Config, new: &Config) -> Changes {
     let mut c = Changes::default();
@@ -60,6 +74,15 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
             "listen {} -> {}",
             list(&old.listen),
             list(&new.listen)
+        ));
+    }
+    if old.listen_proxy != new.listen_proxy {
+        // A listener's PROXY protocol setting is the engine's: a new one takes over the sockets.
+        c.engine = true;
+        c.items.push(format!(
+            "listen proxy_protocol {} -> {}",
+            proxy_list(&old.listen, &old.listen_proxy),
+            proxy_list(&new.listen, &new.listen_proxy)
         ));
     }
     if old.workers != new.workers {
@@ -151,6 +174,11 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
             n.metrics_max_connections,
         ),
         ("reload_retries", o.reload_retries, n.reload_retries),
+        (
+            "max_connections_per_client",
+            o.max_connections_per_client,
+            n.max_connections_per_client,
+        ),
     ] {
         if a != b {
             scalar(&mut c.items, &format!("limits.{key}"), a, b);
@@ -301,6 +329,32 @@ mod tests {
         assert!(c
             .summary()
             .contains("listen [127.0.0.1:8080] -> [127.0.0.1:8080, 127.0.0.1:8081]"));
+    }
+
+    /// A listener's PROXY protocol setting belongs to the engine: changing it (or only its
+    /// sources) starts a new engine, as a changed address does.
+    #[test]
+    fn proxy_protocol_changes_start_a_new_engine() {
+        let plain = cfg("listen: [\"127.0.0.1:8080\"]\n");
+        let proxied = cfg(
+            "listen: [{address: \"127.0.0.1:8080\", proxy_protocol: true, proxy_from: [10.0.0.0/24]}]\n",
+        );
+        let other = cfg(
+            "listen: [{address: \"127.0.0.1:8080\", proxy_protocol: true, proxy_from: [10.0.1.0/24]}]\n",
+        );
+        let c = diff(&plain, &proxied);
+        assert!(c.engine, "{}", c.summary());
+        assert!(c
+            .summary()
+            .contains("listen proxy_protocol [] -> [127.0.0.1:8080 from [10.0.0.0/24]]"));
+        assert!(diff(&proxied, &other).engine);
+        assert!(diff(&proxied, &plain).engine);
+        assert!(!diff(&proxied, &proxied.clone()).engine);
+        let limited = cfg("limits:\n  max_connections_per_client: 5\n");
+        let c = diff(&plain, &limited);
+        assert!(c
+            .summary()
+            .contains("limits.max_connections_per_client 0 -> 5"));
     }
 
     /// The users table is part of the parsed configuration: a reload after the file changed

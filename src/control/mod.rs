@@ -950,8 +950,17 @@ fn prepare_engine(
             inherited.push(engine::Handover::shared(*addr, fd));
         }
     }
-    let (listeners, warnings) = engine::bind_listeners_from(&listen, workers, inherited)
+    let (mut listeners, warnings) = engine::bind_listeners_from(&listen, workers, inherited)
         .map_err(|e| ControlError::Listen(e.to_string()))?;
+    listeners.proxy = listeners
+        .bound
+        .iter()
+        .zip(&listeners.origin)
+        .filter_map(|(addr, &i)| {
+            let sources = cfg.listen_proxy.get(i)?.clone()?;
+            Some((*addr, Arc::new(sources)))
+        })
+        .collect();
     for w in warnings {
         warn!(event_id = events::INFO, "{w}");
     }

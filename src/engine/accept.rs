@@ -2,8 +2,10 @@
 //! back-off, the spare fd used to refuse clients when out of fds, and the birth of a `Conn`.
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::SockRef;
@@ -81,7 +83,7 @@ impl Worker {
             match accepted {
                 Ok(fd) => {
                     self.accept_backoff = Duration::ZERO;
-                    self.on_accept(fd)
+                    self.on_accept(listener, fd)
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -186,16 +188,50 @@ impl Worker {
         false
     }
 
-    pub(in crate::engine) fn on_accept(&mut self, fd: OwnedFd) {
+    /// A new connection on listener `listener`. On a plain listener the socket's peer is the
+    /// client and is checked here; on a listener with the PROXY protocol the peer must be a
+    /// trusted balancer, and the client is known only once the header is read
+    /// (`conn::proxy`).
+    pub(in crate::engine) fn on_accept(&mut self, listener: u32, fd: OwnedFd) {
         let sock = SockRef::from(&fd);
         let peer = match sock.peer_addr().ok().and_then(|a| a.as_socket()) {
             Some(p) => p,
             None => return, // already disconnected
         };
+        let proxy = self
+            .listener_proxy
+            .get(listener as usize)
+            .is_some_and(Option::is_some);
         // A connection accepted just as the drain began (an io_uring accept that completed
         // before its cancellation) is served like any other: its client is already connected.
         let current = self.settings.load();
-        if !current.policy.client_allowed(peer.ip()) {
+        let allowed = proxy || current.policy.client_allowed(peer.ip());
+        let limits = current.limits.clone();
+        let splice = current.data_path == DataPath::Splice;
+        // Shared by the workers: touched only while the limit is on.
+        let counts =
+            (!proxy && limits.max_connections_per_client > 0).then(|| Arc::clone(&current.clients));
+        if proxy {
+            let trusted = self
+                .listener_proxy
+                .get(listener as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|from| from.contains(peer.ip()));
+            if !trusted {
+                // Closed before a byte is read: a header from anyone else would let them
+                // claim any client address.
+                self.shard.reject(Reject::ProxyUntrusted);
+                if self.refusal_logged(peer.ip(), Reject::ProxyUntrusted, events::NOT_ALLOWED) {
+                    warn!(
+                        event_id = events::NOT_ALLOWED,
+                        client = %peer,
+                        reason = Reject::ProxyUntrusted.as_str(),
+                        "PROXY protocol listener reached from outside proxy_from: connection closed"
+                    );
+                }
+                return;
+            }
+        } else if !allowed {
             // Not even HTTP for it: closed at accept.
             self.shard.reject(Reject::ClientNetwork);
             if self.refusal_logged(peer.ip(), Reject::ClientNetwork, events::NOT_ALLOWED) {
@@ -208,8 +244,6 @@ impl Worker {
             }
             return;
         }
-        let limits = current.limits.clone();
-        let splice = current.data_path == DataPath::Splice;
         if self.live >= limits.max_connections.div_ceil(self.workers) {
             refuse_now(&fd, Status::ServiceUnavailable);
             self.shard.reject(Reject::OverCapacity);
@@ -223,6 +257,15 @@ impl Worker {
                 );
             }
             return;
+        }
+        let mut hold = None;
+        if let Some(counts) = counts {
+            hold = counts.try_hold(peer.ip(), limits.max_connections_per_client);
+            if hold.is_none() {
+                refuse_now(&fd, Status::TooManyRequests);
+                self.client_limit_refused(peer, limits.max_connections_per_client);
+                return;
+            }
         }
         let _ = sock.set_tcp_nodelay(true);
         let slot = match self.free.pop() {
@@ -249,24 +292,52 @@ impl Worker {
         };
         let now = self.now;
         let deadline = now + limits.header_timeout;
+        // A plain listener's client is counted now; behind a balancer, once the header names it.
+        let counted = (!proxy).then(|| peer.ip());
+        let state = if proxy {
+            State::Proxy {
+                buf: Vec::with_capacity(256),
+            }
+        } else {
+            State::Head {
+                buf: Vec::with_capacity(1024),
+            }
+        };
         self.slots[slot as usize].conn = Some(Conn {
             shell: Shell {
                 client: fd,
                 peer,
+                counted,
+                hold,
                 limits,
                 splice,
                 deadline,
                 c_rd: false,
                 c_wr: true,
             },
-            state: State::Head {
-                buf: Vec::with_capacity(1024),
-            },
+            state,
         });
         self.live += 1;
         self.shard.active_connections.fetch_add(1, Relaxed);
-        self.shard.client_opened(peer.ip());
+        if let Some(ip) = counted {
+            self.shard.client_opened(ip);
+        }
         self.deadlines.set(slot, deadline);
+    }
+
+    /// The event of a client over `limits.max_connections_per_client` (answered 429).
+    pub(in crate::engine) fn client_limit_refused(&mut self, client: SocketAddr, max: usize) {
+        self.shard.reject(Reject::ClientLimit);
+        if self.refusal_logged(client.ip(), Reject::ClientLimit, events::NOT_ALLOWED) {
+            warn!(
+                event_id = events::NOT_ALLOWED,
+                client = %client,
+                reason = Reject::ClientLimit.as_str(),
+                status = 429,
+                max_connections_per_client = max,
+                "client already holds max_connections_per_client connections"
+            );
+        }
     }
 }
 

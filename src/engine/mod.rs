@@ -18,6 +18,7 @@ pub mod timers;
 pub mod tls_leg;
 pub mod worker;
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
@@ -30,6 +31,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::auth::Verifier;
 use crate::config::EngineKind;
 use crate::metrics::Shard;
+use crate::proto::proxy::ProxySources;
 use crate::resolve::{ReplyTo, Resolver};
 use crate::settings::Shared;
 use driver::{Driver, EpollDriver, UringDriver};
@@ -106,10 +108,21 @@ pub fn choose(kind: EngineKind) -> Result<Choice, EngineError> {
 pub struct Listeners {
     pub per_worker: Vec<Vec<OwnedFd>>,
     pub bound: Vec<SocketAddr>,
+    /// For each `bound` address, the index of the address it was bound for in the list given to
+    /// [`bind_listeners_from`] (an address that could not be bound is skipped in `bound`).
+    pub origin: Vec<usize>,
+    /// The bound addresses of the listeners with the PROXY protocol, and whom they accept the
+    /// header from. Empty after binding; the caller fills it from its configuration. A worker
+    /// finds each listener's entry by the socket's own address, so inherited and re-bound
+    /// sockets (a restarted worker) get theirs too.
+    pub proxy: ProxyListeners,
     /// A duplicate of every socket, by address, kept by the [`Engine`] so a reload can hand the
     /// open sockets to the next engine (see [`Engine::take_listeners`]).
     pub handover: Vec<Handover>,
 }
+
+/// The listeners with the PROXY protocol, by bound address, with the sources they trust.
+pub type ProxyListeners = HashMap<SocketAddr, Arc<ProxySources>>;
 
 /// The listening sockets of one address, passed from a retiring engine to its successor: the
 /// sockets never close, so no connection waiting in an accept queue is reset by a reload.
@@ -187,9 +200,10 @@ pub fn bind_listeners_from(
 ) -> io::Result<(Listeners, Vec<String>)> {
     let mut per_worker: Vec<Vec<OwnedFd>> = (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
+    let mut origin = Vec::new();
     let mut handover = Vec::new();
     let mut warnings = Vec::new();
-    for addr in addrs {
+    for (index, addr) in addrs.iter().enumerate() {
         if let Some(i) = inherited
             .iter()
             .position(|h| h.addr == *addr && addr.port() != 0)
@@ -231,6 +245,7 @@ pub fn bind_listeners_from(
                 w.push(fd);
             }
             bound.push(*addr);
+            origin.push(index);
             handover.push(Handover {
                 addr: *addr,
                 sockets: dups,
@@ -278,6 +293,7 @@ pub fn bind_listeners_from(
             w.push(fd);
         }
         bound.push(local);
+        origin.push(index);
         handover.push(Handover {
             addr: local,
             sockets: dups,
@@ -292,6 +308,8 @@ pub fn bind_listeners_from(
         Listeners {
             per_worker,
             bound,
+            origin,
+            proxy: ProxyListeners::default(),
             handover,
         },
         warnings,
@@ -330,6 +348,8 @@ struct Spawn {
     shards: Vec<Arc<Shard>>,
     /// The bound listen addresses (ports resolved), for a restarted worker's own sockets.
     bound: Vec<SocketAddr>,
+    /// The listeners with the PROXY protocol (see [`Listeners::proxy`]).
+    proxy: Arc<ProxyListeners>,
 }
 
 /// The running workers.
@@ -368,6 +388,7 @@ impl Engine {
             verifier,
             shards: shards.to_vec(),
             bound: listeners.bound,
+            proxy: Arc::new(listeners.proxy),
         };
         let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, EngineError>>();
         let mut workers = Vec::with_capacity(n);
@@ -520,6 +541,7 @@ impl Spawn {
             workers: n,
             verifier: self.verifier.clone(),
             handover: Arc::clone(handover),
+            proxy: Arc::clone(&self.proxy),
         };
         let uring = self.uring;
         let thread = std::thread::Builder::new()
@@ -545,6 +567,7 @@ struct PartialSetup {
     workers: usize,
     verifier: Verifier,
     handover: Arc<Mutex<Vec<Handover>>>,
+    proxy: Arc<ProxyListeners>,
 }
 
 fn run_worker(
@@ -583,6 +606,7 @@ fn run_worker(
         shard: p.shard,
         workers: p.workers,
         verifier: p.verifier,
+        proxy: p.proxy,
     });
     shard
         .alive

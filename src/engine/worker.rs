@@ -19,10 +19,12 @@ use super::pipe::PipePool;
 use super::registry::{Owner, Registry};
 use super::sys;
 use super::timers::Deadlines;
+use super::ProxyListeners;
 use crate::auth::{Checked, Verifier};
 use crate::events::limiter::{RefusalLimiter, Summary};
 use crate::events::{self};
 use crate::metrics::Shard;
+use crate::proto::proxy::ProxySources;
 use crate::resolve::{Answer, ReplyTo, Resolver};
 use crate::settings::{Settings, Shared};
 
@@ -54,6 +56,8 @@ pub struct WorkerSetup {
     pub workers: usize,
     /// Checks client passwords off the worker.
     pub verifier: Verifier,
+    /// The listeners with the PROXY protocol, by bound address.
+    pub proxy: Arc<ProxyListeners>,
 }
 
 pub struct Worker {
@@ -63,6 +67,9 @@ pub struct Worker {
     pub(super) registry: Registry,
     /// Listener fds by index; `None` once closed for a drain.
     pub(super) listeners: Vec<Option<OwnedFd>>,
+    /// By listener index: whom a listener with the PROXY protocol accepts the header from
+    /// (`None` for a plain listener). Found once, at start, by each socket's own address.
+    pub(super) listener_proxy: Vec<Option<Arc<ProxySources>>>,
     pub(super) slots: Vec<Slot>,
     pub(super) free: Vec<u32>,
     pub(super) live: usize,
@@ -120,11 +127,20 @@ impl Worker {
             limits.max_pipes
         };
         let scratch = vec![0u8; limits.pipe_size.clamp(16 * 1024, 1 << 20)].into_boxed_slice();
+        let listener_proxy = s
+            .listeners
+            .iter()
+            .map(|fd| {
+                let local = socket2::SockRef::from(fd).local_addr().ok()?.as_socket()?;
+                s.proxy.get(&local).cloned()
+            })
+            .collect();
         Worker {
             id: s.id,
             driver: s.driver,
             registry: Registry::new(),
             listeners: s.listeners.into_iter().map(Some).collect(),
+            listener_proxy,
             slots: Vec::new(),
             free: Vec::new(),
             live: 0,
@@ -283,7 +299,7 @@ impl Worker {
                 match result {
                     Ok(fd) => {
                         self.accept_backoff = Duration::ZERO;
-                        self.on_accept(fd)
+                        self.on_accept(listener, fd)
                     }
                     Err(e) => {
                         if self.on_accept_error(listener, e) {

@@ -31,7 +31,7 @@ impl Worker {
         else {
             return;
         };
-        self.free_slot(slot, conn.peer.ip());
+        self.free_slot(slot, conn.counted);
         // Any upstream socket closes with its registration as the state drops.
         let Conn { shell: conn, state } = conn;
         if let State::Tunnel(mut t) = state {
@@ -62,12 +62,13 @@ impl Worker {
     /// next state (quietly: it was no tunnel yet). Its client socket closes with its
     /// registration as the shell drops.
     pub(in crate::engine) fn retire(&mut self, slot: u32, shell: Shell) {
-        self.free_slot(slot, shell.peer.ip());
+        self.free_slot(slot, shell.counted);
     }
 
     /// The slot of a connection that ends: its generation moves on (late events and answers
-    /// for it are dropped), its deadline goes, and the counts drop.
-    fn free_slot(&mut self, slot: u32, peer: IpAddr) {
+    /// for it are dropped), its deadline goes, and the counts drop (the connected-clients count
+    /// under the address it was counted with; the per-client hold drops with the shell).
+    fn free_slot(&mut self, slot: u32, counted: Option<IpAddr>) {
         let Some(s) = self.slots.get_mut(slot as usize) else {
             return;
         };
@@ -76,7 +77,9 @@ impl Worker {
         self.deadlines.remove(slot);
         self.live -= 1;
         self.shard.active_connections.fetch_sub(1, Relaxed);
-        self.shard.client_closed(peer);
+        if let Some(ip) = counted {
+            self.shard.client_closed(ip);
+        }
     }
 
     pub(in crate::engine) fn expire(&mut self, slot: u32) {
@@ -85,6 +88,10 @@ impl Worker {
             return;
         };
         match &conn.state {
+            State::Proxy { .. } => self.proxy_refused(
+                slot,
+                "no complete PROXY protocol header within header_timeout",
+            ),
             State::Head { .. } => self.refuse(
                 slot,
                 Status::RequestTimeout,

@@ -5,12 +5,13 @@
 //! registered socket deregisters itself on drop.
 //!
 //! ```text
-//!   Head ──► [Authenticating] ──► [Resolving] ──► Connecting ──► [Relaying] ──► Tunnel ──► closed
+//!   [Proxy] ──► Head ──► [Authenticating] ──► [Resolving] ──► Connecting ──► [Relaying] ──► Tunnel ──► closed
 //!     │             │                  │              │               │            (inspect)
 //!     └─────────────┴──────────────────┴──────────────┴───────────────┴──► Refusing ──► Lingering ──► closed
 //! ```
 //!
-//! Phases: [`head`] (read and parse the CONNECT head, policy decision), [`auth`] (client
+//! Phases: [`proxy`] (a load balancer's PROXY protocol header, on listeners that have it),
+//! [`head`] (read and parse the CONNECT head, policy decision), [`auth`] (client
 //! passwords and their cache), [`resolve`] (hand-off to the resolver), [`dial`] (connect to the
 //! checked addresses), [`relay`] (the relay proxy's handshake), [`tunnel`] (the `200` and the
 //! byte path), [`inspect`] (TLS inspection until its verdict), [`refusal`] (canned answers and
@@ -21,6 +22,7 @@ pub mod close;
 pub mod dial;
 pub mod head;
 pub mod inspect;
+pub mod proxy;
 pub mod refusal;
 pub mod relay;
 pub mod resolve;
@@ -29,12 +31,13 @@ pub mod revoke;
 mod tests;
 pub mod tunnel;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use self::dial::Connecting;
 use self::relay::Relaying;
 use self::tunnel::Tunnel;
+use crate::clients::ClientHold;
 use crate::config::Limits;
 use crate::engine::registry::Registered;
 use crate::engine::worker::Worker;
@@ -61,6 +64,10 @@ impl std::ops::DerefMut for Conn {
 }
 
 pub(in crate::engine) enum State {
+    /// A listener with the PROXY protocol: the header is read before anything else.
+    Proxy {
+        buf: Vec<u8>,
+    },
     Head {
         buf: Vec<u8>,
     },
@@ -99,7 +106,17 @@ impl Target {
 /// registration.
 pub(in crate::engine) struct Shell {
     pub(in crate::engine) client: Registered,
+    /// The client: the socket's peer, or after a PROXY protocol header the address it names.
+    /// Every event, client-network check, login lockout and per-client count uses it.
     pub(in crate::engine) peer: SocketAddr,
+    /// The address this connection is counted under in `splicegate_connected_clients`, set
+    /// when it is counted (at accept, or after a PROXY header that names a client) and undone
+    /// with the same address when the connection ends. `None`: not counted (before the header,
+    /// or a balancer's own `LOCAL` connection).
+    pub(in crate::engine) counted: Option<IpAddr>,
+    /// This connection's place in `limits.max_connections_per_client` (while the limit is on):
+    /// dropped with the shell, which gives the count back on every way a connection ends.
+    pub(in crate::engine) hold: Option<ClientHold>,
     /// The limits in force when the connection was accepted (a reload does not change them).
     pub(in crate::engine) limits: Limits,
     /// Relay with `splice(2)` (else copy through user space).
@@ -160,6 +177,7 @@ impl Worker {
             return;
         };
         match conn.state {
+            State::Proxy { .. } => self.read_proxy_header(slot),
             State::Head { .. } => self.read_head(slot),
             State::Tunnel(_) => self.pump(slot),
             State::Refusing { .. } => self.write_refusal(slot),

@@ -75,6 +75,7 @@ fn bench_with(yaml: &str) -> Bench {
         shard: Arc::new(Shard::default()),
         workers: 1,
         verifier: Verifier::start(1).expect("verifier"),
+        proxy: Arc::default(),
     });
     Bench {
         worker,
@@ -90,7 +91,7 @@ impl Bench {
         let client = TcpStream::connect(self.listener.local_addr().unwrap()).unwrap();
         let (server, _) = self.listener.accept().unwrap();
         server.set_nonblocking(true).unwrap();
-        self.worker.on_accept(OwnedFd::from(server));
+        self.worker.on_accept(0, OwnedFd::from(server));
         client
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
@@ -140,6 +141,7 @@ impl Bench {
             return "closed";
         };
         match conn.state {
+            State::Proxy { .. } => "proxy",
             State::Head { .. } => "head",
             State::Resolving(_) => "resolving",
             State::Authenticating(_) => "authenticating",
