@@ -21,6 +21,7 @@ use fleet::{AgentSpec, Fleet, Sink, SinkCert, SINK_NAME};
 use haproxy::Haproxy;
 use netns::Lab;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use support::{Config, Gateway};
@@ -102,18 +103,26 @@ struct Site {
     haproxy: Haproxy,
     _socket_dir: support::TempDir,
     gateways: [Option<Gateway>; 2],
+    configs: [Config; 2],
     sink: Sink,
     cert: SinkCert,
     checks: Checks,
     lab: Lab,
 }
 
-/// A lab gateway's configuration: the probe port HAProxy checks (health_listen, 8081), the
+/// A lab gateway's configuration: the PROXY protocol from the balancer (HAProxy's
+/// send-proxy-v2), the probe port HAProxy checks (health_listen, 8081), the
 /// drain grace deploy/haproxy.cfg asks for, `/metrics` on the host's own loopback, and no
 /// takeover socket unless a test gives one (the default path is machine-wide).
-fn gateway_config(addr: &str) -> Config {
+fn gateway_config(addr: &str, takeover: Option<&Path>) -> Config {
+    let takeover = match takeover {
+        Some(p) => support::yq(&p.display().to_string()),
+        None => "null".into(),
+    };
     Config::new()
-        .listen(&[&format!("{addr}:8080")])
+        .listen(&[&format!(
+            "{{address: \"{addr}:8080\", proxy_protocol: true, proxy_from: [\"{BALANCER}/32\"]}}"
+        )])
         .allow_host(SINK_NAME)
         .map_host(SINK_NAME, UPSTREAM)
         .port(443)
@@ -122,22 +131,30 @@ fn gateway_config(addr: &str) -> Config {
         .limit("drain_timeout", &format!("{}s", DRAIN_TIMEOUT.as_secs()))
         .limit("drain_grace", &format!("{}s", DRAIN_GRACE.as_secs()))
         .raw(&format!(
-            "health_listen: \"{addr}:8081\"\ntakeover_socket: null"
+            "health_listen: \"{addr}:8081\"\ntakeover_socket: {takeover}"
         ))
 }
 
 impl Site {
+    /// Agent host 1, the balancer, the gateways (with [`gateway_config`]) and the upstream.
     fn start() -> Site {
-        let lab = Lab::new(&[
-            ("agent1", &[AGENT_1]),
-            ("balancer", &[BALANCER]),
+        Site::start_with(&[("agent1", &[AGENT_1])], |i| gateway_config(GW[i], None))
+    }
+
+    /// The lab with these agent hosts (name, addresses) and the gateways' configurations.
+    fn start_with(agents: &[(&str, &[&str])], config: impl Fn(usize) -> Config) -> Site {
+        let mut hosts = agents.to_vec();
+        hosts.extend_from_slice(&[
+            ("balancer", &[BALANCER][..]),
             ("gw1", &[GW[0]]),
             ("gw2", &[GW[1]]),
             ("upstream", &[UPSTREAM]),
         ]);
+        let lab = Lab::new(&hosts);
         let cert = SinkCert::new();
         let sink = Sink::start(&lab, "upstream", SocketAddr::new(ip(UPSTREAM), 443), &cert);
-        let gateways = [0, 1].map(|i| Some(start_gateway(&lab, i)));
+        let configs = [0, 1].map(&config);
+        let gateways = [0, 1].map(|i| Some(start_gateway(&lab, &configs[i], i)));
         let deployed = include_str!("../deploy/haproxy.cfg");
         let checks = Checks::parse(deployed);
         let socket_dir = support::TempDir::new("haproxy-socket");
@@ -152,6 +169,7 @@ impl Site {
             haproxy,
             _socket_dir: socket_dir,
             gateways,
+            configs,
             sink,
             cert,
             checks,
@@ -227,8 +245,8 @@ fn list(failures: &[fleet::Failure]) -> String {
         .collect::<String>()
 }
 
-fn start_gateway(lab: &Lab, i: usize) -> Gateway {
-    Gateway::start_wrapped(gateway_config(GW[i]), &lab.wrapper(SERVERS[i]))
+fn start_gateway(lab: &Lab, cfg: &Config, i: usize) -> Gateway {
+    Gateway::start_wrapped(cfg.clone(), &lab.wrapper(SERVERS[i]))
         .expect("the gateway starts in its namespace")
 }
 
@@ -317,7 +335,7 @@ fn drain_then_crash_behind_haproxy() {
     );
 
     // --- Crash ---------------------------------------------------------------------------
-    site.gateways[0] = Some(start_gateway(&site.lab, 0));
+    site.gateways[0] = Some(start_gateway(&site.lab, &site.configs[0], 0));
     site.wait_status("gw1", "UP", Duration::from_secs(10));
     site.wait_balanced(Duration::from_secs(15));
     let gw2 = ip(GW[1]);
@@ -393,5 +411,248 @@ fn drain_then_crash_behind_haproxy() {
         stats.acked(),
         acked_before,
         t_down2 - t_kill
+    );
+}
+
+/// `splicegate user add NAME --users-file FILE`, the password on standard input.
+fn add_user(file: &Path, name: &str, password: &str) {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let out = Command::new(support::bin())
+        .args(["user", "add", name, "--users-file"])
+        .arg(file)
+        .args(["--pid-file", "/nonexistent/splicegate.pid"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            if let Some(mut i) = c.stdin.take() {
+                i.write_all(format!("{password}\n").as_bytes())?;
+            }
+            c.wait_with_output()
+        })
+        .expect("run splicegate user add");
+    assert!(out.status.success(), "user add {name}: {out:?}");
+}
+
+/// The first event on either gateway that `pred` accepts, within `timeout`.
+fn event_on_either(site: &Site, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        for g in site.gateways.iter().flatten() {
+            if let Some(e) = g.all_events().into_iter().find(|e| pred(e)) {
+                return e;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no such event on either gateway within 5 s; gateway logs:\n{}\n{}",
+            site.gateways[0]
+                .as_ref()
+                .map(Gateway::log_dump)
+                .unwrap_or_default(),
+            site.gateways[1]
+                .as_ref()
+                .map(Gateway::log_dump)
+                .unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// CONNECT through the balancer from `source` in agent host `host`, with `password` for the
+/// user `agent`: the answer's status (or the error when none came) and the agent's own
+/// `ip:port`. The tunnel, if any, is closed on return.
+fn login(site: &Site, host: &str, source: &str, password: &str) -> (Result<u16, String>, String) {
+    let credentials = ("agent".to_string(), password.to_string());
+    netns::within(site.lab.netns(host), || {
+        let mut s = fleet::dial(ip(source), SocketAddr::new(ip(BALANCER), 8080))
+            .unwrap_or_else(|e| panic!("{source} cannot reach the balancer: {e}"));
+        let me = s.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        (
+            fleet::connect(&mut s, Some(&credentials)).map_err(|e| e.to_string()),
+            me,
+        )
+    })
+}
+
+/// Identity behind the balancer: each agent's own `ip:port` is in the gateways' events, a
+/// client network admits agent host 1 and refuses agent host 2, and five bad logins lock out
+/// only the agent that made them.
+#[test]
+fn agents_keep_their_identity_behind_haproxy() {
+    if skip() {
+        return;
+    }
+    let _heavy = support::heavy_lock();
+    const AGENT_1B: &str = "10.0.0.103";
+    const AGENT_2: &str = "10.0.0.102";
+    let dir = support::TempDir::new("ha-users");
+    let users = dir.path().join("users");
+    add_user(&users, "agent", "right");
+    let site = Site::start_with(
+        &[("agent1", &[AGENT_1, AGENT_1B]), ("agent2", &[AGENT_2])],
+        |i| {
+            gateway_config(GW[i], None).raw(&format!(
+                "allowed_client_networks: [\"{AGENT_1}/32\", \"{AGENT_1B}/32\"]\n\
+                 client_auth:\n  users_file: {}\n  max_failures: 5\n  failure_window: 60s\n",
+                support::yq(&users.display().to_string())
+            ))
+        },
+    );
+    let is = |e: &serde_json::Value, key: &str, want: &str| {
+        support::field_str(e, key).as_deref() == Some(want)
+    };
+
+    // The lockout counts per gateway: send every login to gateway 1. Agent 1b has never logged
+    // in (a worker that accepted these credentials before answers from its cache).
+    site.haproxy
+        .command("disable server splicegate/gw2")
+        .expect("disable gw2 on the stats socket");
+    site.wait_status("gw2", "MAINT", Duration::from_secs(5));
+    let mut bad = Vec::new();
+    for i in 0..5 {
+        let (status, me) = login(&site, "agent1", AGENT_1B, "wrong");
+        assert_eq!(status, Ok(407), "bad login {i} from {me}");
+        bad.push(me);
+    }
+    let (status, me) = login(&site, "agent1", AGENT_1B, "right");
+    assert_eq!(
+        status,
+        Ok(429),
+        "after five bad logins {me} is locked out, even with the right password"
+    );
+    let (status, me) = login(&site, "agent1", AGENT_1, "right");
+    assert_eq!(
+        status,
+        Ok(200),
+        "{me}, another agent behind the same balancer, is not locked out"
+    );
+    site.haproxy
+        .command("enable server splicegate/gw2")
+        .expect("enable gw2 on the stats socket");
+    site.wait_status("gw2", "UP", Duration::from_secs(10));
+
+    // Each agent's own address, exactly as it connected, is in the events: the tunnel of
+    // agent 1, the bad logins of agent 1b, the refusal of agent host 2.
+    let ev = event_on_either(&site, |e| {
+        is(e, "message", "tunnel established") && is(e, "client", &me)
+    });
+    assert_eq!(support::event_id(&ev), Some(100), "{ev}");
+    for me in &bad {
+        let ev = event_on_either(&site, |e| {
+            is(e, "reason", "client_auth") && is(e, "client", me)
+        });
+        assert_eq!(support::event_id(&ev), Some(105), "{ev}");
+    }
+    // Agent host 2 is outside allowed_client_networks: closed unanswered, event 105 naming it.
+    let (status, me) = login(&site, "agent2", AGENT_2, "right");
+    assert!(status.is_err(), "agent host 2 gets no answer: {status:?}");
+    let ev = event_on_either(&site, |e| {
+        is(e, "reason", "client_network") && is(e, "client", &me)
+    });
+    assert_eq!(support::event_id(&ev), Some(105), "{ev}");
+    // A new agent-1 tunnel may go to either gateway now, and is admitted on both.
+    for _ in 0..4 {
+        let (status, me) = login(&site, "agent1", AGENT_1, "right");
+        assert_eq!(status, Ok(200), "{me} is admitted");
+    }
+}
+
+/// A binary upgrade through the takeover under a CONNECT storm: the new process receives the
+/// listening sockets while the old one drains, and no CONNECT is refused or reset; HAProxy
+/// never met a closed listener either.
+#[test]
+fn takeover_under_a_connect_storm_refuses_nothing() {
+    if skip() {
+        return;
+    }
+    let _heavy = support::heavy_lock();
+    let dir = support::TempDir::new("ha-takeover");
+    let socket = dir.path().join("takeover.sock");
+    let mut site = Site::start_with(&[("agent1", &[AGENT_1])], |i| {
+        gateway_config(GW[i], (i == 0).then_some(socket.as_path()))
+    });
+    // Every CONNECT of the storm goes to gateway 1, the one upgraded.
+    site.haproxy
+        .command("disable server splicegate/gw2")
+        .expect("disable gw2 on the stats socket");
+    site.wait_status("gw2", "MAINT", Duration::from_secs(5));
+
+    let storm_for = Duration::from_secs(8);
+    let netns = site.lab.netns("agent1").to_string();
+    let storm = std::thread::spawn(move || {
+        fleet::storm(
+            &netns,
+            ip(AGENT_1),
+            SocketAddr::new(ip(BALANCER), 8080),
+            24,
+            storm_for,
+        )
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    // `splicegate run --takeover PATH`, in gateway 1's host, with the same configuration.
+    let script = format!("exec \"$0\" \"$@\" --takeover '{}'", socket.display());
+    let wrapper = [
+        "ip",
+        "netns",
+        "exec",
+        site.lab.netns("gw1"),
+        "sh",
+        "-c",
+        &script,
+    ];
+    let new =
+        Gateway::start_wrapped(site.configs[0].clone(), &wrapper).expect("the new process starts");
+    let t_new = Instant::now();
+    let old_exit = site
+        .gateway(0)
+        .wait_exit(DRAIN_GRACE + DRAIN_TIMEOUT + Duration::from_secs(5))
+        .expect("the old process drains and exits after the takeover");
+    let old_gone = t_new.elapsed();
+    let result = storm.join().expect("the storm thread");
+    let old = site.gateways[0].replace(new).expect("the old gateway");
+    assert!(
+        old_exit.success(),
+        "the old process exits 0: {old_exit}\n{}",
+        old.log_dump()
+    );
+
+    assert_eq!(
+        (result.refused, result.reset, result.other),
+        (0, 0, 0),
+        "no CONNECT is refused or reset during the takeover: {result:?}"
+    );
+    let rate = result.per_second();
+    assert!(
+        rate >= 1000.0,
+        "the storm should offer at least 1,000 CONNECTs per second: {result:?}"
+    );
+    let row = site.haproxy.server(BACKEND, "gw1");
+    assert_eq!(
+        (row.econ, row.wretr),
+        (0, 0),
+        "HAProxy never met a refused connection to the upgraded gateway: {row:?}"
+    );
+    let served = site
+        .gateway(0)
+        .events(100)
+        .iter()
+        .filter(|e| support::field_str(e, "message").as_deref() == Some("tunnel established"))
+        .count();
+    assert!(
+        served > 0,
+        "the new process served part of the storm:\n{}",
+        site.gateway(0).log_dump()
+    );
+    assert!(
+        old_gone < storm_for - Duration::from_secs(2),
+        "the storm should outlast the old process (gone {old_gone:?} after the new one started)"
+    );
+    eprintln!(
+        "upgrade: {} CONNECTs in {:.1} s ({rate:.0}/s), 0 refused, 0 reset; the old process left {old_gone:?} \
+         after the new one started; the new one set up {served} tunnels",
+        result.ok, result.seconds
     );
 }

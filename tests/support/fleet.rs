@@ -14,6 +14,8 @@
 //!   lost: the agent opens a new tunnel and sends the same upload again (its disk queue). An idle
 //!   tunnel found closed before an upload is replaced without counting a failure (as HTTP
 //!   clients do with a stale pooled connection).
+//! - [`storm`]: CONNECT set-ups as fast as a few threads can make them, counting refusals and
+//!   resets apart from other failures.
 
 use crate::netns::{enter, Lab};
 use crate::support::{Pattern, TempDir};
@@ -477,7 +479,7 @@ impl Tunnel {
 }
 
 /// TCP connect from `source` to `proxy` within `IO_TIMEOUT`, with the socket timeouts set.
-fn dial(source: IpAddr, proxy: SocketAddr) -> io::Result<TcpStream> {
+pub fn dial(source: IpAddr, proxy: SocketAddr) -> io::Result<TcpStream> {
     let sock = socket2::Socket::new(
         socket2::Domain::for_address(proxy),
         socket2::Type::STREAM,
@@ -638,4 +640,83 @@ fn agent(
     if let Some(t) = tunnel.take() {
         t.close();
     }
+}
+// ---------------------------------------------------------------------------------------------
+// CONNECT storm
+// ---------------------------------------------------------------------------------------------
+
+/// The outcome of a [`storm`].
+#[derive(Debug, Default)]
+pub struct StormResult {
+    /// CONNECTs answered 200.
+    pub ok: u64,
+    /// TCP connects refused.
+    pub refused: u64,
+    /// Connections reset or closed before the answer.
+    pub reset: u64,
+    /// Anything else (another status, a timeout), with examples.
+    pub other: u64,
+    pub examples: Vec<String>,
+    pub seconds: f64,
+}
+
+impl StormResult {
+    pub fn per_second(&self) -> f64 {
+        self.ok as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// `threads` threads in `netns` open tunnels through `proxy` (CONNECT, 200, close) back to
+/// back for `duration`.
+pub fn storm(
+    netns: &str,
+    source: IpAddr,
+    proxy: SocketAddr,
+    threads: usize,
+    duration: Duration,
+) -> StormResult {
+    let result = Arc::new(Mutex::new(StormResult::default()));
+    let start = Instant::now();
+    let end = start + duration;
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (netns, result) = (netns.to_string(), result.clone());
+            thread::spawn(move || {
+                enter(&netns);
+                while Instant::now() < end {
+                    let r = dial(source, proxy).and_then(|mut s| connect(&mut s, None));
+                    let mut res = lock(&result);
+                    match r {
+                        Ok(200) => res.ok += 1,
+                        Err(e) if e.kind() == ErrorKind::ConnectionRefused => res.refused += 1,
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                ErrorKind::ConnectionReset
+                                    | ErrorKind::UnexpectedEof
+                                    | ErrorKind::BrokenPipe
+                            ) =>
+                        {
+                            res.reset += 1;
+                            if res.examples.len() < 5 {
+                                res.examples.push(e.to_string());
+                            }
+                        }
+                        other => {
+                            res.other += 1;
+                            if res.examples.len() < 5 {
+                                res.examples.push(format!("{other:?}"));
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+    let mut r = std::mem::take(&mut *lock(&result));
+    r.seconds = start.elapsed().as_secs_f64();
+    r
 }

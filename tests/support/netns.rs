@@ -15,8 +15,14 @@ use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Why the namespace tests cannot run here, or `None` when they can.
+/// Why the namespace tests cannot run here, or `None` when they can (probed once per process).
 pub fn unavailable(tools: &[&str]) -> Option<String> {
+    static PROBE: std::sync::Mutex<Option<Option<String>>> = std::sync::Mutex::new(None);
+    let mut probe = PROBE.lock().unwrap_or_else(|e| e.into_inner());
+    probe.get_or_insert_with(|| probe_namespaces(tools)).clone()
+}
+
+fn probe_namespaces(tools: &[&str]) -> Option<String> {
     if !rustix::process::geteuid().is_root() {
         return Some("network namespaces need root".into());
     }
@@ -147,6 +153,19 @@ impl Lab {
     pub fn wrapper(&self, host: &str) -> [&str; 4] {
         ["ip", "netns", "exec", self.netns(host)]
     }
+}
+
+/// Run `f` on a thread of its own inside the named network namespace (sockets it makes stay
+/// there, wherever they are used later) and return what it returns.
+pub fn within<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter(netns);
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
 }
 
 /// Move the calling thread into the named network namespace.
