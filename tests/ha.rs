@@ -126,6 +126,7 @@ fn gateway_config(addr: &str, takeover: Option<&Path>) -> Config {
         .allow_host(SINK_NAME)
         .map_host(SINK_NAME, UPSTREAM)
         .port(443)
+        .port(fleet::DISCARD_PORT)
         .destination_network("10.0.0.0/24")
         .inspect_tls(&[])
         .limit("drain_timeout", &format!("{}s", DRAIN_TIMEOUT.as_secs()))

@@ -34,6 +34,9 @@ use std::time::{Duration, Instant};
 
 /// The name the sink's certificate is issued for; agents CONNECT to `SINK_NAME:443`.
 pub const SINK_NAME: &str = "sink.test";
+/// A port of the sink host that accepts and at once closes every connection: the target of
+/// [`storm`] (cheap, so the storm measures the path to it, not the sink).
+pub const DISCARD_PORT: u16 = 8443;
 /// Socket timeouts of agents and sink: a hung peer fails an upload instead of a test.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest upload the sink accepts.
@@ -177,11 +180,15 @@ impl Sink {
         let (st, sp) = (stats.clone(), stop.clone());
         let thread = thread::spawn(move || {
             enter(&netns);
-            let l = match TcpListener::bind(addr).and_then(|l| {
+            let bind = |a: SocketAddr| {
+                let l = TcpListener::bind(a)?;
                 l.set_nonblocking(true)?;
-                Ok(l)
-            }) {
-                Ok(l) => l,
+                Ok::<_, io::Error>(l)
+            };
+            let (l, discard) = match bind(addr)
+                .and_then(|l| Ok((l, bind(SocketAddr::new(addr.ip(), DISCARD_PORT))?)))
+            {
+                Ok(pair) => pair,
                 Err(e) => {
                     let _ = tx.send(Err(e));
                     return;
@@ -189,8 +196,17 @@ impl Sink {
             };
             let _ = tx.send(Ok(()));
             while !sp.load(Ordering::Relaxed) {
+                let mut idle = true;
+                // Bounded per turn, so the sink's own listener is served too.
+                for _ in 0..256 {
+                    match discard.accept() {
+                        Ok(_) => idle = false,
+                        Err(_) => break,
+                    }
+                }
                 match l.accept() {
                     Ok((s, peer)) => {
+                        idle = false;
                         let (cfg, st) = (cfg.clone(), st.clone());
                         lock(&st.accepted).push((Instant::now(), peer.ip()));
                         *lock(&st.open).entry(peer.ip()).or_insert(0) += 1;
@@ -199,10 +215,11 @@ impl Sink {
                             let _ = sink_conn(s, peer.ip(), cfg, &st);
                         });
                     }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        thread::sleep(Duration::from_millis(2));
-                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                     Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+                if idle {
+                    thread::sleep(Duration::from_millis(1));
                 }
             }
         });
@@ -666,8 +683,32 @@ impl StormResult {
     }
 }
 
-/// `threads` threads in `netns` open tunnels through `proxy` (CONNECT, 200, close) back to
-/// back for `duration`.
+/// Send `CONNECT SINK_NAME:DISCARD_PORT` and read the answer's status. The head is read in
+/// chunks: the discard port never sends, so nothing but the head can arrive.
+fn storm_connect(s: &mut TcpStream) -> io::Result<u16> {
+    let target = format!("{SINK_NAME}:{DISCARD_PORT}");
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())?;
+    let mut head = Vec::with_capacity(128);
+    let mut buf = [0u8; 512];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Err(ErrorKind::UnexpectedEof.into());
+        }
+        head.extend_from_slice(&buf[..n]);
+        if head.len() > 8192 {
+            return Err(io::Error::other("answer head over 8 KiB"));
+        }
+    }
+    let line = String::from_utf8_lossy(&head);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("not an HTTP answer: {line:?}")))
+}
+
+/// `threads` threads in `netns` open tunnels to the sink host's [`DISCARD_PORT`] through
+/// `proxy` (CONNECT, 200, close) back to back for `duration`.
 pub fn storm(
     netns: &str,
     source: IpAddr,
@@ -684,7 +725,7 @@ pub fn storm(
             thread::spawn(move || {
                 enter(&netns);
                 while Instant::now() < end {
-                    let r = dial(source, proxy).and_then(|mut s| connect(&mut s, None));
+                    let r = dial(source, proxy).and_then(|mut s| storm_connect(&mut s));
                     let mut res = lock(&result);
                     match r {
                         Ok(200) => res.ok += 1,
