@@ -14,6 +14,8 @@ mod client_hello;
 mod connect_head;
 #[path = "../fuzz/checks/host_pattern.rs"]
 mod host_pattern;
+#[path = "../fuzz/checks/proxy_header.rs"]
+mod proxy_header;
 #[path = "../fuzz/checks/relay_answer.rs"]
 mod relay_answer;
 #[path = "../fuzz/checks/tls_follow.rs"]
@@ -22,10 +24,11 @@ mod tls_follow;
 mod users_file;
 
 /// Every target; `fuzz/Cargo.toml` has one `[[bin]]` per name, and each has a test below.
-const TARGETS: [&str; 6] = [
+const TARGETS: [&str; 7] = [
     "client_hello",
     "connect_head",
     "host_pattern",
+    "proxy_header",
     "relay_answer",
     "tls_follow",
     "users_file",
@@ -95,6 +98,11 @@ fn connect_head_corpus() {
 #[test]
 fn host_pattern_corpus() {
     replay("host_pattern", host_pattern::check);
+}
+
+#[test]
+fn proxy_header_corpus() {
+    replay("proxy_header", proxy_header::check);
 }
 
 #[test]

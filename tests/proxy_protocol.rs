@@ -19,6 +19,8 @@ use support::*;
 
 const T: Duration = Duration::from_secs(10);
 
+const RELOADS_OK: &str = "splicegate_config_reloads_total{result=\"ok\"}";
+
 /// A listener with the PROXY protocol, trusting 127.0.0.1 only.
 const PROXY_LISTENER: &str =
     "{address: \"127.0.0.1:0\", proxy_protocol: true, proxy_from: [\"127.0.0.1/32\"]}";
@@ -420,22 +422,10 @@ fn five_bad_logins_lock_out_only_that_header_address() {
     let target = format!("ok.test:{}", up.port());
     let dir = TempDir::new("proxy-auth");
     let users = dir.path().join("users");
-    let add = Command::new(bin())
-        .args(["user", "add", "alice", "--users-file"])
-        .arg(&users)
-        .args(["--pid-file", "/nonexistent/splicegate.pid"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            if let Some(mut i) = c.stdin.take() {
-                i.write_all(b"pw\n")?;
-            }
-            c.wait_with_output()
-        })
-        .expect("splicegate user add");
-    assert!(add.status.success(), "{add:?}");
+    // bcrypt at its lowest cost: each check is quick even on a loaded machine (argon2 from
+    // `splicegate user add` takes seconds there, past the password check's timeout).
+    let hash = bcrypt::hash("pw", 4).expect("bcrypt hash");
+    std::fs::write(&users, format!("alice:{hash}\n")).expect("write users file");
     let Some(gw) = Gateway::start(config().upstream("ok.test", up.port()).raw(&format!(
         "client_auth:\n  users_file: {}\n  max_failures: 5\n  failure_window: 60s\n",
         yq(&users.display().to_string())
@@ -637,4 +627,68 @@ fn per_client_limit_uses_the_header_address_and_ipv6_64() {
         "the next /64 is another"
     );
     drop((a, b, c, d, l1, l2));
+}
+
+/// A reload that changes only a listener's PROXY settings takes effect on the same port: the
+/// new engine takes the socket over with the new `proxy_from`, then without the protocol.
+#[test]
+fn a_reload_changes_proxy_settings_on_the_same_port() {
+    let up = Upstream::echo();
+    let target = format!("ok.test:{}", up.port());
+    let untrusting =
+        "{address: \"127.0.0.1:0\", proxy_protocol: true, proxy_from: [\"127.0.0.2/32\"]}";
+    let cfg = |proxy: &str| {
+        Config::new()
+            .listen(&["127.0.0.1:0", proxy])
+            .upstream("ok.test", up.port())
+    };
+    let Some(gw) = Gateway::start(cfg(untrusting)) else {
+        return;
+    };
+    let to = gw.addrs()[1];
+    let (mut s, r) = send(
+        to,
+        &v1("192.0.2.60:1", to),
+        connect_head(&target).as_bytes(),
+    );
+    assert!(r.is_err(), "127.0.0.1 is not in proxy_from yet: {r:?}");
+    closed_unanswered(&gw, &mut s, "before the reload");
+
+    // The file watch and SIGHUP both reload; wait for the reload that made this change.
+    std::fs::write(gw.config_path(), cfg(PROXY_LISTENER).render()).expect("write config");
+    gw.signal(libc::SIGHUP);
+    reloaded_with(
+        &gw,
+        "from [127.0.0.2/32]] -> [127.0.0.1:0 from [127.0.0.1/32]]",
+    );
+    let (mut s, r) = send(
+        to,
+        &v1("192.0.2.60:2", to),
+        connect_head(&target).as_bytes(),
+    );
+    let r = r.unwrap_or_else(|e| panic!("after the reload: {e}\nlog:\n{}", gw.log_dump()));
+    assert_eq!(
+        r.status, 200,
+        "after the reload 127.0.0.1 is trusted: {:?}",
+        r.head
+    );
+    echo_roundtrip(&mut s, b"trusted now");
+
+    // Off again: the same port takes plain CONNECTs.
+    std::fs::write(gw.config_path(), cfg("127.0.0.1:0").render()).expect("write config");
+    gw.signal(libc::SIGHUP);
+    reloaded_with(&gw, "from [127.0.0.1/32]] -> []");
+    let mut plain = open_tunnel(to, &target);
+    echo_roundtrip(&mut plain, b"plain again");
+    assert!(gw.metric_value(RELOADS_OK) >= 2.0);
+}
+
+/// Waits for the reload event (100) whose `changes` contain `change`.
+fn reloaded_with(gw: &Gateway, change: &str) {
+    gw.expect_event(
+        100,
+        |e| field_str(e, "changes").is_some_and(|c| c.contains(change)),
+        T,
+        &format!("reload with {change}"),
+    );
 }

@@ -127,6 +127,8 @@ impl Worker {
             limits.max_pipes
         };
         let scratch = vec![0u8; limits.pipe_size.clamp(16 * 1024, 1 << 20)].into_boxed_slice();
+        // getsockname(2) on a listening socket this process owns cannot fail short of a bad
+        // fd; the address is the one the engine bound (or was handed) it under.
         let listener_proxy = s
             .listeners
             .iter()

@@ -572,3 +572,124 @@ fn through_a_relay_the_dialled_socket_moves_into_relaying_then_the_tunnel() {
     client.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"HTTP/1.1 200");
 }
+
+/// The bench's listener as a PROXY protocol one, trusting loopback.
+fn proxy_bench(yaml: &str) -> Bench {
+    let mut b = bench_with(yaml);
+    let nets = vec!["127.0.0.0/8".parse().expect("network")];
+    let from = crate::proto::proxy::ProxySources::new(nets).expect("non-empty");
+    b.worker.listener_proxy = vec![Some(Arc::new(from))];
+    b
+}
+
+fn clients_of(b: &Bench) -> Vec<std::net::IpAddr> {
+    let m = b.worker.shard.clients.lock().expect("clients map");
+    let mut v: Vec<_> = m.keys().copied().collect();
+    v.sort();
+    v
+}
+
+/// The header and the CONNECT head in one read: the head is not lost, the header's client
+/// becomes the connection's peer and is the one counted, and the count goes with the close.
+#[test]
+fn proxy_header_and_head_in_one_read_count_the_header_client() {
+    let mut b = proxy_bench(YAML);
+    let t0 = Instant::now();
+    b.worker.now = t0;
+    let mut client = b.accept();
+    assert_eq!(b.state(), "proxy");
+    assert!(
+        clients_of(&b).is_empty(),
+        "nobody is counted before the header"
+    );
+    let key = b.fake().watched[0];
+    client
+        .write_all(
+            b"PROXY TCP4 192.0.2.9 127.0.0.1 4711 8080\r\nCONNECT up.test:1 HTTP/1.1\r\n\r\n",
+        )
+        .unwrap();
+    b.ready(key);
+    assert_eq!(
+        b.state(),
+        "resolving",
+        "the head after the header was parsed"
+    );
+    let peer = b.worker.slots[0].conn.as_ref().map(|c| c.peer);
+    assert_eq!(peer, Some("192.0.2.9:4711".parse().unwrap()));
+    assert_eq!(
+        clients_of(&b),
+        vec!["192.0.2.9".parse::<std::net::IpAddr>().unwrap()]
+    );
+    drop(client);
+    b.worker.close(0, crate::engine::conn::close::Close::Quiet);
+    assert!(
+        clients_of(&b).is_empty(),
+        "undone with the address it was counted with"
+    );
+    assert_eq!(b.worker.shard.active_connections.load(Relaxed), 0);
+}
+
+/// No header within `header_timeout`: closed unanswered at the deadline, to the tick.
+#[test]
+fn proxy_header_timeout_closes_unanswered() {
+    let mut b = proxy_bench(YAML);
+    let t0 = Instant::now();
+    b.worker.now = t0;
+    let mut client = b.accept();
+    let key = b.fake().watched[0];
+    client.write_all(b"PROXY TCP4 192.0").unwrap();
+    b.ready(key);
+    b.at(t0 + Duration::from_secs(10) - TICK);
+    assert_eq!(b.state(), "proxy");
+    b.at(t0 + Duration::from_secs(10));
+    assert_eq!(b.state(), "closed");
+    let mut got = Vec::new();
+    let _ = client.read_to_end(&mut got);
+    assert!(got.is_empty(), "no answer: {got:?}");
+    assert_eq!(
+        b.worker.shard.rejections[Reject::ProxyProtocol.index()].load(Relaxed),
+        1
+    );
+    assert_eq!(b.worker.shard.active_connections.load(Relaxed), 0);
+}
+
+/// Over the per-client limit after the header: 429, and the place of the refused connection
+/// is never taken; a LOCAL connection is neither counted nor limited.
+#[test]
+fn proxy_client_limit_and_local() {
+    let yaml = YAML.replace("limits:\n", "limits:\n  max_connections_per_client: 1\n");
+    let mut b = proxy_bench(&yaml);
+    let counts = Arc::clone(&b.worker.settings.load().clients);
+    let t0 = Instant::now();
+    b.worker.now = t0;
+    let header = b"PROXY TCP4 192.0.2.9 127.0.0.1 1 8080\r\nCONNECT up.test:1 HTTP/1.1\r\n\r\n";
+    let mut first = b.accept();
+    let k1 = b.fake().watched[0];
+    first.write_all(header).unwrap();
+    b.ready(k1);
+    assert_eq!(counts.open("192.0.2.9".parse().unwrap()), 1);
+    let mut second = b.accept();
+    let k2 = *b.fake().watched.last().unwrap();
+    second.write_all(header).unwrap();
+    b.ready(k2);
+    let mut got = [0u8; 12];
+    second.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"HTTP/1.1 429");
+    assert_eq!(
+        counts.open("192.0.2.9".parse().unwrap()),
+        1,
+        "the refused one took nothing"
+    );
+    let mut local = b.accept();
+    let k3 = *b.fake().watched.last().unwrap();
+    local
+        .write_all(b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00CONNECT up.test:1 HTTP/1.1\r\n\r\n")
+        .unwrap();
+    b.ready(k3);
+    assert_eq!(counts.clients(), 1, "LOCAL is not a client");
+    assert_eq!(clients_of(&b).len(), 1, "nor in connected_clients");
+    b.worker.close_all();
+    assert_eq!(counts.clients(), 0, "every hold given back");
+    assert!(clients_of(&b).is_empty());
+    drop((first, second, local));
+}
