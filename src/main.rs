@@ -39,13 +39,14 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         takeover: Option<PathBuf>,
     },
-    /// Replace the running gateway by a new process of this binary (after a package upgrade)
+    /// Replace the running gateway by a new process of its binary (after a package upgrade)
     /// through a takeover: no connection is refused. Waits until the new process serves.
     Upgrade {
         /// The running gateway's `takeover_socket`.
         #[arg(long, default_value = splicegate::config::DEFAULT_TAKEOVER_SOCKET)]
         takeover_socket: PathBuf,
-        /// The binary to start (default: this one).
+        /// The binary the running gateway starts (default: the path it was started from,
+        /// which holds the new binary after a package upgrade).
         #[arg(long)]
         binary: Option<PathBuf>,
         /// Seconds to wait for the new process to take over.
@@ -119,6 +120,8 @@ fn main() -> ExitCode {
                 pid_file,
                 watch: !no_watch,
                 takeover,
+                exe: std::env::current_exe().ok(),
+                log_format: cli.log_format.map(|f| f.as_str().to_owned()),
             };
             match control::run(cfg, opts) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -150,18 +153,10 @@ fn main() -> ExitCode {
             binary,
             timeout,
         } => {
-            let binary = match binary.map_or_else(std::env::current_exe, Ok) {
-                Ok(b) => b,
-                Err(e) => {
-                    eprintln!("splicegate upgrade: cannot find this binary: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
             let opts = control::upgrade::UpgradeOptions {
                 takeover_socket,
                 binary,
                 timeout: std::time::Duration::from_secs(timeout),
-                log_format: cli.log_format.map(|f| f.as_str().to_owned()),
             };
             match control::upgrade::upgrade(&opts) {
                 Ok(u) => {

@@ -871,6 +871,89 @@ mod tests {
     }
 
     #[test]
+    fn health_listen_takeover_socket_and_drain_grace() {
+        assert_eq!(Config::default().health_listen, None);
+        assert_eq!(ok("health_listen: null\n").health_listen, None);
+        // Any address: the probe port is meant for a load balancer.
+        assert_eq!(
+            ok("health_listen: \"0.0.0.0:9465\"\n").health_listen,
+            Some(addr("0.0.0.0:9465"))
+        );
+        bad(
+            "health_listen: 9465\n",
+            "health_listen",
+            1,
+            &["socket address"],
+        );
+        bad(
+            "metrics_listen: \"127.0.0.1:9464\"\nhealth_listen: \"127.0.0.1:9464\"\n",
+            "health_listen",
+            2,
+            &["both metrics_listen and health_listen"],
+        );
+        bad(
+            "listen: [\"127.0.0.1:9465\"]\nhealth_listen: \"127.0.0.1:9465\"\n",
+            "health_listen",
+            2,
+            &["both a listen address and health_listen"],
+        );
+
+        assert_eq!(Config::default().takeover_socket, TakeoverSocket::Default);
+        assert_eq!(
+            Config::default().takeover_socket.path(),
+            Some(PathBuf::from(DEFAULT_TAKEOVER_SOCKET))
+        );
+        assert_eq!(
+            ok("takeover_socket: null\n").takeover_socket,
+            TakeoverSocket::Off
+        );
+        assert_eq!(TakeoverSocket::Off.path(), None);
+        assert_eq!(
+            ok("takeover_socket: /run/gw/t.sock\n").takeover_socket,
+            TakeoverSocket::Path(PathBuf::from("/run/gw/t.sock"))
+        );
+        for wrong in [
+            "relative.sock",
+            "\"\"",
+            "42",
+            &format!("/{}", "x".repeat(120)),
+        ] {
+            bad(
+                &format!("takeover_socket: {wrong}\n"),
+                "takeover_socket",
+                1,
+                &["absolute path"],
+            );
+        }
+
+        assert_eq!(Config::default().limits.drain_grace, Duration::ZERO);
+        assert_eq!(
+            ok("limits:\n  drain_grace: 0\n").limits.drain_grace,
+            Duration::ZERO
+        );
+        assert_eq!(
+            ok("limits:\n  drain_grace: 15s\n").limits.drain_grace,
+            Duration::from_secs(15)
+        );
+        bad(
+            "limits:\n  drain_grace: 2h\n",
+            "limits.drain_grace",
+            2,
+            &["at most 1h"],
+        );
+        assert_eq!(
+            Config::default().limits.takeover_timeout,
+            Duration::from_secs(30)
+        );
+        bad(
+            "limits:\n  takeover_timeout: 0\n",
+            "limits.takeover_timeout",
+            2,
+            &["greater than zero"],
+        );
+    }
+
+    #[test]
     fn old_gateway_listen_text() {
         bad(
             "# comment\nlisten: \"text\"\n",

@@ -316,6 +316,22 @@ mod tests {
     }
 
     #[test]
+    fn probe_port_moves_and_takeover_socket_needs_a_restart() {
+        let a = cfg("{}\n");
+        let b = cfg(
+            "health_listen: \"0.0.0.0:9465\"\ntakeover_socket: /run/x.sock\n\
+             limits:\n  drain_grace: 10s\n",
+        );
+        let c = diff(&a, &b);
+        assert!(c.health_listen && !c.engine && !c.metrics_listen, "{c:?}");
+        let s = c.summary();
+        assert!(s.contains("health_listen null -> 0.0.0.0:9465"), "{s}");
+        assert!(s.contains("limits.drain_grace 0s -> 10s"), "{s}");
+        assert_eq!(c.need_restart, vec!["takeover_socket".to_owned()]);
+        assert!(!diff(&b, &b.clone()).health_listen);
+    }
+
+    #[test]
     fn listen_and_resolver_changes() {
         let a = cfg("listen: [\"127.0.0.1:8080\"]\n");
         let b = cfg(

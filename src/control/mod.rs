@@ -74,6 +74,10 @@ pub struct RunOptions {
     /// `run --takeover PATH`: take the listening sockets of the gateway serving this takeover
     /// socket instead of binding them, then tell it to stop.
     pub takeover: Option<PathBuf>,
+    /// This binary's path, for the process an `upgrade` request starts.
+    pub exe: Option<PathBuf>,
+    /// `--log-format` as given, passed on to that process.
+    pub log_format: Option<String>,
 }
 
 /// What a takeover brought: the old process's sockets and the connection to confirm on.
@@ -327,6 +331,9 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
     let about = Arc::new(About {
         config: opts.config_path.clone(),
         pid_file: pid_path.clone(),
+        exe: opts.exe.clone(),
+        log_format: opts.log_format.clone(),
+        takeover: takeover_listener.as_ref().map(|l| l.path().to_path_buf()),
     });
     let (offer_tx, mut offer_rx) = tokio::sync::mpsc::unbounded_channel::<Channel>();
     let (done_tx, mut done_rx) =
@@ -839,11 +846,16 @@ impl Control {
         } else {
             cfg.limits.drain_grace
         };
-        notifier.stopping(&format!(
-            "stopping: accepting for {} more (drain_grace), then draining open tunnels for up to {}",
-            crate::config::format_duration(grace),
-            crate::config::format_duration(drain_timeout)
-        ));
+        // STOPPING=1 at the signal, before the grace: the service manager knows at once that
+        // this instance is going away. Never after a takeover: the service goes on in the new
+        // process, which becomes the main one (MAINPID=, below) without a stop.
+        if handed_to.is_none() {
+            notifier.stopping(&format!(
+                "stopping: accepting for {} more (drain_grace), then draining open tunnels for up to {}",
+                crate::config::format_duration(grace),
+                crate::config::format_duration(drain_timeout)
+            ));
+        }
         if !grace.is_zero() {
             info!(
                 event_id = events::INFO,
@@ -1113,6 +1125,53 @@ fn show_addr(a: Option<SocketAddr>) -> String {
 struct About {
     config: Option<PathBuf>,
     pid_file: Option<PathBuf>,
+    /// This binary's path as it was started (after a package upgrade, the new binary).
+    exe: Option<PathBuf>,
+    log_format: Option<String>,
+    /// Our takeover socket.
+    takeover: Option<PathBuf>,
+}
+
+impl About {
+    /// `upgrade`: start `<binary> run --takeover <our socket>` with our configuration, pid
+    /// file and log format, as our child (it inherits our environment and stderr). A thread
+    /// reaps it should it exit while we still run.
+    fn spawn_successor(&self, binary: Option<PathBuf>) -> std::io::Result<u32> {
+        let exe = binary
+            .or_else(|| self.exe.clone())
+            .ok_or_else(|| std::io::Error::other("this process's binary path is unknown"))?;
+        let takeover = self
+            .takeover
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("no takeover socket"))?;
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.arg("run").arg("--takeover").arg(takeover);
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        if let Some(p) = &self.pid_file {
+            cmd.arg("--pid-file").arg(p);
+        }
+        if let Some(f) = &self.log_format {
+            cmd.arg("--log-format").arg(f);
+        }
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        let mut child = cmd.spawn()?;
+        let pid = child.id();
+        std::thread::Builder::new()
+            .name("splicegate-successor".into())
+            .spawn(move || {
+                let _ = child.wait();
+            })?;
+        info!(
+            event_id = events::INFO,
+            new_pid = pid,
+            binary = %exe.display(),
+            "upgrade: started a new process to take over"
+        );
+        Ok(pid)
+    }
 }
 
 /// `run --takeover PATH`: ask the gateway at `path` for its sockets.
@@ -1161,7 +1220,6 @@ async fn receive(path: &Path, limit: Duration) -> Result<Received, ControlError>
         sockets = listen.iter().map(|h| h.sockets.len()).sum::<usize>(),
         "takeover: received the listening sockets; starting the workers on them"
     );
-    test_pause_before_ready();
     Ok(Received {
         chan,
         from_pid,
@@ -1173,7 +1231,7 @@ async fn receive(path: &Path, limit: Duration) -> Result<Received, ControlError>
 }
 
 /// Test builds only: `SPLICEGATE_TEST_TAKEOVER_PAUSE=<ms>` makes a new process wait that long
-/// after it received the sockets, so a test can kill it before it confirms.
+/// after its workers started on the received sockets, so a test can kill it before it confirms.
 #[cfg(debug_assertions)]
 fn test_pause_before_ready() {
     if let Some(ms) = std::env::var("SPLICEGATE_TEST_TAKEOVER_PAUSE")
@@ -1190,6 +1248,12 @@ fn test_pause_before_ready() {}
 /// Our workers accept on the received sockets: tell the old process (`ready`), wait for it to
 /// stop accepting (`done`), then have our workers look at every queue once.
 async fn confirm(r: &Received, engine: &Engine, limit: Duration) {
+    info!(
+        event_id = events::INFO,
+        from_pid = r.from_pid,
+        "takeover: the workers accept on the received sockets; confirming to the old process"
+    );
+    test_pause_before_ready();
     let result = async {
         r.chan
             .send(
@@ -1270,6 +1334,23 @@ async fn first_request(
                 pid: std::process::id(),
                 config: about.config.clone(),
                 pid_file: about.pid_file.clone(),
+            };
+            let _ = chan.send(&msg, &[]).await;
+        }
+        Ok((Message::Upgrade { binary }, _)) => {
+            let msg = match about.spawn_successor(binary) {
+                Ok(pid) => Message::Spawned { pid },
+                Err(e) => {
+                    error!(
+                        event_id = events::INTERNAL_ERROR,
+                        reason = "takeover_failed",
+                        error = %e,
+                        "upgrade: cannot start the new process; this process keeps serving"
+                    );
+                    Message::Failed {
+                        error: e.to_string(),
+                    }
+                }
             };
             let _ = chan.send(&msg, &[]).await;
         }

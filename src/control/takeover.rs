@@ -5,9 +5,11 @@
 //! # Protocol
 //! One `SOCK_SEQPACKET` connection (message boundaries kept, so each message is one JSON
 //! document with the file descriptors it carries as `SCM_RIGHTS`):
-//! 1. new -> old: `{"type":"takeover","pid":N}` (or `{"type":"info"}`: the old one answers
-//!    `about` with its pid, configuration path and pid file, and closes; `splicegate upgrade`
-//!    uses it to see who serves).
+//! 1. new -> old: `{"type":"takeover","pid":N}`. (Or `{"type":"info"}`: the old one answers
+//!    `about` with its pid, configuration path and pid file; `splicegate upgrade` uses it to
+//!    see who serves. Or `{"type":"upgrade"}`: the old process starts the new one itself, as
+//!    its child, so under systemd it runs in the service's cgroup with the same user,
+//!    sandbox, environment and stderr, and may become the service's main process.)
 //! 2. old -> new: `sockets` messages, each with at most [`MAX_FDS`] descriptors and their
 //!    address and kind (`listen`, `metrics`, `health`; `shared` for a socket every worker
 //!    accepts from, such as one systemd passed), the last with `more: false`. The old process
@@ -89,6 +91,17 @@ pub enum Message {
     },
     Done,
     Busy,
+    /// `splicegate upgrade`: start a new process (this binary's path, or `binary`) that takes
+    /// over; answered with `spawned` or `failed`.
+    Upgrade {
+        binary: Option<PathBuf>,
+    },
+    Spawned {
+        pid: u32,
+    },
+    Failed {
+        error: String,
+    },
 }
 
 /// What went wrong on the takeover socket.
