@@ -5,7 +5,16 @@
 //! addresses `deploy/haproxy.cfg` names, on one bridged 10.0.0.0/24 that exists only inside the
 //! lab's namespaces.
 //!
-//! Skipped, with the reason printed, when not root or when `ip netns`, `haproxy` or `openssl`
+//! - `drain_then_crash_behind_haproxy`: 200 agents; SIGTERM gateway 1 (drain grace, HAProxy's
+//!   mark within two checks, nothing new after it, tunnels finish, 0 failed uploads), start it
+//!   again, SIGKILL gateway 2 (only uploads in flight there fail, all resent through gateway 1,
+//!   no byte wrong).
+//! - `takeover_under_a_connect_storm_refuses_nothing`: `run --takeover` under > 1,000
+//!   CONNECTs/s through HAProxy: 0 refused, 0 reset.
+//! - `agents_keep_their_identity_behind_haproxy`: PROXY v2 from HAProxy; each agent's `ip:port`
+//!   in the events, a client network rule, a lockout of one agent only.
+//!
+//! About 40 s of wall time in all. Skipped, with the reason printed, when not root or when `ip netns`, `haproxy` or `openssl`
 //! is missing (`scripts/install-test-deps.sh` installs them).
 
 mod support;
@@ -44,7 +53,7 @@ fn ip(s: &str) -> IpAddr {
     s.parse().expect("a lab address")
 }
 
-/// The reason to skip, printed, or `None` when the lab can be built.
+/// Whether the lab cannot be built here (the reason is printed).
 fn skip() -> bool {
     match netns::unavailable(&["ip", "haproxy", "openssl"]) {
         Some(reason) => {
