@@ -305,8 +305,8 @@ fn drain_then_crash_behind_haproxy() {
     // drain_grace outlasted HAProxy's checks: HAProxy never met a closed listener.
     let row = site.haproxy.server(BACKEND, "gw1");
     assert_eq!(
-        (row.econ, row.wretr),
-        (0, 0),
+        (row.econ, row.wretr, row.wredis),
+        (0, 0, 0),
         "no connection to the draining gateway is refused or retried: {row:?}"
     );
     // A CONNECT HAProxy had passed on just before the mark reaches the sink within milliseconds.
@@ -641,8 +641,8 @@ fn takeover_under_a_connect_storm_refuses_nothing() {
     );
     let row = site.haproxy.server(BACKEND, "gw1");
     assert_eq!(
-        (row.econ, row.wretr),
-        (0, 0),
+        (row.econ, row.wretr, row.wredis),
+        (0, 0, 0),
         "HAProxy never met a refused connection to the upgraded gateway: {row:?}"
     );
     let served = site

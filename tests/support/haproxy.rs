@@ -24,8 +24,10 @@ pub struct ServerStat {
     pub status: String,
     /// Connection errors to the server (refused, reset or timed out while connecting).
     pub econ: u64,
-    /// Connection retries (each failed connect that HAProxy tried again).
+    /// Connection retries on the same server.
     pub wretr: u64,
+    /// Connection retries sent to another server (`option redispatch`).
+    pub wredis: u64,
 }
 
 pub struct Haproxy {
@@ -120,6 +122,7 @@ impl Haproxy {
                 status: get("status").to_string(),
                 econ: num("econ"),
                 wretr: num("wretr"),
+                wredis: num("wredis"),
             });
         }
         rows
