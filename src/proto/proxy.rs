@@ -116,11 +116,14 @@ fn parse_v1(buf: &[u8]) -> Result<Option<(Header, usize)>, ProxyError> {
     if window[cr] == b'\n' {
         return Err(ProxyError::V1Syntax);
     }
+    // A CR as the 107th byte leaves no room for its LF: too long, whatever follows (decided
+    // on the first 107 bytes, so a read that stops there agrees with one that goes on).
+    if cr + 2 > V1_MAX {
+        return Err(ProxyError::V1TooLong);
+    }
     match buf.get(cr + 1) {
-        None if cr + 1 >= V1_MAX => return Err(ProxyError::V1TooLong),
         None => return Ok(None),
-        Some(b'\n') if cr + 2 <= V1_MAX => {}
-        Some(b'\n') => return Err(ProxyError::V1TooLong),
+        Some(b'\n') => {}
         Some(_) => return Err(ProxyError::V1Syntax),
     }
     let line = &buf[V1_PREFIX.len()..cr];
@@ -482,10 +485,21 @@ mod tests {
         assert_eq!(parse(&long), Ok(None));
         long.push(b'x');
         assert_eq!(parse(&long), Err(ProxyError::V1TooLong));
-        // A CR as the 107th byte cannot be followed by its LF within the limit.
+        // A CR as the 107th byte cannot be followed by its LF within the limit: too long,
+        // whatever follows it (fuzz regression v1_cr_as_107th_byte: it was "too long" when
+        // the read stopped at the CR and "malformed" when a non-LF byte followed).
         long.truncate(V1_MAX - 1);
         long.push(b'\r');
         assert_eq!(parse(&long), Err(ProxyError::V1TooLong));
+        for next in [b'\n', 0x08, b'x'] {
+            let mut more = long.clone();
+            more.push(next);
+            assert_eq!(
+                parse(&more),
+                Err(ProxyError::V1TooLong),
+                "CR then {next:#x}"
+            );
+        }
         long.truncate(V1_MAX - 2);
         long.extend_from_slice(b"\r\n");
         assert_eq!(parse(&long), Ok(Some((Header::Unknown, V1_MAX))));
