@@ -327,3 +327,54 @@ fn a_takeover_tells_systemd_the_new_main_pid_and_no_stop() {
         "a takeover is not a stop: {all:?}"
     );
 }
+
+/// The new process serves the listener set of its own configuration: an address the old one
+/// had and the new one keeps is the same socket, one it dropped is closed, a new one is bound.
+#[test]
+fn the_new_process_keeps_drops_and_adds_listen_addresses_by_its_config() {
+    let up = Upstream::echo();
+    let dir = TempDir::new("takeover-set");
+    let sock = dir.path().join("takeover.sock");
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let addr = |p: u16| format!("127.0.0.1:{p}");
+    let base = with_socket(Config::new().workers(2).upstream(UP, up.port()), &sock);
+    let Some(mut a) = Gateway::start(base.clone().listen(&[&addr(p1), &addr(p2)])) else {
+        return;
+    };
+    let kept = listening_inodes(p1);
+    let wrap = append(&format!("--takeover {}", sock.display()));
+    let wrap: Vec<&str> = wrap.iter().map(String::as_str).collect();
+    let Some(b) = Gateway::start_wrapped(base.listen(&[&addr(p1), &addr(p3)]), &wrap) else {
+        return;
+    };
+    a.wait_exit(Duration::from_secs(15)).expect("A exits");
+    let target = format!("{UP}:{}", up.port());
+    for p in [p1, p3] {
+        let mut s = open_tunnel(addr(p).parse().unwrap(), &target);
+        echo_roundtrip(&mut s, b"served");
+    }
+    let refused = std::net::TcpStream::connect(addr(p2));
+    assert!(
+        refused.is_err(),
+        "the dropped address is closed:\n{}",
+        b.log_dump()
+    );
+    let now = listening_inodes(p1);
+    assert!(kept.iter().all(|s| now.contains(s)), "{kept:?} vs {now:?}");
+}
+
+#[test]
+fn a_configured_takeover_socket_that_cannot_be_bound_fails_the_start() {
+    let cfg = Config::new().raw("takeover_socket: /proc/splicegate-none/takeover.sock\n");
+    let dir = TempDir::new("takeover-bad");
+    let path = dir.write("splicegate.yaml", &cfg.render());
+    let out = run_cli(
+        &["run", "--config", path.to_str().unwrap()],
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("takeover_socket"),
+        "{out:?}"
+    );
+}

@@ -139,7 +139,7 @@ pub fn take() -> Result<Vec<Activated>, ActivationError> {
 /// `metrics_listen`, or `health_listen`).
 pub fn check(inherited: &[Activated], cfg: &Config) -> Result<(), ActivationError> {
     for a in inherited {
-        let listed = cfg.listen.contains(&a.addr)
+        let listed = super::listed(cfg, &a.addr)
             || cfg.metrics_listen == Some(a.addr)
             || cfg.health_listen == Some(a.addr);
         if !listed {

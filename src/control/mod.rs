@@ -153,7 +153,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
     let mut shared: Vec<(SocketAddr, OwnedFd)> = Vec::new();
     let mut http_stash: Vec<(SocketAddr, OwnedFd)> = Vec::new();
     for a in activated {
-        if cfg.listen.contains(&a.addr) {
+        if listed(&cfg, &a.addr) {
             shared.push((a.addr, a.fd));
         } else {
             http_stash.push((a.addr, a.fd));
@@ -169,7 +169,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
         http_stash.append(&mut r.http);
         for h in inherited
             .iter()
-            .filter(|h| h.shared && cfg.listen.contains(&h.addr))
+            .filter(|h| h.shared && listed(&cfg, &h.addr))
         {
             if let Some(fd) = h.sockets.first() {
                 shared.push((h.addr, fd.try_clone().map_err(ControlError::Takeover)?));
@@ -263,7 +263,23 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
     let takeover_listener = {
         let _guard = rt.enter();
         let replacing = took_over.as_ref().map(|(_, p, _)| p.as_path());
-        bind_takeover(&cfg.takeover_socket, replacing)?
+        match bind_takeover(&cfg.takeover_socket, replacing) {
+            Ok(l) => l,
+            // The old process has stopped accepting: this one serves whatever happens.
+            Err(e) if took_over.is_some() => {
+                warn!(
+                    event_id = events::INTERNAL_ERROR,
+                    error = %e,
+                    "takeover socket not served: this process cannot be taken over in turn"
+                );
+                None
+            }
+            Err(e) => {
+                serving.engine.stop();
+                serving.engine.join();
+                return Err(e);
+            }
+        }
     };
     let pid_path = opts
         .pid_file
@@ -558,7 +574,7 @@ impl Control {
         let changes = diff::diff(&self.cfg, &cfg);
         // The socket unit owns an activated address: dropping it would leave clients waiting
         // in a queue nobody serves.
-        if let Some((addr, _)) = self.shared.iter().find(|(a, _)| !cfg.listen.contains(a)) {
+        if let Some((addr, _)) = self.shared.iter().find(|(a, _)| !listed(&cfg, a)) {
             return Err(ControlError::SharedRemoved { addr: *addr });
         }
         let new_metrics = match (changes.metrics_listen, cfg.metrics_listen) {
@@ -1369,6 +1385,13 @@ async fn first_request(
         ),
         Err(e) => tracing::debug!(error = %e, "takeover socket: client went away"),
     }
+}
+
+/// `a` is one of `cfg`'s `listen` addresses. Inherited and handed-over sockets are matched to
+/// the configuration by local address only, so a listen entry that grows fields (PROXY
+/// protocol, ...) keeps finding its socket.
+fn listed(cfg: &Config, a: &SocketAddr) -> bool {
+    cfg.listen.contains(a)
 }
 
 fn addr_list(addrs: &[SocketAddr]) -> String {

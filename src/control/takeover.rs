@@ -399,8 +399,8 @@ impl Offer {
     }
 }
 
-/// Ask for the sockets of the gateway at `path`; returns them with the connection (to send
-/// `ready` on) once the last `sockets` message arrived.
+/// Ask the gateway on `chan` for its sockets; returns them, with their descriptions, once the
+/// last `sockets` message arrived (`ready` is sent on the same connection later).
 pub async fn receive(
     chan: &Channel,
     limit: Duration,

@@ -641,3 +641,58 @@ fn run_worker(
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inode(fd: &OwnedFd) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::File::from(fd.try_clone().unwrap())
+            .metadata()
+            .unwrap()
+            .ino()
+    }
+
+    /// A socket without SO_REUSEPORT (systemd's) is shared: every worker gets a duplicate of
+    /// the same socket, and a worker that dies does not close the engine's copy.
+    #[test]
+    fn a_shared_socket_goes_to_every_worker_and_outlives_a_dead_one() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let sock = OwnedFd::from(l);
+        let ino = inode(&sock);
+        let (mut listeners, warnings) =
+            bind_listeners_from(&[addr], 3, vec![Handover::shared(addr, sock)]).unwrap();
+        assert!(warnings.is_empty());
+        assert_eq!(listeners.bound, vec![addr]);
+        for w in &listeners.per_worker {
+            assert_eq!(w.len(), 1);
+            assert_eq!(inode(&w[0]), ino, "the same socket, not a new bind");
+        }
+        let h = &mut listeners.handover[0];
+        assert!(h.shared);
+        h.forget_worker(0);
+        assert_eq!(h.sockets.len(), 1, "the engine's copy stays");
+        // A copy for a takeover is described as shared too.
+        let c = h.try_clone().unwrap();
+        assert!(c.shared && inode(&c.sockets[0]) == ino);
+    }
+
+    /// Sockets handed over from another engine or process are spread over the workers; a
+    /// worker left without one gets a new SO_REUSEPORT socket on the same port.
+    #[test]
+    fn handed_over_sockets_are_spread_and_topped_up() {
+        let (old, _) = bind_listeners(&["127.0.0.1:0".parse().unwrap()], 2).unwrap();
+        let addr = old.bound[0];
+        let inodes: Vec<u64> = old.handover[0].sockets.iter().map(inode).collect();
+        let (new, _) = bind_listeners_from(&[addr], 3, old.handover).unwrap();
+        let got: Vec<u64> = new.per_worker.iter().map(|w| inode(&w[0])).collect();
+        assert_eq!(&got[..2], &inodes[..], "the old sockets, in order");
+        assert!(
+            !inodes.contains(&got[2]),
+            "a new socket for the third worker"
+        );
+        assert_eq!(new.handover[0].owners, vec![0, 1, 2]);
+    }
+}
