@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Installs the tools the integration tests run: curl, openssl, ip (iproute2), ps (procps),
 # prlimit (util-linux), squid, htpasswd (apache2-utils) and stunnel (stunnel4) for the
-# relay-proxy tests, systemd-analyze (systemd) to verify the unit file, promtool (prometheus) to
-# check the alerting rules; and cargo-deb from
-# crates.io for the package test.
+# relay-proxy tests, systemd-analyze (systemd) to verify the unit file, promtool (prometheus)
+# to check the alerting rules, haproxy, keepalived and
+# nft (nftables) for the HA tests in network namespaces (tests/ha.rs, loadtest/ha.sh, the
+# deploy/ examples); and cargo-deb from crates.io for the package test.
 # Idempotent: does nothing when every tool is present; otherwise runs `apt-get update` once and
 # installs only the missing packages. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
 # command -> Debian/Ubuntu package
-declare -A PKG=([curl]=curl [openssl]=openssl [ip]=iproute2 [ps]=procps [prlimit]=util-linux [squid]=squid [htpasswd]=apache2-utils [stunnel]=stunnel4 [systemd-analyze]=systemd [promtool]=prometheus)
+declare -A PKG=([curl]=curl [openssl]=openssl [ip]=iproute2 [ps]=procps [prlimit]=util-linux [squid]=squid [htpasswd]=apache2-utils [stunnel]=stunnel4 [systemd-analyze]=systemd [promtool]=prometheus [haproxy]=haproxy [keepalived]=keepalived [nft]=nftables)
 
 missing=()
-for cmd in curl openssl ip ps prlimit squid htpasswd stunnel systemd-analyze promtool; do
+for cmd in curl openssl ip ps prlimit squid htpasswd stunnel systemd-analyze promtool haproxy keepalived nft; do
     if command -v "$cmd" >/dev/null 2>&1; then
         echo "install-test-deps: $cmd present ($(command -v "$cmd"))"
     else
@@ -54,7 +55,7 @@ echo "install-test-deps: apt-get update"
 echo "install-test-deps: apt-get install -y ${missing[*]}"
 "${SUDO[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
 
-for cmd in curl openssl ip ps prlimit squid htpasswd stunnel systemd-analyze promtool; do
+for cmd in curl openssl ip ps prlimit squid htpasswd stunnel systemd-analyze promtool haproxy keepalived nft; do
     command -v "$cmd" >/dev/null 2>&1 || {
         echo "install-test-deps: $cmd still missing after install" >&2
         exit 1

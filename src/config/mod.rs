@@ -2552,4 +2552,24 @@ mod tests {
             &["empty"],
         );
     }
+
+    /// `null` switches the admin socket off; absent keeps the default path. (A merge once left
+    /// the key without its "present" deserializer, so `null` read as absent.)
+    #[test]
+    fn admin_socket_null_disables_and_absent_is_the_default() {
+        assert_eq!(ok("admin_socket: null\n").admin_socket, None);
+        assert_eq!(
+            ok("workers: 1\n").admin_socket,
+            Some(PathBuf::from(DEFAULT_ADMIN_SOCKET))
+        );
+        assert_eq!(
+            ok("admin_socket: /run/gw/a.sock\n").admin_socket,
+            Some(PathBuf::from("/run/gw/a.sock"))
+        );
+        let p = problems("limits:\n  admin_max_connections: null\n");
+        assert!(
+            p.iter().any(|p| p.key.contains("admin_max_connections")),
+            "null is not a count: {p:?}"
+        );
+    }
 }

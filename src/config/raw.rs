@@ -130,6 +130,7 @@ pub(super) struct RawConfig {
     pub health_listen: Field,
     #[serde(default, deserialize_with = "present")]
     pub takeover_socket: Field,
+    #[serde(default, deserialize_with = "present")]
     pub admin_socket: Field,
     #[serde(default, deserialize_with = "present")]
     pub workers: Field,
@@ -245,6 +246,7 @@ pub(super) struct RawLimits {
     pub drain_grace: Field,
     #[serde(default, deserialize_with = "present")]
     pub takeover_timeout: Field,
+    #[serde(default, deserialize_with = "present")]
     pub admin_max_connections: Field,
     #[serde(default, deserialize_with = "present")]
     pub admin_timeout: Field,
