@@ -444,6 +444,33 @@ fn a_login_storm_during_removal_does_not_let_the_removed_user_back_in() {
     assert_eq!(login_status(addr, &target, "bob", "pw-bob"), 200);
 }
 
+/// A locked-out address gets 429 also for credentials the worker has cached as good: the
+/// lockout is checked before the cache, so a guesser cannot tell a right password (200 from
+/// the cache) from a wrong one (429). Found behind HAProxy (tests/ha.rs); one worker makes the
+/// cache hit certain.
+#[test]
+fn a_locked_out_address_is_refused_even_with_cached_credentials() {
+    let up = Upstream::echo();
+    let dir = TempDir::new("auth-lock-cache");
+    let users = dir.path().join("users");
+    add_user(&users, "alice", "pw");
+    let Some(gw) = Gateway::start(Config::new().workers(1).upstream("ok.test", up.port()).raw(
+        &auth_yaml(&users, "  max_failures: 3\n  failure_window: 60s\n"),
+    )) else {
+        return;
+    };
+    let target = format!("ok.test:{}", up.port());
+    assert_eq!(login_status(gw.addr(), &target, "alice", "pw"), 200);
+    for _ in 0..3 {
+        assert_eq!(login_status(gw.addr(), &target, "alice", "guess"), 407);
+    }
+    assert_eq!(
+        login_status(gw.addr(), &target, "alice", "pw"),
+        429,
+        "the cached good password must not pass the lockout"
+    );
+}
+
 #[test]
 fn a_lockout_survives_a_reload() {
     let up = Upstream::echo();

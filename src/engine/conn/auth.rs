@@ -70,10 +70,8 @@ impl Worker {
             self.start_refusal_bytes(slot, std::borrow::Cow::Owned(auth::challenge(&auth.realm)));
             return None;
         };
-        if let Some(user) = self.auth_cache.get(auth.generation(), &header) {
-            target.user = Some(user.clone());
-            return Some(target);
-        }
+        // The lockout comes before the cache: otherwise a locked-out guesser would get 200 for a
+        // password some client already had accepted on this worker, and 429 for a wrong one.
         if auth.locked_out(peer.ip(), now) {
             self.auth_refusal(
                 slot,
@@ -83,6 +81,10 @@ impl Worker {
                 "too many failed logins from this address",
             );
             return None;
+        }
+        if let Some(user) = self.auth_cache.get(auth.generation(), &header) {
+            target.user = Some(user.clone());
+            return Some(target);
         }
         let Some((user, password)) = auth::parse_basic(&header) else {
             auth.failed(peer.ip(), now);
