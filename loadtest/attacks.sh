@@ -44,7 +44,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+source loadtest/lib.sh   # free_port, squid_common_conf (the cwd is the repository)
 
 # The black hole: a namespace with only loopback, where SYNs to 127.0.0.2:443 are dropped on input
 # (so the sender retransmits them until its connect timeout: a real black hole, not a refusal).
@@ -87,32 +87,23 @@ YAML
       METRICS=127.0.0.1:$mport ;;
     squid)
       local port; port=$(free_port)
-      cat > "$work/squid.conf" <<CONF
+      {
+        cat <<CONF
 http_port 127.0.0.1:$port
 acl CONNECT method CONNECT
 acl loop src 127.0.0.0/8
 http_access allow CONNECT loop
 http_access deny all
-cache deny all
-cache_mem 8 MB
-access_log none
-cache_store_log none
-cache_log $work/peer/squid-cache.log
-pid_filename $work/peer/squid.pid
-coredump_dir $work/peer
-max_filedescriptors 20000
-shutdown_lifetime 0 seconds
-icp_port 0
-htcp_port 0
-via off
-forwarded_for delete
-cache_effective_user proxy
+CONF
+        squid_common_conf "$work"
+        cat <<CONF
 # The same budgets as the gateway's: header, connect, idle.
 request_start_timeout 5 seconds
 request_timeout 5 seconds
 connect_timeout 5 seconds
 read_timeout 10 seconds
 CONF
+      } > "$work/squid.conf"
       "${wrap[@]}" squid -N -f "$work/squid.conf" > "$work/peer/squid.out" 2>&1 &
       PEERPID=$!; PROXY=127.0.0.1:$port ;;
   esac

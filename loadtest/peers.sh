@@ -58,7 +58,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+source loadtest/lib.sh   # free_port, squid_common_conf (the cwd is the repository)
 
 $LOAD sink --tls --listen 127.0.0.1:0 --seconds 7200 --cert-out "$work/ca.pem" > "$work/sink.out" &
 SINKPID=$!
@@ -92,7 +92,8 @@ YAML
       PROXY=$(grep '"event_id":101' "$work/gw.log" | sed 's/.*"listen":"\([^"]*\)".*/\1/') ;;
     squid)
       local port; port=$(free_port)
-      cat > "$work/squid.conf" <<CONF
+      {
+        cat <<CONF
 http_port 127.0.0.1:$port
 acl SSL_ports port $P
 acl CONNECT method CONNECT
@@ -100,21 +101,9 @@ acl loop src 127.0.0.0/8
 http_access deny CONNECT !SSL_ports
 http_access allow CONNECT loop SSL_ports
 http_access deny all
-cache deny all
-cache_mem 8 MB
-access_log none
-cache_store_log none
-cache_log $work/peer/squid-cache.log
-pid_filename $work/peer/squid.pid
-coredump_dir $work/peer
-max_filedescriptors 20000
-shutdown_lifetime 0 seconds
-icp_port 0
-htcp_port 0
-via off
-forwarded_for delete
-cache_effective_user proxy
 CONF
+        squid_common_conf "$work"
+      } > "$work/squid.conf"
       squid -N -f "$work/squid.conf" > "$work/peer/squid.out" 2>&1 &
       PEERPID=$!; PROXY=127.0.0.1:$port ;;
     tinyproxy)

@@ -2,10 +2,10 @@
 # https:// vs http:// relay vs direct: gateway CPU per GB, 1 tunnel, plain stream, loopback only.
 set -u
 cd "$(dirname "$0")/.."
+source loadtest/lib.sh   # free_port
 L=${L:-$PWD/loadtest/target/release/splicegate-load}; GW=${GW:-$PWD/target/release/splicegate}
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 cd "$work"
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 $L sink --seconds 600 > sink.out 2>&1 & SINKPID=$!
 sleep 0.5; SINK=$(awk '/listening/ {print $2}' sink.out); SP=${SINK##*:}
 SQ=$(free_port)

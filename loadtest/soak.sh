@@ -39,7 +39,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+source loadtest/lib.sh   # free_port, squid_common_conf (the cwd is the repository)
 
 total_s=$((MINUTES * 60))
 "$LOAD" sink --tls --listen 127.0.0.1:0 --seconds $((total_s + 900)) --cert-out "$work/ca.pem" \
