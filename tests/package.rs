@@ -211,12 +211,16 @@ fn debian_package_contents_and_maintainer_scripts() {
         std::fs::read_to_string(&unit).unwrap(),
         std::fs::read_to_string(Path::new(ROOT).join("systemd/splicegate.service")).unwrap()
     );
-    // The socket unit is installed beside the service, for an operator to enable.
-    let socket = unit.with_file_name("splicegate.socket");
+    // The socket unit ships as an example for an operator to install, never as a unit.
     assert_eq!(
-        std::fs::read_to_string(&socket).unwrap_or_default(),
+        std::fs::read_to_string(root.join("usr/share/doc/splicegate/examples/splicegate.socket"))
+            .unwrap_or_default(),
         std::fs::read_to_string(Path::new(ROOT).join("deploy/systemd/splicegate.socket")).unwrap(),
-        "splicegate.socket is installed next to the service"
+        "splicegate.socket is among the examples"
+    );
+    assert!(
+        !unit.with_file_name("splicegate.socket").exists(),
+        "splicegate.socket is not installed as a unit"
     );
     let conf = root.join("etc/splicegate/splicegate.yaml");
     let mode = std::fs::metadata(&conf).unwrap().permissions().mode() & 0o777;
