@@ -10,6 +10,7 @@
 #   bash loadtest/ha.sh                                   # ROUNDS=3
 #   ROUNDS=1 AGENT_SECONDS=5 OUT=/tmp/ha bash loadtest/ha.sh
 #   GW=/tmp/sg/target/release/splicegate bash loadtest/ha.sh   # a given binary
+#   TW_REUSE=0 bash loadtest/ha.sh                            # the kernel's tcp_tw_reuse default
 #
 # Results: $OUT/results.jsonl (one JSON object per run, with the CPU-seconds HAProxy and each
 # gateway used during it) and $OUT/summary.md (medians, every round in brackets).
@@ -57,6 +58,10 @@ for h in $HOSTS; do
   ip -n "$NS-switch" link set "p$i" master br0
   ip -n "$NS-switch" link set "p$i" up
   ip -n "$NS-$h" link set lo up
+  # A new namespace reuses TIME_WAIT ports for loopback only (tcp_tw_reuse=2): every set-up
+  # dials the one sink address, so repeated storms would fill the ephemeral range and measure
+  # the kernel's port search (BENCHMARKS.md, "Behind HAProxy"). TW_REUSE=0 keeps the default.
+  if [ "${TW_REUSE:-1}" = 1 ]; then ip netns exec "$NS-$h" sysctl -qw net.ipv4.tcp_tw_reuse=1; fi
   ip -n "$NS-$h" addr add "$(addr_of "$h")/24" dev eth0
   ip -n "$NS-$h" link set eth0 up
   i=$((i + 1))

@@ -115,6 +115,16 @@ impl Lab {
             run(Command::new("ip").args(["-n", &switch, "link", "set", &port, "master", "br0"]));
             run(Command::new("ip").args(["-n", &switch, "link", "set", &port, "up"]));
             run(Command::new("ip").args(["-n", &netns, "link", "set", "lo", "up"]));
+            // As docs/operations.md advises for bursts to one endpoint: a new namespace reuses
+            // TIME_WAIT ports for loopback only, and the storms dial one sink address.
+            run(Command::new("ip").args([
+                "netns",
+                "exec",
+                &netns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.tcp_tw_reuse=1",
+            ]));
             for a in addrs.iter() {
                 run(Command::new("ip").args([
                     "-n",
