@@ -49,7 +49,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-source loadtest/lib.sh   # free_port, squid_common_conf (the cwd is the repository)
+source loadtest/lib.sh   # free_port, squid_connect_head, squid_common_conf (the cwd is the repository)
 
 $LOAD sink --tls --listen 127.0.0.1:0 --seconds 7200 --cert-out "$work/ca.pem" > "$work/sink.out" &
 SINKPID=$!
@@ -88,14 +88,8 @@ YAML
     squid)
       local port; port=$(free_port)
       {
+        squid_connect_head "$port" "$P"
         cat <<CONF
-http_port 127.0.0.1:$port
-acl SSL_ports port $P
-acl CONNECT method CONNECT
-acl loop src 127.0.0.0/8
-http_access deny CONNECT !SSL_ports
-http_access allow CONNECT loop SSL_ports
-http_access deny all
 hosts_file $work/hosts
 CONF
         squid_common_conf "$work"
