@@ -26,7 +26,7 @@
 //! else gets an error answer and the refusal is logged (event 100).
 
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -39,6 +39,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::warn;
 
+use super::placed::{self, Placed};
 use crate::engine::conn::session::{Session, SessionFilter};
 use crate::events;
 use crate::policy::{normalize_host, HostPattern};
@@ -163,11 +164,10 @@ pub enum AdminSocketError {
 #[derive(Debug)]
 pub struct AdminSocket {
     listener: Option<StdUnixListener>,
-    path: PathBuf,
+    /// The socket file, removed when this drops while it is still ours.
+    file: Placed,
     /// The group allowed in besides root.
     pub gid: u32,
-    /// Device and inode of our socket file, to remove only our own.
-    id: (u64, u64),
     /// Whether another running process had the path (it is replaced: a hand-over).
     pub replaced_live: bool,
     /// The accept loop, stopped when the socket is dropped (a reload that moves it).
@@ -198,19 +198,16 @@ impl AdminSocket {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(e)),
         }
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".{}.tmp", std::process::id()));
-        let tmp = PathBuf::from(tmp);
+        let tmp = placed::temporary(path);
         let _ = std::fs::remove_file(&tmp);
         let listener = StdUnixListener::bind(&tmp).map_err(io_err)?;
         let gid = group_gid(GROUP).unwrap_or_else(|| rustix::process::getegid().as_raw());
         let setup = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))
             .and_then(|()| std::os::unix::fs::chown(&tmp, None, Some(gid)))
             .and_then(|()| listener.set_nonblocking(true))
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .and_then(|()| std::fs::symlink_metadata(path));
-        let meta = match setup {
-            Ok(m) => m,
+            .and_then(|()| Placed::rename(&tmp, path));
+        let file = match setup {
+            Ok(f) => f,
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(io_err(e));
@@ -218,16 +215,15 @@ impl AdminSocket {
         };
         Ok(AdminSocket {
             listener: Some(listener),
-            path: path.to_owned(),
+            file,
             gid,
-            id: (meta.dev(), meta.ino()),
             replaced_live,
             task: None,
         })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     /// Serve the socket on the current tokio runtime until it is dropped. The limits are
@@ -248,14 +244,10 @@ impl AdminSocket {
 
 impl Drop for AdminSocket {
     fn drop(&mut self) {
+        // The file goes with `file` (only our own: after a hand-over the path belongs to
+        // the new gateway).
         if let Some(t) = self.task.take() {
             t.abort();
-        }
-        // Only our own file: after a hand-over the path belongs to the new gateway.
-        if let Ok(m) = std::fs::symlink_metadata(&self.path) {
-            if (m.dev(), m.ino()) == self.id {
-                let _ = std::fs::remove_file(&self.path);
-            }
         }
     }
 }

@@ -24,6 +24,7 @@ mod error;
 pub mod http;
 pub mod notify;
 pub mod pidfile;
+mod placed;
 pub mod status;
 pub mod takeover;
 pub mod upgrade;

@@ -34,10 +34,11 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::placed::{self, Placed};
 use rustix::net::{
     recvmsg, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
     SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
@@ -250,9 +251,8 @@ fn recv_now(s: &Socket) -> io::Result<Result<(Message, Vec<OwnedFd>), TakeoverEr
 /// The bound takeover socket of this process.
 pub struct Listener {
     socket: AsyncFd<Socket>,
-    path: PathBuf,
-    /// The socket file's (device, inode), to remove it at exit only if it is still ours.
-    id: (u64, u64),
+    /// The socket file, removed at exit only if it is still ours.
+    file: Placed,
 }
 
 impl Listener {
@@ -298,35 +298,33 @@ impl Listener {
             path: path.to_path_buf(),
             source,
         };
-        let name = path
-            .file_name()
-            .ok_or_else(|| err(io::Error::other("no file name")))?;
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".{}.tmp", std::process::id()));
-        let tmp = path.with_file_name(tmp_name);
+        if path.file_name().is_none() {
+            return Err(err(io::Error::other("no file name")));
+        }
+        let tmp = placed::temporary(path);
         let _ = std::fs::remove_file(&tmp);
         let s = Socket::new(Domain::UNIX, Type::SEQPACKET.cloexec(), None).map_err(err)?;
         let placed = s
             .bind(&SockAddr::unix(&tmp).map_err(err)?)
             .and_then(|()| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)))
             .and_then(|()| s.listen(16))
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = placed {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(err(e));
-        }
-        let meta = std::fs::metadata(path).map_err(err)?;
+            .and_then(|()| Placed::rename(&tmp, path));
+        let file = match placed {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(err(e));
+            }
+        };
         s.set_nonblocking(true).map_err(err)?;
         Ok(Listener {
             socket: watch_fd(s).map_err(err)?,
-            path: path.to_path_buf(),
-            id: (meta.dev(), meta.ino()),
+            file,
         })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     /// The next connection from an allowed peer.
@@ -356,16 +354,6 @@ impl Listener {
                 Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {}
                 Err(e) => return Err(e),
             }
-        }
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        let ours =
-            std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.id);
-        if ours {
-            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
