@@ -354,6 +354,18 @@ fn a_worker_restarted_under_the_filter_stays_on_epoll() {
         .filter(|e| e.to_string().contains("cannot be restarted"))
         .collect();
     assert!(failed.is_empty(), "{failed:#?}");
+    // The restart did not try io_uring again, nor log the reason again.
+    let about = gw
+        .all_events()
+        .into_iter()
+        .filter(|e| e.to_string().contains("io_uring"))
+        .count();
+    assert_eq!(
+        about,
+        1,
+        "only event 101 mentions io_uring:\n{}",
+        gw.log_dump()
+    );
     assert_eq!(gw.metric_value(ENGINE_EPOLL), 1.0);
     assert_eq!(gw.metric_value(ENGINE_URING), 0.0);
     assert_eq!(gw.readyz().expect("readyz"), 200);
