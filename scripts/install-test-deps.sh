@@ -4,7 +4,9 @@
 # relay-proxy tests, systemd-analyze (systemd) to verify the unit file, promtool (prometheus)
 # to check the alerting rules, haproxy, keepalived and
 # nft (nftables) for the HA tests in network namespaces (tests/ha.rs, loadtest/ha.sh, the
-# deploy/ examples); and cargo-deb from crates.io for the package test.
+# deploy/ examples); libseccomp's Python bindings (python3-seccomp, for Debian's /usr/bin/python3)
+# for tests/support/seccomp_exec.py, which runs the gateway under a seccomp filter in
+# tests/engine_fallback.rs; and cargo-deb from crates.io for the package test.
 # Idempotent: does nothing when every tool is present; otherwise runs `apt-get update` once and
 # installs only the missing packages. Needs root (or sudo) only when something is missing.
 set -euo pipefail
@@ -19,6 +21,17 @@ for cmd in curl openssl ip ps prlimit squid htpasswd stunnel systemd-analyze pro
     else
         echo "install-test-deps: $cmd missing (package ${PKG[$cmd]})"
         missing+=("${PKG[$cmd]}")
+    fi
+done
+
+# Python modules (for /usr/bin/python3, Debian's) -> Debian/Ubuntu package
+declare -A PYMOD=([seccomp]=python3-seccomp)
+for mod in "${!PYMOD[@]}"; do
+    if /usr/bin/python3 -c "import $mod" >/dev/null 2>&1; then
+        echo "install-test-deps: python module $mod present"
+    else
+        echo "install-test-deps: python module $mod missing (package ${PYMOD[$mod]})"
+        missing+=("${PYMOD[$mod]}")
     fi
 done
 
@@ -58,6 +71,12 @@ echo "install-test-deps: apt-get install -y ${missing[*]}"
 for cmd in curl openssl ip ps prlimit squid htpasswd stunnel systemd-analyze promtool haproxy keepalived nft; do
     command -v "$cmd" >/dev/null 2>&1 || {
         echo "install-test-deps: $cmd still missing after install" >&2
+        exit 1
+    }
+done
+for mod in "${!PYMOD[@]}"; do
+    /usr/bin/python3 -c "import $mod" >/dev/null 2>&1 || {
+        echo "install-test-deps: python module $mod still missing after install" >&2
         exit 1
     }
 done

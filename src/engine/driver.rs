@@ -19,6 +19,7 @@ use std::time::Duration;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::sys;
+pub use super::unavailable::UringUnavailable;
 
 /// Which end of a connection an event is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -449,28 +450,14 @@ fn accept_entry(fd: RawFd, idx: u32) -> squeue::Entry {
         .user_data(Key::Listener(idx).encode())
 }
 
-/// Why io_uring cannot be used on this host.
-#[derive(Debug, thiserror::Error)]
-pub enum UringUnavailable {
-    /// Seccomp, `kernel.io_uring_disabled`, or no io_uring in the kernel.
-    #[error("io_uring_setup failed: {0}")]
-    Setup(#[source] io::Error),
-    #[error("io_uring probe failed: {0}")]
-    Probe(#[source] io::Error),
-    #[error("io_uring opcode {0} not supported")]
-    Opcode(&'static str),
-    #[error("io_uring lacks IORING_FEAT_EXT_ARG (kernel older than 5.11)")]
-    NoExtArg,
-}
-
 /// Check that io_uring can be set up here and supports what the driver needs. The error says
-/// why not (seccomp, `kernel.io_uring_disabled`, old kernel).
+/// why not (seccomp, `kernel.io_uring_disabled`, old kernel; see [`UringUnavailable`]).
 pub fn probe_uring() -> Result<(), UringUnavailable> {
-    let ring = IoUring::new(8).map_err(UringUnavailable::Setup)?;
+    let ring = IoUring::new(8).map_err(UringUnavailable::setup)?;
     let mut probe = io_uring::Probe::new();
     ring.submitter()
         .register_probe(&mut probe)
-        .map_err(UringUnavailable::Probe)?;
+        .map_err(UringUnavailable::probe)?;
     for (code, name) in [
         (opcode::PollAdd::CODE, "POLL_ADD"),
         (opcode::AcceptMulti::CODE, "ACCEPT"),

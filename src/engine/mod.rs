@@ -16,6 +16,7 @@ mod restart;
 pub mod sys;
 pub mod timers;
 pub mod tls_leg;
+pub mod unavailable;
 pub mod worker;
 
 use std::collections::HashMap;
