@@ -235,12 +235,13 @@ fn parse_statm(text: &str, page: usize) -> Option<u64> {
     pages.checked_mul(u64::try_from(page).ok()?)
 }
 
-/// The memory counted now, given the pipe capacity the workers report as lent.
-pub fn memory_now(pipe_bytes: u64) -> MemoryUse {
-    MemoryUse {
-        rss: rss_now().unwrap_or(0),
+/// The memory counted now, given the pipe capacity the workers report as lent; `None` when the
+/// resident set cannot be read (no `/proc`), so the caller can say so rather than count 0.
+pub fn memory_now(pipe_bytes: u64) -> Option<MemoryUse> {
+    Some(MemoryUse {
+        rss: rss_now()?,
         pipes: pipe_bytes,
-    }
+    })
 }
 
 #[cfg(test)]

@@ -11,18 +11,37 @@ use tracing::{info, warn};
 use crate::config::Limits;
 use crate::events;
 use crate::metrics::Totals;
-use crate::overload::{self, Change, Hysteresis, Overload, Sample, Thresholds};
+use crate::overload::{self, Change, Hysteresis, MemoryUse, Overload, Sample, Thresholds};
 
 /// The control thread's half of the overload state.
 #[derive(Debug, Default)]
 pub(super) struct Sampler {
     state: Hysteresis,
+    /// `/proc/self/statm` could not be read while a memory budget is set (logged once, not
+    /// per sample).
+    rss_unreadable: bool,
 }
 
 impl Sampler {
     /// Take one sample and publish the result to `shared`.
     pub(super) fn sample(&mut self, totals: &Totals, limits: &Limits, shared: &Overload) {
-        let memory = overload::memory_now(u64::try_from(totals.pipe_bytes).unwrap_or(0));
+        let pipes = u64::try_from(totals.pipe_bytes).unwrap_or(0);
+        let memory = match overload::memory_now(pipes) {
+            Some(m) => m,
+            None => {
+                // Without the resident set only the pipes count: the budget is weaker than
+                // configured, and the operator must know.
+                if !self.rss_unreadable && limits.memory_budget > 0 {
+                    warn!(
+                        event_id = events::INTERNAL_ERROR,
+                        reason = "memory_unreadable",
+                        "cannot read /proc/self/statm: limits.memory_budget counts only the pipes lent to tunnels"
+                    );
+                    self.rss_unreadable = true;
+                }
+                MemoryUse { rss: 0, pipes }
+            }
+        };
         let s = Sample {
             connections: u64::try_from(totals.connections_active).unwrap_or(0),
             max_connections: u64::try_from(limits.max_connections).unwrap_or(u64::MAX),
