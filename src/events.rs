@@ -67,6 +67,9 @@ pub enum Reject {
     ProxyUntrusted,
     /// The client already holds `limits.max_connections_per_client` connections.
     ClientLimit,
+    /// The gateway is overloaded (`splicegate_overload_active`): a budget reached
+    /// `limits.overload_engage_percent` and has not yet fallen below the release threshold.
+    Overload,
 }
 
 impl Reject {
@@ -94,6 +97,7 @@ impl Reject {
             Reject::ProxyProtocol => "proxy_protocol",
             Reject::ProxyUntrusted => "proxy_protocol_untrusted",
             Reject::ClientLimit => "client_limit",
+            Reject::Overload => "overload",
         }
     }
 

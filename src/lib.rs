@@ -29,6 +29,8 @@
 //!   allowlist entries, each citing its source.
 //! - [`clients`]: open connections per client address (IPv6 per /64), shared by the workers,
 //!   for `limits.max_connections_per_client`.
+//! - [`overload`]: the overload state (connection and memory budgets, with hysteresis) the
+//!   control thread samples and publishes to the workers, `/readyz` and `/metrics`.
 //! - [`settings`]: the per-connection configuration snapshot (policy, limits) behind `ArcSwap`.
 //! - [`manual`]: the man pages and shell completions, generated from the clap definitions.
 //! - [`metrics`]: metric names and per-worker shards, summed at scrape time.
@@ -59,6 +61,7 @@ pub mod logwriter;
 pub mod mailbox;
 pub mod manual;
 pub mod metrics;
+pub mod overload;
 pub mod policy;
 pub mod presets;
 pub mod proto;

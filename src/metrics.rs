@@ -20,6 +20,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::events::{ErrorKind, Reject};
+use crate::overload::{Overload, Resource};
 
 pub mod rules;
 
@@ -55,6 +56,10 @@ pub const WORKERS_CONFIGURED: &str = "splicegate_workers_configured";
 pub const OPEN_FDS: &str = "process_open_fds";
 pub const MAX_FDS: &str = "process_max_fds";
 pub const LOG_LINES_DROPPED: &str = "splicegate_log_lines_dropped";
+pub const OVERLOAD_ACTIVE: &str = "splicegate_overload_active";
+pub const OVERLOAD_RESOURCE: &str = "splicegate_overload_resource";
+pub const MEMORY_BYTES: &str = "splicegate_memory_bytes";
+pub const MEMORY_BUDGET: &str = "splicegate_memory_budget_bytes";
 
 /// Upper bounds (seconds) of the tunnel duration histogram.
 const TUNNEL_BUCKETS: [f64; 12] = [
@@ -248,6 +253,9 @@ pub struct Shard {
     pub bytes_upstream: AtomicU64,
     pub bytes_downstream: AtomicU64,
     pub pipes_in_use: AtomicI64,
+    /// Capacity in bytes of the pipes in `pipes_in_use` (kernel pages; counted against
+    /// `limits.memory_budget`).
+    pub pipe_bytes: AtomicI64,
     /// Deadlines in the worker's timer heap, stored by the worker once per loop turn (a leaked
     /// deadline shows as more entries than connections). Not absorbed from a retired worker.
     pub timer_entries: AtomicI64,
@@ -277,6 +285,7 @@ impl Default for Shard {
             bytes_upstream: AtomicU64::new(0),
             bytes_downstream: AtomicU64::new(0),
             pipes_in_use: AtomicI64::new(0),
+            pipe_bytes: AtomicI64::new(0),
             timer_entries: AtomicI64::new(0),
             copy_fallbacks: AtomicU64::new(0),
             rejections: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -314,6 +323,7 @@ impl Shard {
         add_i(&self.active_connections, &other.active_connections);
         add_i(&self.tunnels_active, &other.tunnels_active);
         add_i(&self.pipes_in_use, &other.pipes_in_use);
+        add_i(&self.pipe_bytes, &other.pipe_bytes);
         add_u(&self.connect_requests, &other.connect_requests);
         add_u(&self.tunnels_established, &other.tunnels_established);
         add_u(&self.bytes_upstream, &other.bytes_upstream);
@@ -350,6 +360,8 @@ impl Shard {
 pub struct Totals {
     pub tunnels_active: i64,
     pub connections_active: i64,
+    /// Capacity of the pipes lent to tunnels, in bytes.
+    pub pipe_bytes: i64,
     pub tunnels_established: u64,
     pub bytes_upstream: u64,
     pub bytes_downstream: u64,
@@ -369,6 +381,8 @@ pub struct Status {
     pub reloads_failed: AtomicU64,
     /// Engines replaced by a reload whose workers are still draining their tunnels.
     pub engines_retiring: AtomicI64,
+    /// The overload state (the same one the settings snapshots carry to the workers).
+    pub overload: Arc<Overload>,
 }
 
 /// All shards plus process status; registered as a collector.
@@ -440,6 +454,7 @@ impl Metrics {
         Totals {
             tunnels_active: sum_i(sh, |s| &s.tunnels_active),
             connections_active: sum_i(sh, |s| &s.active_connections),
+            pipe_bytes: sum_i(sh, |s| &s.pipe_bytes),
             tunnels_established: sum_u(sh, |s| &s.tunnels_established),
             bytes_upstream: sum_u(sh, |s| &s.bytes_upstream),
             bytes_downstream: sum_u(sh, |s| &s.bytes_downstream),
@@ -680,6 +695,47 @@ impl Collector for Metrics {
             DRAINING,
             "1 while the gateway drains after SIGTERM.",
             i64::from(self.status.draining.load(Relaxed)),
+        )?;
+        let overload = &self.status.overload;
+        gauge(
+            &mut enc,
+            OVERLOAD_ACTIVE,
+            "1 while overloaded: new clients get 503 and /readyz fails; tunnels already open carry on.",
+            i64::from(overload.active()),
+        )?;
+        {
+            let mut m = enc.encode_descriptor(
+                OVERLOAD_RESOURCE,
+                "While overloaded, 1 for each budget at or past the release threshold.",
+                None,
+                MetricType::Gauge,
+            )?;
+            let engaged = overload.engaged();
+            for r in Resource::ALL {
+                let labels = [("resource", r.as_str())];
+                m.encode_family(&labels)?
+                    .encode_gauge(&i64::from(engaged.contains(r)))?;
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                MEMORY_BYTES,
+                "Memory counted against limits.memory_budget at the last sample, by part.",
+                None,
+                MetricType::Gauge,
+            )?;
+            let used = overload.memory();
+            for (part, v) in [("resident", used.rss), ("pipes", used.pipes)] {
+                let labels = [("part", part)];
+                m.encode_family(&labels)?
+                    .encode_gauge(&i64::try_from(v).unwrap_or(i64::MAX))?;
+            }
+        }
+        gauge(
+            &mut enc,
+            MEMORY_BUDGET,
+            "limits.memory_budget in bytes (0 = no memory budget).",
+            i64::try_from(overload.budget()).unwrap_or(i64::MAX),
         )?;
         gauge(
             &mut enc,

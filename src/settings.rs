@@ -14,6 +14,7 @@ use crate::clients::ClientCounts;
 use crate::config::{Config, DataPath, Limits};
 use crate::events::limiter::RefusalBudget;
 use crate::metrics::RuleUsage;
+use crate::overload::Overload;
 use crate::policy::Policy;
 use crate::proto::tls::TlsSettings;
 use crate::relay::RelaySettings;
@@ -44,12 +45,15 @@ pub struct Settings {
     /// Open connections per client across the workers (`limits.max_connections_per_client`);
     /// carried over by a reload, so the connections already open stay counted.
     pub clients: Arc<ClientCounts>,
+    /// The overload state the control thread publishes (see [`crate::overload`]); carried over
+    /// by a reload like `clients`, so one state serves every snapshot.
+    pub overload: Arc<Overload>,
 }
 
 impl Settings {
     /// The first snapshot: no failed logins counted yet.
     pub fn new(cfg: &Config) -> Settings {
-        Settings::build(cfg, Arc::default(), Arc::default())
+        Settings::build(cfg, Arc::default(), Arc::default(), Arc::default())
     }
 
     /// The snapshot that replaces `previous` on a reload: the failed-login counts carry over,
@@ -60,13 +64,23 @@ impl Settings {
             // Authentication is newly switched on: nobody has failed a login yet.
             None => Arc::default(),
         };
-        Settings::build(cfg, failures, Arc::clone(&previous.clients))
+        Settings::build(
+            cfg,
+            failures,
+            Arc::clone(&previous.clients),
+            Arc::clone(&previous.overload),
+        )
     }
 
     /// Made only of values the configuration already parsed: no file is read and nothing can
     /// fail here (the users table, the per-user allowlists and the relay's TLS client all come
     /// from [`Config`]).
-    fn build(cfg: &Config, failures: Arc<Failures>, clients: Arc<ClientCounts>) -> Settings {
+    fn build(
+        cfg: &Config,
+        failures: Arc<Failures>,
+        clients: Arc<ClientCounts>,
+        overload: Arc<Overload>,
+    ) -> Settings {
         let policy = Policy::new(&cfg.policy_spec());
         Settings {
             rules: Arc::new(RuleUsage::new(policy.rules().to_vec())),
@@ -87,6 +101,7 @@ impl Settings {
             refusals: cfg.logging.refusals,
             revoke_on_reload: cfg.revoke_on_reload,
             clients,
+            overload,
         }
     }
 }

@@ -249,7 +249,24 @@ pub struct Limits {
     /// Time an admin socket client has to send its request, and the gateway to answer it
     /// (collecting the workers' snapshots included), at most 1 minute.
     pub admin_timeout: Duration,
+    /// Bytes of memory the gateway may count before it refuses new clients (see
+    /// [`crate::overload`]): its resident set plus the capacity of the pipes lent to tunnels.
+    /// 0 = no memory budget; otherwise at least [`MIN_MEMORY_BUDGET`].
+    pub memory_budget: u64,
+    /// Percent of a budget (connections or memory) at which the overload state engages,
+    /// 2 to 100.
+    pub overload_engage_percent: u8,
+    /// Percent below which every budget must fall before the overload state is released,
+    /// 1 to `overload_engage_percent - 1`.
+    pub overload_release_percent: u8,
+    /// How often the control thread samples the budgets, 10ms to 10s.
+    pub overload_sample_interval: Duration,
 }
+
+/// The smallest `limits.memory_budget` accepted: a started gateway is already about 5-15 MiB
+/// resident (threads, rings, resolver, policy), so a budget below this would keep it
+/// overloaded from the start. A budget that small is a mistake, refused with the key and line.
+pub const MIN_MEMORY_BUDGET: u64 = 16 << 20;
 
 impl Default for Limits {
     fn default() -> Limits {
@@ -274,6 +291,10 @@ impl Default for Limits {
             takeover_timeout: Duration::from_secs(30),
             admin_max_connections: 8,
             admin_timeout: Duration::from_secs(5),
+            memory_budget: 0,
+            overload_engage_percent: 95,
+            overload_release_percent: 90,
+            overload_sample_interval: Duration::from_millis(250),
         }
     }
 }
@@ -630,6 +651,26 @@ impl Config {
         let _ = writeln!(out, "  reload_retries: {}", l.reload_retries);
         let _ = writeln!(out, "  admin_max_connections: {}", l.admin_max_connections);
         let _ = writeln!(out, "  admin_timeout: {}", format_duration(l.admin_timeout));
+        if l.memory_budget == 0 {
+            let _ = writeln!(out, "  memory_budget: 0 (off)");
+        } else {
+            let _ = writeln!(out, "  memory_budget: {}", l.memory_budget);
+        }
+        let _ = writeln!(
+            out,
+            "  overload_engage_percent: {}",
+            l.overload_engage_percent
+        );
+        let _ = writeln!(
+            out,
+            "  overload_release_percent: {}",
+            l.overload_release_percent
+        );
+        let _ = writeln!(
+            out,
+            "  overload_sample_interval: {}",
+            format_duration(l.overload_sample_interval)
+        );
         for (key, d) in [
             ("accept_backoff_min", l.accept_backoff_min),
             ("accept_backoff_max", l.accept_backoff_max),
@@ -885,6 +926,10 @@ mod tests {
             "takeover_timeout:",
             "admin_max_connections:",
             "admin_timeout:",
+            "memory_budget:",
+            "overload_engage_percent:",
+            "overload_release_percent:",
+            "overload_sample_interval:",
             "nameservers:",
             "cache_size:",
         ];
@@ -1125,6 +1170,97 @@ mod tests {
             "limits.max_connections_per_client",
             2,
             &["0 = no limit per client"],
+        );
+    }
+
+    #[test]
+    fn memory_budget_and_overload_thresholds() {
+        let d = Config::default().limits;
+        assert_eq!(d.memory_budget, 0, "off by default");
+        assert_eq!(
+            (d.overload_engage_percent, d.overload_release_percent),
+            (95, 90)
+        );
+        assert_eq!(d.overload_sample_interval, Duration::from_millis(250));
+        for (text, bytes) in [
+            ("0", 0),
+            ("16777216", 16 << 20),
+            ("\"512MiB\"", 512 << 20),
+            ("\"2GiB\"", 2 << 30),
+            ("\"65536 KiB\"", 64 << 20),
+            ("\"1TiB\"", 1 << 40),
+        ] {
+            let cfg = ok(&format!("limits:\n  memory_budget: {text}\n"));
+            assert_eq!(cfg.limits.memory_budget, bytes, "{text}");
+        }
+        let cfg = ok("limits:\n  memory_budget: 1GiB\n  overload_engage_percent: 80\n  overload_release_percent: 70\n  overload_sample_interval: 50ms\n");
+        let l = &cfg.limits;
+        assert_eq!(
+            (l.overload_engage_percent, l.overload_release_percent),
+            (80, 70)
+        );
+        assert_eq!(l.overload_sample_interval, Duration::from_millis(50));
+        assert!(cfg.summary().contains("memory_budget: 1073741824"));
+        assert!(Config::default()
+            .summary()
+            .contains("memory_budget: 0 (off)"));
+        // Too small to start under: a clear error, not a gateway overloaded from the start.
+        bad(
+            "limits:\n  memory_budget: 8MiB\n",
+            "limits.memory_budget",
+            2,
+            &["at least 16MiB", "8MiB"],
+        );
+        bad(
+            "limits:\n  memory_budget: 1000\n",
+            "limits.memory_budget",
+            2,
+            &["at least 16MiB"],
+        );
+        for junk in [
+            "-1",
+            "\"12 MB\"",
+            "\"MiB\"",
+            "\"1.5GiB\"",
+            "\"99999999999TiB\"",
+            "true",
+        ] {
+            bad(
+                &format!("limits:\n  memory_budget: {junk}\n"),
+                "limits.memory_budget",
+                2,
+                &["\"512MiB\""],
+            );
+        }
+        bad(
+            "limits:\n  overload_release_percent: 95\n",
+            "limits.overload_release_percent",
+            2,
+            &["below overload_engage_percent (95)"],
+        );
+        bad(
+            "limits:\n  overload_engage_percent: 90\n",
+            "limits.overload_engage_percent",
+            2,
+            &["overload_release_percent (90) below"],
+        );
+        bad(
+            "limits:\n  overload_engage_percent: 101\n",
+            "limits.overload_engage_percent",
+            2,
+            &["2 to 100"],
+        );
+        bad(
+            "limits:\n  overload_sample_interval: 5ms\n",
+            "limits.overload_sample_interval",
+            2,
+            &["10ms to 10s"],
+        );
+        bad(
+            "limits:\n  overload_sample_interval: 1m\n",
+            "limits.overload_sample_interval",
+            2,
+            &["10ms to 10s"],
         );
     }
 

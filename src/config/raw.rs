@@ -250,6 +250,14 @@ pub(super) struct RawLimits {
     pub admin_max_connections: Field,
     #[serde(default, deserialize_with = "present")]
     pub admin_timeout: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub memory_budget: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub overload_engage_percent: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub overload_release_percent: Field,
+    #[serde(default, deserialize_with = "present")]
+    pub overload_sample_interval: Field,
 }
 
 /// `resolver:`.

@@ -18,7 +18,10 @@ use super::error::Problem;
 use super::raw::{
     Node, RawClientAuth, RawConfig, RawLimits, RawLogging, RawRelay, RawResolver, RawTls,
 };
-use super::{Config, DataPath, EngineKind, Limits, LoggingSettings, TakeoverSocket, MAX_WORKERS};
+use super::{
+    Config, DataPath, EngineKind, Limits, LoggingSettings, TakeoverSocket, MAX_WORKERS,
+    MIN_MEMORY_BUDGET,
+};
 use crate::auth::{ClientAuthSettings, Users};
 use crate::events::limiter::RefusalBudget;
 use crate::policy::{normalize_host, HostEntry, HostPattern};
@@ -41,6 +44,10 @@ const EXPECT_TAKEOVER: &str = "an absolute path of at most 107 bytes such as \
     \"/run/splicegate/takeover.sock\", or null to disable takeover";
 /// The most `limits.drain_grace`.
 const MAX_DRAIN_GRACE: Duration = Duration::from_secs(3600);
+const EXPECT_SIZE: &str =
+    "0 (off), a whole number of bytes, or a size such as \"512MiB\" or \"2GiB\"";
+const MIN_OVERLOAD_SAMPLE: Duration = Duration::from_millis(10);
+const MAX_OVERLOAD_SAMPLE: Duration = Duration::from_secs(10);
 const EXPECT_PORTS: &str = "a list of port numbers from 1 to 65535, such as [443]";
 const EXPECT_PORT: &str = "a port number from 1 to 65535";
 const EXPECT_HOSTS_LIST: &str =
@@ -964,6 +971,26 @@ impl Checker {
             })
             .unwrap_or(d.accept_backoff_min.min(accept_backoff_max));
         let bytes = |n: usize| format!("a whole number of bytes from {n} to 1048576 (1 MiB)");
+        let (engage, release) = self.overload_percents(&raw, &d);
+        let overload_sample_interval = self
+            .duration(
+                "limits.overload_sample_interval",
+                raw.overload_sample_interval.as_ref(),
+            )
+            .and_then(|t| {
+                if (MIN_OVERLOAD_SAMPLE..=MAX_OVERLOAD_SAMPLE).contains(&t) {
+                    return Some(t);
+                }
+                let at = raw.overload_sample_interval.as_ref()?;
+                let found = at.value.describe();
+                self.report(
+                    "limits.overload_sample_interval",
+                    at,
+                    format!("expected from 10ms to 10s, found {found}"),
+                );
+                None
+            })
+            .unwrap_or(d.overload_sample_interval);
         Limits {
             max_connections: self
                 .count(
@@ -1109,7 +1136,94 @@ impl Checker {
                     "1m",
                 )
                 .unwrap_or(d.admin_timeout),
+            memory_budget: self
+                .memory_budget(raw.memory_budget.as_ref())
+                .unwrap_or(d.memory_budget),
+            overload_engage_percent: engage,
+            overload_release_percent: release,
+            overload_sample_interval,
         }
+    }
+
+    /// `limits.memory_budget`: 0 (off), a whole number of bytes, or a number with a binary
+    /// suffix (`"512MiB"`, `"2GiB"`); at least [`MIN_MEMORY_BUDGET`] when on.
+    fn memory_budget(&mut self, at: Option<&Spanned<Node>>) -> Option<u64> {
+        const KEY: &str = "limits.memory_budget";
+        let at = at?;
+        let bytes = match &at.value {
+            Node::Int(i) => u64::try_from(*i).ok(),
+            Node::Str(s) => parse_size(s),
+            _ => None,
+        };
+        match bytes {
+            Some(0) => Some(0),
+            Some(n) if n >= MIN_MEMORY_BUDGET => Some(n),
+            Some(_) => {
+                let found = at.value.describe();
+                self.report(
+                    KEY,
+                    at,
+                    format!(
+                        "expected 0 (off) or at least 16MiB: a started gateway is already \
+                         several MiB resident and would stay overloaded; found {found}"
+                    ),
+                );
+                None
+            }
+            None => self.mismatch(KEY, at, EXPECT_SIZE),
+        }
+    }
+
+    /// `limits.overload_engage_percent` and `limits.overload_release_percent`: the release
+    /// threshold must be below the engage threshold, or the state would flap on every sample.
+    fn overload_percents(&mut self, raw: &RawLimits, d: &Limits) -> (u8, u8) {
+        let percent = |v: usize| u8::try_from(v).ok();
+        let engage = self
+            .count(
+                "limits.overload_engage_percent",
+                raw.overload_engage_percent.as_ref(),
+                2,
+                100,
+                "a whole number of percent from 2 to 100",
+            )
+            .and_then(percent);
+        let release = self
+            .count(
+                "limits.overload_release_percent",
+                raw.overload_release_percent.as_ref(),
+                1,
+                99,
+                "a whole number of percent from 1 to 99",
+            )
+            .and_then(percent);
+        let engage_v = engage.unwrap_or(d.overload_engage_percent);
+        let release_v = release.unwrap_or(d.overload_release_percent);
+        if release_v >= engage_v {
+            // Report on whichever key was written (the release key when both were).
+            let at = raw
+                .overload_release_percent
+                .as_ref()
+                .filter(|_| release.is_some())
+                .map(|a| ("limits.overload_release_percent", a))
+                .or_else(|| {
+                    raw.overload_engage_percent
+                        .as_ref()
+                        .map(|a| ("limits.overload_engage_percent", a))
+                });
+            if let Some((key, at)) = at {
+                self.report(
+                    key,
+                    at,
+                    format!(
+                        "expected overload_release_percent ({release_v}) below \
+                         overload_engage_percent ({engage_v}): between the two the overload \
+                         state holds, so it does not flap"
+                    ),
+                );
+            }
+            return (d.overload_engage_percent, d.overload_release_percent);
+        }
+        (engage_v, release_v)
     }
 
     /// A duration key with an upper bound (besides the bounds of every duration).
@@ -1717,4 +1831,25 @@ impl Checker {
         }
         ok.then_some(out)
     }
+}
+
+/// A size: whole bytes (`"1048576"`) or a whole number with a binary suffix (`KiB`, `MiB`,
+/// `GiB`, `TiB`). `None` for anything else, or a size past `u64`.
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    if digits.is_empty() {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let shift = match unit.trim_start() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        "TiB" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1u64 << shift)
 }

@@ -190,6 +190,23 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
         }
     }
     for (key, a, b) in [
+        ("memory_budget", o.memory_budget, n.memory_budget),
+        (
+            "overload_engage_percent",
+            u64::from(o.overload_engage_percent),
+            u64::from(n.overload_engage_percent),
+        ),
+        (
+            "overload_release_percent",
+            u64::from(o.overload_release_percent),
+            u64::from(n.overload_release_percent),
+        ),
+    ] {
+        if a != b {
+            scalar(&mut c.items, &format!("limits.{key}"), a, b);
+        }
+    }
+    for (key, a, b) in [
         ("header_timeout", o.header_timeout, n.header_timeout),
         ("connect_timeout", o.connect_timeout, n.connect_timeout),
         ("idle_timeout", o.idle_timeout, n.idle_timeout),
@@ -214,6 +231,11 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
         ("drain_grace", o.drain_grace, n.drain_grace),
         ("takeover_timeout", o.takeover_timeout, n.takeover_timeout),
         ("admin_timeout", o.admin_timeout, n.admin_timeout),
+        (
+            "overload_sample_interval",
+            o.overload_sample_interval,
+            n.overload_sample_interval,
+        ),
     ] {
         if a != b {
             scalar(
@@ -331,6 +353,26 @@ mod tests {
         assert!(s.contains("limits.idle_timeout 15m -> 5m"), "{s}");
         assert!(c.engine);
         assert!(!c.metrics_listen);
+    }
+
+    #[test]
+    fn overload_settings_are_itemised() {
+        let a = cfg("{}\n");
+        let b = cfg(
+            "limits:\n  memory_budget: 64MiB\n  overload_engage_percent: 80\n  \
+             overload_release_percent: 70\n  overload_sample_interval: 1s\n",
+        );
+        let s = diff(&a, &b).summary();
+        assert!(s.contains("limits.memory_budget 0 -> 67108864"), "{s}");
+        assert!(s.contains("limits.overload_engage_percent 95 -> 80"), "{s}");
+        assert!(
+            s.contains("limits.overload_release_percent 90 -> 70"),
+            "{s}"
+        );
+        assert!(
+            s.contains("limits.overload_sample_interval 250ms -> 1s"),
+            "{s}"
+        );
     }
 
     #[test]

@@ -227,6 +227,10 @@ async fn handle(
                 respond(&mut stream, 503, "text/plain", b"draining\n").await
             } else if !s.listening.load(Relaxed) {
                 respond(&mut stream, 503, "text/plain", b"starting\n").await
+            } else if s.overload.active() {
+                // New clients get 503 here: the balancer should send them to another gateway.
+                let why = format!("overloaded: {}\n", s.overload.engaged().names());
+                respond(&mut stream, 503, "text/plain", why.as_bytes()).await
             } else if alive < configured {
                 // A worker died: its share of clients is served by the others, at reduced capacity.
                 let why = format!("{alive} of {configured} workers alive\n");

@@ -23,6 +23,7 @@ pub mod diff;
 mod error;
 pub mod http;
 pub mod notify;
+mod overload;
 pub mod pidfile;
 mod placed;
 pub mod status;
@@ -211,7 +212,12 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
         &current,
         &resolver,
     )?;
-    let status = Arc::new(Status::default());
+    // One overload state: the settings snapshots carry it to the workers, the status to
+    // `/metrics` and `/readyz`.
+    let status = Arc::new(Status {
+        overload: Arc::clone(&current.load().overload),
+        ..Status::default()
+    });
     let metrics = Arc::new(
         Metrics::new(
             serving.shards.clone(),
@@ -356,6 +362,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
         samples: status::Samples::default(),
         started: Instant::now(),
         last_reload: None,
+        overload: overload::Sampler::default(),
     };
     let first = control.metrics.totals();
     control.samples.push(control.started, first);
@@ -390,6 +397,9 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
         let mut reap = tokio::time::interval(REAP_INTERVAL);
         let mut dog = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         let mut sample = tokio::time::interval(status::SAMPLE_EVERY);
+        let mut overload_every = control.cfg.limits.overload_sample_interval;
+        let mut overload_tick = tokio::time::interval(overload_every);
+        overload_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let how = loop {
             tokio::select! {
                 _ = term.recv() => break Stop::Signal("SIGTERM"),
@@ -435,6 +445,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
                     let t = control.metrics.totals();
                     control.samples.push(Instant::now(), t);
                 }
+                _ = overload_tick.tick() => control.sample_overload(),
                 Some(asked) = admin_rx.recv() => control.admin(asked),
                 _ = dog.tick(), if watchdog.is_some() => {
                     // Only while every worker is alive: a dead worker should get a restart.
@@ -445,6 +456,12 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ControlError> {
             }
             if let Some(w) = watcher.as_mut() {
                 w.set_debounce(control.cfg.limits.reload_debounce);
+            }
+            // A reload may change the sampling interval.
+            if control.cfg.limits.overload_sample_interval != overload_every {
+                overload_every = control.cfg.limits.overload_sample_interval;
+                overload_tick = tokio::time::interval(overload_every);
+                overload_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             }
         };
         // The takeover socket goes first: nobody may take over from a process that stops.
@@ -505,9 +522,18 @@ struct Control {
     started: Instant,
     /// When the last reload was tried, and whether it applied.
     last_reload: Option<(std::time::SystemTime, bool)>,
+    /// Samples the budgets and publishes the overload state.
+    overload: overload::Sampler,
 }
 
 impl Control {
+    /// Sample the connection and memory budgets and publish the overload state.
+    fn sample_overload(&mut self) {
+        let totals = self.metrics.totals();
+        self.overload
+            .sample(&totals, &self.cfg.limits, &self.status.overload);
+    }
+
     fn status_line(&self) -> String {
         let mut s = format!(
             "serving on {} ({}, {} workers)",

@@ -101,6 +101,7 @@ mod tests {
         Totals {
             tunnels_active: 0,
             connections_active: 0,
+            pipe_bytes: 0,
             tunnels_established: tunnels,
             bytes_upstream: up,
             bytes_downstream: 0,

@@ -208,6 +208,11 @@ impl Worker {
         let allowed = proxy || current.policy.client_allowed(peer.ip());
         let limits = current.limits.clone();
         let splice = current.data_path == DataPath::Splice;
+        // One relaxed load of the state the control thread publishes (`crate::overload`).
+        let overloaded = current
+            .overload
+            .active()
+            .then(|| current.overload.engaged());
         // Shared by the workers: touched only while the limit is on.
         let counts =
             (!proxy && limits.max_connections_per_client > 0).then(|| Arc::clone(&current.clients));
@@ -254,6 +259,24 @@ impl Worker {
                     reason = Reject::OverCapacity.as_str(),
                     status = 503,
                     "connection limit reached"
+                );
+            }
+            return;
+        }
+        // Below the hard limit but overloaded (a budget past `overload_engage_percent`): the
+        // same 503, with its own reason. The hard limit is checked first, so a gateway at
+        // `max_connections` still says `over_capacity`.
+        if let Some(engaged) = overloaded {
+            refuse_now(&fd, Status::ServiceUnavailable);
+            self.shard.reject(Reject::Overload);
+            if self.refusal_logged(peer.ip(), Reject::Overload, events::INTERNAL_ERROR) {
+                warn!(
+                    event_id = events::INTERNAL_ERROR,
+                    client = %peer,
+                    reason = Reject::Overload.as_str(),
+                    status = 503,
+                    resource = engaged.names(),
+                    "overloaded: new connections refused, open tunnels carry on"
                 );
             }
             return;

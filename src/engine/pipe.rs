@@ -86,12 +86,13 @@ impl PipePool {
         };
         self.in_use += 1;
         self.shard.pipes_in_use.fetch_add(1, Relaxed);
+        self.shard.pipe_bytes.fetch_add(bytes(&pipe), Relaxed);
         Some(pipe)
     }
 
     /// Return an empty pipe. A pipe that may still hold bytes must be dropped instead (`discard`).
     pub fn give(&mut self, pipe: Pipe) {
-        self.release();
+        self.release(&pipe);
         if self.idle.len() < self.max_idle {
             self.idle.push(pipe);
         }
@@ -99,13 +100,14 @@ impl PipePool {
 
     /// Account for a lent pipe that was dropped rather than returned.
     pub fn discard(&mut self, pipe: Pipe) {
+        self.release(&pipe);
         drop(pipe);
-        self.release();
     }
 
-    fn release(&mut self) {
+    fn release(&mut self, pipe: &Pipe) {
         self.in_use = self.in_use.saturating_sub(1);
         self.shard.pipes_in_use.fetch_sub(1, Relaxed);
+        self.shard.pipe_bytes.fetch_sub(bytes(pipe), Relaxed);
     }
 
     pub fn in_use(&self) -> usize {
@@ -115,6 +117,12 @@ impl PipePool {
     pub fn idle(&self) -> usize {
         self.idle.len()
     }
+}
+
+/// A lent pipe's share of `pipe_bytes`: its capacity, whether or not it is full (the kernel
+/// allocates its pages as they fill; the capacity is what it may come to).
+fn bytes(pipe: &Pipe) -> i64 {
+    i64::try_from(pipe.capacity).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -130,6 +138,8 @@ mod tests {
         let b = pool.take().unwrap();
         assert!(pool.take().is_none(), "cap of 2 pipes in use");
         assert_eq!(shard.pipes_in_use.load(Relaxed), 2);
+        let lent = (a.capacity + b.capacity) as i64;
+        assert_eq!(shard.pipe_bytes.load(Relaxed), lent);
         pool.give(a);
         assert_eq!(pool.idle(), 1);
         let c = pool.take().unwrap();
@@ -138,5 +148,6 @@ mod tests {
         pool.give(c);
         assert_eq!(pool.in_use(), 0);
         assert_eq!(shard.pipes_in_use.load(Relaxed), 0);
+        assert_eq!(shard.pipe_bytes.load(Relaxed), 0);
     }
 }
