@@ -518,11 +518,13 @@ fn probe_multishot(ring: &mut IoUring) -> Result<(), UringUnavailable> {
     .map_err(test)?;
     let mut cancels = 0;
     if !ended(&seen.accept) {
-        push(ring, &opcode::AsyncCancel::new(accept_key.encode()).build()).map_err(test)?;
+        let cancel = opcode::AsyncCancel::new(accept_key.encode()).build();
+        push(ring, &cancel.user_data(Key::Ignore.encode())).map_err(test)?;
         cancels += 1;
     }
     if !ended(&seen.poll) {
-        push(ring, &opcode::PollRemove::new(poll_key.encode()).build()).map_err(test)?;
+        let cancel = opcode::PollRemove::new(poll_key.encode()).build();
+        push(ring, &cancel.user_data(Key::Ignore.encode())).map_err(test)?;
         cancels += 1;
     }
     if cancels > 0 {
