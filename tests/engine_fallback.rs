@@ -436,3 +436,46 @@ fn io_uring_disabled_2_starts_on_epoll() {
     drop(gw);
     assert_uring_refused(&[], &["kernel.io_uring_disabled=2"]);
 }
+
+/// The wrapper that runs the gateway with the test-build-only
+/// `SPLICEGATE_TEST_MULTISHOT_REFUSED=<op>`: the kernel refuses that multishot request of the
+/// start-up probe with `EINVAL` at submission (an unregistered personality), as a 5.11-5.18
+/// kernel refuses `IORING_ACCEPT_MULTISHOT` and a 5.11-5.12 kernel `IORING_POLL_ADD_MULTI`.
+fn multishot_refused(op: &str) -> Vec<String> {
+    vec![
+        "env".into(),
+        format!("SPLICEGATE_TEST_MULTISHOT_REFUSED={op}"),
+    ]
+}
+
+/// E7, RHEL 9 (5.14) or Ubuntu 22.04 (5.15): the ring, the opcode list and `EXT_ARG` are all
+/// there, but multishot accept is refused. Before the probe tried it, `engine: auto` picked
+/// io_uring there and every accept failed; now it starts on epoll and says why.
+#[test]
+fn a_refused_multishot_accept_starts_on_epoll() {
+    let up = Upstream::echo();
+    let (gw, took) = start(auto_config(&up), &multishot_refused("accept"));
+    let words = [
+        "io_uring multishot ACCEPT refused with EINVAL",
+        "multishot accept needs Linux 5.19",
+    ];
+    assert_epoll_fallback(&gw, &up, &words);
+    eprintln!("figure: E7 multishot accept refused, event 101 after {took:?}");
+    assert_uring_refused(&multishot_refused("accept"), &words);
+}
+
+/// E7, 5.11-5.12: multishot poll is refused too. There accept is refused as well and the reason
+/// names it (the probe reads accept first); this forces the poll's refusal alone, so that its
+/// own check is shown to work.
+#[test]
+fn a_refused_multishot_poll_starts_on_epoll() {
+    let up = Upstream::echo();
+    let (gw, took) = start(auto_config(&up), &multishot_refused("poll"));
+    let words = [
+        "io_uring multishot POLL_ADD refused with EINVAL",
+        "multishot poll needs Linux 5.13",
+    ];
+    assert_epoll_fallback(&gw, &up, &words);
+    eprintln!("figure: E7 multishot poll refused, event 101 after {took:?}");
+    assert_uring_refused(&multishot_refused("poll"), &words);
+}

@@ -264,3 +264,50 @@ fn persistent_accept_errors_back_off_without_spinning() {
         assert_eq!(code, 200);
     }
 }
+
+/// An accept error that accept(2) calls the client's own (EPERM, ECONNABORTED, ...) is retried at
+/// once; when it repeats on every try (EPERM from a seccomp filter or an LSM hook on accept4,
+/// which leaves the connection queued) the retries are capped and then pause like any other
+/// error: the gateway stays near idle and the errors are counted, not silent.
+#[test]
+fn persistent_per_client_accept_errors_do_not_spin() {
+    for errno in [libc::EPERM, libc::ECONNABORTED] {
+        let up = Upstream::echo();
+        let cfg = Config::new().workers(1).upstream(NAME, up.port());
+        let var = format!("SPLICEGATE_TEST_ACCEPT_ERROR={errno}");
+        let Some(gw) = Gateway::start_wrapped(cfg, &["env", &var]) else {
+            return;
+        };
+        let clients: Vec<_> = (0..3)
+            .filter_map(|_| std::net::TcpStream::connect(gw.addr()).ok())
+            .collect();
+        assert!(!clients.is_empty(), "the kernel queues the clients");
+        let cpu0 = cpu_seconds(gw.pid());
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs(2));
+        let share = (cpu_seconds(gw.pid()) - cpu0) / t0.elapsed().as_secs_f64();
+        assert!(
+            share < 0.2,
+            "errno {errno}: gateway used {:.0}% of a core while every accept failed",
+            share * 100.0
+        );
+        // Counted and said as accept errors once they proved persistent.
+        let errors = gw.metric_value("splicegate_errors_total{kind=\"accept\"}");
+        assert!(
+            (1.0..100.0).contains(&errors),
+            "errno {errno}: {errors} accept errors counted in 2 s (back-off: about 10)"
+        );
+        gw.expect_event(
+            400,
+            |e| field_str(e, "reason").as_deref() == Some("accept"),
+            Duration::from_secs(5),
+            "accept error event",
+        );
+        let (code, _) = gw.metrics_get("/healthz").expect("healthz answers");
+        assert_eq!(code, 200);
+        eprintln!(
+            "figure: errno {errno} on every accept: {:.1}% of a core, {errors} errors in 2 s",
+            share * 100.0
+        );
+    }
+}

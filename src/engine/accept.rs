@@ -82,7 +82,7 @@ impl Worker {
             };
             match accepted {
                 Ok(fd) => {
-                    self.accept_backoff = Duration::ZERO;
+                    self.accepted();
                     self.on_accept(listener, fd)
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -96,12 +96,22 @@ impl Worker {
         self.pending_accept.push(listener);
     }
 
+    /// An accept succeeded: the errors in a row, and their back-off, start again from zero.
+    pub(in crate::engine) fn accepted(&mut self) {
+        self.accept_backoff = Duration::ZERO;
+        self.accept_client_errors = 0;
+    }
+
     /// Returns whether accepting should go on now: only after an error that concerned one
     /// client. Every other error pauses accepting, for longer each time in a row (reset by the
-    /// next successful accept), so a persistent error never spins the worker.
+    /// next successful accept), so a persistent error never spins the worker. So does an error
+    /// of the per-client kind once `ACCEPT_BUDGET` of them came in a row: one that repeats on
+    /// every try (`EPERM` from a seccomp filter or an LSM hook on accept, which leaves the
+    /// connection queued) is no client's.
     pub(in crate::engine) fn on_accept_error(&mut self, listener: u32, e: io::Error) -> bool {
-        if transient(&e) {
+        if transient(&e) && self.accept_client_errors < ACCEPT_BUDGET {
             // The client went away between SYN and accept, or a network error of its own.
+            self.accept_client_errors += 1;
             debug!(worker = self.id, error = %e, "accept failed");
             return true;
         }

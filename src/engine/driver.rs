@@ -17,9 +17,11 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use socket2::{Domain, SockAddr, Socket};
 
 use super::sys;
 pub use super::unavailable::UringUnavailable;
+use super::unavailable::{Multishot, MultishotOp};
 
 /// Which end of a connection an event is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,15 +249,7 @@ impl UringDriver {
     }
 
     fn push(&mut self, e: squeue::Entry) -> io::Result<()> {
-        // SAFETY: every entry we build refers only to fds (no buffers or pointers that must
-        // outlive the submission): polls, multishot accepts without address, cancellations.
-        if unsafe { self.ring.submission().push(&e) }.is_err() {
-            self.ring.submit()?;
-            // SAFETY: as above.
-            unsafe { self.ring.submission().push(&e) }
-                .map_err(|_| io::Error::other("io_uring submission queue full"))?;
-        }
-        Ok(())
+        push(&mut self.ring, &e)
     }
 
     fn add_listener(&mut self, idx: u32, fd: RawFd) -> io::Result<()> {
@@ -413,6 +407,19 @@ impl UringDriver {
     }
 }
 
+/// Queue `e` on `ring`, submitting what is queued first if the queue is full.
+fn push(ring: &mut IoUring, e: &squeue::Entry) -> io::Result<()> {
+    // SAFETY: every entry we build refers only to fds (no buffers or pointers that must
+    // outlive the submission): polls, multishot accepts without address, cancellations.
+    if unsafe { ring.submission().push(e) }.is_err() {
+        ring.submit()?;
+        // SAFETY: as above.
+        unsafe { ring.submission().push(e) }
+            .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+    }
+    Ok(())
+}
+
 /// The fd of a live registration in a slot-indexed poll table (`None` for a stale key).
 fn polled(polls: &[Option<(u32, RawFd)>], key: Key) -> Option<RawFd> {
     let Key::Conn { slot, gen, .. } = key else {
@@ -450,10 +457,12 @@ fn accept_entry(fd: RawFd, idx: u32) -> squeue::Entry {
         .user_data(Key::Listener(idx).encode())
 }
 
-/// Check that io_uring can be set up here and supports what the driver needs. The error says
-/// why not (seccomp, `kernel.io_uring_disabled`, old kernel; see [`UringUnavailable`]).
+/// Check that io_uring can be set up here and supports what the driver needs: the opcodes,
+/// `EXT_ARG`, and the multishot accept and poll it submits, tried for real (see
+/// [`probe_multishot`]). The error says why not (seccomp, `kernel.io_uring_disabled`, old
+/// kernel; see [`UringUnavailable`]).
 pub fn probe_uring() -> Result<(), UringUnavailable> {
-    let ring = IoUring::new(8).map_err(UringUnavailable::setup)?;
+    let mut ring = IoUring::new(8).map_err(UringUnavailable::setup)?;
     let mut probe = io_uring::Probe::new();
     ring.submitter()
         .register_probe(&mut probe)
@@ -471,14 +480,166 @@ pub fn probe_uring() -> Result<(), UringUnavailable> {
     if !ring.params().is_feature_ext_arg() {
         return Err(UringUnavailable::NoExtArg);
     }
+    probe_multishot(&mut ring)
+}
+
+/// The longest the probe waits for the completions of its multishot test, in all. A kernel
+/// that supports the requests answers both within microseconds (the client is already queued
+/// and its socket is writable); the bound only keeps a kernel that never answers from holding
+/// the start.
+const PROBE_WAIT: Duration = Duration::from_millis(500);
+
+/// The opcode list cannot tell a kernel that knows the multishot flags from one that does not
+/// (`ACCEPT` is listed since 5.5, its multishot flag came in 5.19): submit the driver's own
+/// multishot accept ([`accept_entry`]) on a listener with a client queued, and its multishot
+/// poll ([`poll_entry`]) on that client, then cancel both as the driver does and wait, bounded,
+/// for each one's last completion. [`Multishot::of`] reads what the kernel answered.
+fn probe_multishot(ring: &mut IoUring) -> Result<(), UringUnavailable> {
+    let test = UringUnavailable::MultishotTest;
+    let (listener, client) = probe_sockets().map_err(test)?;
+    let accept_key = Key::Listener(0);
+    let poll_key = Key::Wake;
+    let mut seen = Seen::default();
+    // One submission each: a kernel that fails a request at submission stops the batch there.
+    for e in [
+        refused_in_test(accept_entry(listener.as_raw_fd(), 0), MultishotOp::Accept),
+        refused_in_test(
+            poll_entry(client.as_raw_fd(), poll_key),
+            MultishotOp::PollAdd,
+        ),
+    ] {
+        push(ring, &e).map_err(test)?;
+        ring.submit().map_err(test)?;
+    }
+    let deadline = std::time::Instant::now() + PROBE_WAIT;
+    reap(ring, deadline, &mut seen, |s| {
+        !s.accept.is_empty() && !s.poll.is_empty()
+    })
+    .map_err(test)?;
+    let mut cancels = 0;
+    if !ended(&seen.accept) {
+        let cancel = opcode::AsyncCancel::new(accept_key.encode()).build();
+        push(ring, &cancel.user_data(Key::Ignore.encode())).map_err(test)?;
+        cancels += 1;
+    }
+    if !ended(&seen.poll) {
+        let cancel = opcode::PollRemove::new(poll_key.encode()).build();
+        push(ring, &cancel.user_data(Key::Ignore.encode())).map_err(test)?;
+        cancels += 1;
+    }
+    if cancels > 0 {
+        ring.submit().map_err(test)?;
+        reap(ring, deadline, &mut seen, |s| {
+            ended(&s.accept) && ended(&s.poll)
+        })
+        .map_err(test)?;
+    }
+    for (op, cqes) in [
+        (MultishotOp::Accept, &seen.accept),
+        (MultishotOp::PollAdd, &seen.poll),
+    ] {
+        match Multishot::of(cqes) {
+            Multishot::Armed => {}
+            outcome => return Err(UringUnavailable::Multishot { op, outcome }),
+        }
+    }
     Ok(())
+}
+
+/// The completions of the probe's two requests, as `(result, flags)`.
+#[derive(Default)]
+struct Seen {
+    accept: Vec<(i32, u32)>,
+    poll: Vec<(i32, u32)>,
+}
+
+/// A request's last completion has come (one without `IORING_CQE_F_MORE`).
+fn ended(cqes: &[(i32, u32)]) -> bool {
+    cqes.last().is_some_and(|&(_, flags)| !cqueue::more(flags))
+}
+
+/// Collect the probe's completions until `done` or `deadline`, in waits bounded by the
+/// deadline (`EXT_ARG`, checked before) and in number. A connection the accept returns is
+/// closed at once.
+fn reap(
+    ring: &mut IoUring,
+    deadline: std::time::Instant,
+    seen: &mut Seen,
+    done: impl Fn(&Seen) -> bool,
+) -> io::Result<()> {
+    for _ in 0..16 {
+        for cqe in ring.completion() {
+            let c = (cqe.result(), cqe.flags());
+            match Key::decode(cqe.user_data()) {
+                Key::Listener(_) => {
+                    if c.0 >= 0 {
+                        drop(adopt_accepted(c.0));
+                    }
+                    seen.accept.push(c);
+                }
+                Key::Wake => seen.poll.push(c),
+                _ => {}
+            }
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if done(seen) || left.is_zero() {
+            break;
+        }
+        let ts = types::Timespec::new()
+            .sec(left.as_secs())
+            .nsec(left.subsec_nanos());
+        let args = types::SubmitArgs::new().timespec(&ts);
+        if let Err(e) = ring.submitter().submit_with_args(1, &args) {
+            match e.raw_os_error() {
+                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => {}
+                _ => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A listener with a client queued on it, for the probe: AF_UNIX on an autobound abstract
+/// address (no file, no port, nothing on the network), non-blocking like the gateway's
+/// sockets. Multishot accept is the same request for any socket family.
+fn probe_sockets() -> io::Result<(Socket, Socket)> {
+    let ty = socket2::Type::STREAM.nonblocking();
+    let listener = Socket::new(Domain::UNIX, ty, None)?;
+    // An empty path binds to a fresh abstract address (unix(7), "autobind").
+    listener.bind(&SockAddr::unix("")?)?;
+    listener.listen(1)?;
+    let client = Socket::new(Domain::UNIX, ty, None)?;
+    client.connect(&listener.local_addr()?)?;
+    Ok((listener, client))
+}
+
+/// Test builds only: `SPLICEGATE_TEST_MULTISHOT_REFUSED=accept` (or `poll`) gives that request
+/// of the probe a personality that was never registered, so the kernel refuses it with `EINVAL`
+/// at submission, as a kernel older than 5.19 (5.13) refuses the multishot flag. Compiled out of
+/// release builds.
+#[cfg(debug_assertions)]
+fn refused_in_test(e: squeue::Entry, op: MultishotOp) -> squeue::Entry {
+    let word = match op {
+        MultishotOp::Accept => "accept",
+        MultishotOp::PollAdd => "poll",
+    };
+    if std::env::var("SPLICEGATE_TEST_MULTISHOT_REFUSED").is_ok_and(|v| v == word) {
+        e.personality(u16::MAX)
+    } else {
+        e
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn refused_in_test(e: squeue::Entry, _op: MultishotOp) -> squeue::Entry {
+    e
 }
 
 /// Take ownership of the fd that a completed io_uring accept returned.
 ///
-/// Only the completion handling above calls this, with the non-negative result of an accept
-/// completion for one of our listeners: the kernel has just installed that fd for us and nothing
-/// else in the process knows its number.
+/// Only the completion handling above (and the probe's, for its own listener) calls this, with
+/// the non-negative result of an accept completion for one of our listeners: the kernel has just
+/// installed that fd for us and nothing else in the process knows its number.
 fn adopt_accepted(fd: i32) -> OwnedFd {
     // SAFETY: `fd` is the result of a successful accept completion (checked `res >= 0` by the
     // caller): a new open fd that nobody else owns, and this is the only place it is adopted.
@@ -544,6 +705,43 @@ mod tests {
         assert_eq!(libc::EPOLLERR, i32::from(libc::POLLERR));
         assert_eq!(libc::EPOLLHUP, i32::from(libc::POLLHUP));
         assert_eq!(libc::EPOLLRDHUP, i32::from(libc::POLLRDHUP));
+    }
+
+    /// The probe passes on a kernel that has multishot accept and poll (5.19+), leaves no fd
+    /// behind, and is cheap: its time is printed (`--nocapture`) as a figure.
+    #[test]
+    fn the_probe_passes_here_and_closes_what_it_opened() {
+        if let Err(e) = IoUring::new(8) {
+            eprintln!("SKIP: io_uring cannot be set up here: {e}");
+            return;
+        }
+        let fds = || std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+        let _ = probe_uring(); // warm up (first socket and ring of the process)
+        let before = fds();
+        let (mut full, mut ring_only) = (Vec::new(), Vec::new());
+        for _ in 0..20 {
+            let t0 = std::time::Instant::now();
+            let r = probe_uring();
+            full.push(t0.elapsed());
+            assert!(r.is_ok(), "probe on this kernel: {r:?}");
+            // What the probe did before the multishot test: a ring and its opcode list.
+            let t0 = std::time::Instant::now();
+            let ring = IoUring::new(8).expect("a ring, as just above");
+            let mut p = io_uring::Probe::new();
+            assert!(ring.submitter().register_probe(&mut p).is_ok());
+            drop(ring);
+            ring_only.push(t0.elapsed());
+        }
+        full.sort();
+        ring_only.sort();
+        // Other tests of this binary run in parallel threads and may open fds: allow for them,
+        // but not for 20 leaked connections, listeners or rings.
+        assert!(fds() < before + 20, "fds before {before}, after {}", fds());
+        eprintln!(
+            "figure: probe_uring median {:?} (max {:?}); ring + opcode list alone median {:?} \
+             (max {:?}); 20 runs each",
+            full[10], full[19], ring_only[10], ring_only[19]
+        );
     }
 
     #[test]

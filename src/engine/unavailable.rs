@@ -7,6 +7,11 @@
 //! the ring to a too small `RLIMIT_MEMLOCK`. The errno alone does not say which, so
 //! [`Cause::of`] reads what the host shows: the sysctl, and the `Seccomp:` line of
 //! `/proc/self/status`. The reading is here; the decision is a pure function of it.
+//!
+//! A ring that sets up and lists the opcodes may still refuse the multishot forms the driver
+//! uses: `ACCEPT` exists since 5.5 but takes `IORING_ACCEPT_MULTISHOT` only since 5.19, and
+//! `POLL_ADD` takes `IORING_POLL_ADD_MULTI` since 5.13; older kernels answer `EINVAL`. The
+//! driver's probe submits both for real and [`Multishot::of`] reads their completions.
 
 use std::fmt;
 use std::io;
@@ -32,6 +37,12 @@ pub enum UringUnavailable {
     Opcode(&'static str),
     #[error("io_uring lacks IORING_FEAT_EXT_ARG (kernel older than 5.11)")]
     NoExtArg,
+    /// A multishot request the driver depends on did not stay armed when tried at start.
+    #[error("io_uring multishot {op} {outcome}: multishot {} needs Linux {}", op.word(), op.since())]
+    Multishot { op: MultishotOp, outcome: Multishot },
+    /// The sockets that the multishot test runs on could not be made.
+    #[error("cannot test io_uring multishot requests: {0}")]
+    MultishotTest(#[source] io::Error),
 }
 
 impl UringUnavailable {
@@ -45,6 +56,59 @@ impl UringUnavailable {
     pub fn probe(source: io::Error) -> UringUnavailable {
         let cause = Cause::of(source.raw_os_error(), &Host::read(), Call::Register);
         UringUnavailable::Probe { source, cause }
+    }
+}
+
+/// The multishot requests the driver submits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MultishotOp {
+    /// `IORING_OP_ACCEPT` with `IORING_ACCEPT_MULTISHOT`, one per listener.
+    Accept,
+    /// `IORING_OP_POLL_ADD` with `IORING_POLL_ADD_MULTI`, one per socket and on the wake fd.
+    PollAdd,
+}
+
+impl MultishotOp {
+    fn word(self) -> &'static str {
+        match self {
+            MultishotOp::Accept => "accept",
+            MultishotOp::PollAdd => "poll",
+        }
+    }
+
+    /// The first Linux release that takes the multishot flag.
+    pub fn since(self) -> &'static str {
+        match self {
+            MultishotOp::Accept => "5.19",
+            MultishotOp::PollAdd => "5.13",
+        }
+    }
+}
+
+/// What a multishot request's completions say about the kernel's support for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Multishot {
+    /// Its first completion carried `IORING_CQE_F_MORE`, or it stayed pending until its
+    /// cancellation ended it with `ECANCELED`: the kernel keeps it armed.
+    Armed,
+    /// It ended at once with this errno (`EINVAL` from a kernel that does not know the flag).
+    Refused(i32),
+    /// It completed once, without `IORING_CQE_F_MORE`: the flag was ignored.
+    OneShot,
+    /// No completion came within the probe's wait, not even for the cancellation.
+    Silent,
+}
+
+impl Multishot {
+    /// Decide from a request's completions, in order, as `(result, flags)`.
+    pub fn of(cqes: &[(i32, u32)]) -> Multishot {
+        match cqes.first() {
+            None => Multishot::Silent,
+            Some(&(_, flags)) if io_uring::cqueue::more(flags) => Multishot::Armed,
+            Some(&(res, _)) if res == -libc::ECANCELED => Multishot::Armed,
+            Some(&(res, _)) if res < 0 => Multishot::Refused(-res),
+            Some(_) => Multishot::OneShot,
+        }
     }
 }
 
@@ -138,6 +202,31 @@ impl fmt::Display for Call {
             Call::Setup => "io_uring_setup",
             Call::Register => "io_uring_register",
         })
+    }
+}
+
+impl fmt::Display for MultishotOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MultishotOp::Accept => "ACCEPT",
+            MultishotOp::PollAdd => "POLL_ADD",
+        })
+    }
+}
+
+impl fmt::Display for Multishot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Multishot::Armed => f.write_str("stayed armed"),
+            Multishot::Refused(libc::EINVAL) => {
+                f.write_str("refused with EINVAL (the kernel does not know the flag)")
+            }
+            Multishot::Refused(errno) => {
+                write!(f, "failed: {}", io::Error::from_raw_os_error(*errno))
+            }
+            Multishot::OneShot => f.write_str("completed once, without IORING_CQE_F_MORE"),
+            Multishot::Silent => f.write_str("gave no completion within the probe's wait"),
+        }
     }
 }
 
@@ -278,6 +367,66 @@ mod tests {
         ] {
             assert!(c.to_string().contains(words), "{c:?}: {c}");
         }
+    }
+
+    const MORE: u32 = 2; // IORING_CQE_F_MORE
+
+    #[test]
+    fn a_multishot_request_is_armed_only_if_it_stayed_armed() {
+        // 5.19+: the accept returns a connection (fd 7) and stays armed; cancelled at the end.
+        assert_eq!(
+            Multishot::of(&[(7, MORE), (-libc::ECANCELED, 0)]),
+            Multishot::Armed
+        );
+        // A poll's mask with MORE.
+        assert_eq!(Multishot::of(&[(4, MORE)]), Multishot::Armed);
+        // Pending until its cancellation ended it.
+        assert_eq!(Multishot::of(&[(-libc::ECANCELED, 0)]), Multishot::Armed);
+        // 5.11-5.18 (accept), 5.11-5.12 (poll): the flag is refused at submission.
+        assert_eq!(
+            Multishot::of(&[(-libc::EINVAL, 0)]),
+            Multishot::Refused(libc::EINVAL)
+        );
+        assert_eq!(
+            Multishot::of(&[(-libc::EACCES, 0)]),
+            Multishot::Refused(libc::EACCES)
+        );
+        // A success without MORE: the flag was ignored, the request was one-shot.
+        assert_eq!(Multishot::of(&[(7, 0)]), Multishot::OneShot);
+        assert_eq!(Multishot::of(&[(0, 0)]), Multishot::OneShot);
+        // Only the first completion decides: a later end (CQ overflow, cancel) changes nothing.
+        assert_eq!(
+            Multishot::of(&[(-libc::EINVAL, 0), (-libc::ECANCELED, 0)]),
+            Multishot::Refused(libc::EINVAL)
+        );
+        assert_eq!(Multishot::of(&[]), Multishot::Silent);
+    }
+
+    #[test]
+    fn a_refused_multishot_request_names_the_kernel_it_needs() {
+        let e = UringUnavailable::Multishot {
+            op: MultishotOp::Accept,
+            outcome: Multishot::Refused(libc::EINVAL),
+        };
+        assert_eq!(
+            e.to_string(),
+            "io_uring multishot ACCEPT refused with EINVAL (the kernel does not know the flag): \
+             multishot accept needs Linux 5.19"
+        );
+        let e = UringUnavailable::Multishot {
+            op: MultishotOp::PollAdd,
+            outcome: Multishot::OneShot,
+        };
+        assert_eq!(
+            e.to_string(),
+            "io_uring multishot POLL_ADD completed once, without IORING_CQE_F_MORE: \
+             multishot poll needs Linux 5.13"
+        );
+        let e = UringUnavailable::Multishot {
+            op: MultishotOp::Accept,
+            outcome: Multishot::Refused(libc::EACCES),
+        };
+        assert!(e.to_string().contains("failed: Permission denied"), "{e}");
     }
 
     #[test]

@@ -107,6 +107,9 @@ pub struct Worker {
     pub(super) accept_paused_until: Option<Instant>,
     /// The current pause after a persistent accept error (zero after a successful accept).
     pub(super) accept_backoff: Duration,
+    /// Per-client accept errors in a row since the last successful accept (see
+    /// `Worker::on_accept_error`); written by accepting only.
+    pub(super) accept_client_errors: usize,
     pub(super) last_fd_warning: Option<Instant>,
     pub(super) drain_deadline: Option<Instant>,
     /// The worker's clock: read once per loop turn, right after the driver's wait, and the
@@ -176,6 +179,7 @@ impl Worker {
             spare: sys::spare_fd().ok(),
             accept_paused_until: None,
             accept_backoff: Duration::ZERO,
+            accept_client_errors: 0,
             last_fd_warning: None,
             drain_deadline: None,
             now: Instant::now(),
@@ -326,7 +330,7 @@ impl Worker {
                 };
                 match result {
                     Ok(fd) => {
-                        self.accept_backoff = Duration::ZERO;
+                        self.accepted();
                         self.on_accept(listener, fd)
                     }
                     Err(e) => {
