@@ -71,7 +71,8 @@ pause_begin() { # record-file
   case $how in
     stop)
       for p in "${all[@]}"; do
-        if tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -qE '(^| )-timeout=' && [ "${PAUSE_FORCE:-0}" != 1 ]; then
+        local cmd; cmd=" $(tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null || true)"
+        if [[ $cmd == *" -timeout="* ]] && [ "${PAUSE_FORCE:-0}" != 1 ]; then
           echo "PAUSE_HOW=stop refused: $p runs with libFuzzer's -timeout=, which would report the" \
                "input it was on as a timeout after SIGCONT; use PAUSE_HOW=idle or PAUSE_FORCE=1" >&2
           return 1
