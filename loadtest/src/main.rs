@@ -1215,7 +1215,9 @@ fn stream(net: &Net, tunnels: usize, seconds: u64, warmup: f64, tls: bool) -> Re
         gw_sample(net.gateway_pid),
         Instant::now(),
     );
-    let window_end = start + Duration::from_secs_f64(warmup) + Duration::from_secs(seconds);
+    // The window is SECONDS from its own start: on a starved machine the warm-up sleep can
+    // overrun, and a window counted from `start` would then be empty (0 bytes, 0 s).
+    let window_end = w0 + Duration::from_secs(seconds);
     let (mut lb, mut lt) = (b0, w0);
     while Instant::now() < window_end {
         std::thread::sleep(
