@@ -26,7 +26,8 @@
 #                     does not list it): the issue asks the hosts-file path to cost what this costs
 #   squid             Squid, the name only in its `hosts_file`
 # Loopback only; every run is bounded in count and time. A default run (ROUNDS=3, 9 targets)
-# takes about 15 minutes: measurement ~12, syscall pass ~3.
+# takes about 13-15 minutes on a quiet 2-core machine: measurement ~10-11, syscall pass ~3
+# (plus the loadtest build if it is not built yet).
 #
 # PAUSE_PIDS="PID..." holds those processes (and their descendants) off the CPUs for the whole
 # run and releases them at the end, on errors and on INT/TERM too; PAUSE_HOW=stop (SIGSTOP, the
@@ -61,14 +62,14 @@ cleanup() {
   # Only the script itself cleans up (a background subshell interrupted by kill -INT runs the
   # EXIT trap too).
   [ "$BASHPID" = "$$" ] || return 0
+  pause_end   # first: nothing below may keep the paused processes waiting
   [ -n "$PEERPID" ] && kill "$PEERPID" 2>/dev/null && wait "$PEERPID" 2>/dev/null || true
   [ -n "$SINKPID" ] && kill "$SINKPID" 2>/dev/null || true
-  pause_end
   rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT; trap 'exit 143' TERM; trap 'exit 129' HUP   # so that cleanup runs
-pause_begin "$OUT/paused.txt"
+rm -f "$OUT/paused.txt"; pause_begin "$OUT/paused.txt"
 
 $LOAD sink --tls --listen 127.0.0.1:0 --seconds 7200 --cert-out "$work/ca.pem" > "$work/sink.out" &
 SINKPID=$!
@@ -165,7 +166,9 @@ traced() { # file delay window cmd...
 }
 
 { echo "nproc: $(nproc)"; echo "uname -r: $(uname -r)"; grep -m1 'model name' /proc/cpuinfo;
-  squid -v | head -1; echo "before: $BEFORE"; echo "after: $AFTER"; date -u; } > "$OUT/machine.txt"
+  squid -v | head -1; echo "before: $BEFORE"; echo "after: $AFTER"; date -u
+  echo "load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "paused: $(cat "$OUT/paused.txt" 2>/dev/null || echo nothing)"; } > "$OUT/machine.txt"
 cat "$OUT/machine.txt"
 
 for r in $(seq "$ROUNDS"); do
