@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""Tables for loadtest/issue17.sh: medians of the rounds with every round's value, ratios against
-the floor and Squid, and the syscall counts per upload and per tunnel from the strace pass.
+"""Tables for loadtest/issue17.sh: medians of the rounds with every round's value, the goal table
+of issue 17 (ratios against the floor, Squid and no proxy, each with its threshold and pass/miss),
+hosts file against the `hosts:` map, and the syscall counts per upload and per tunnel from the
+strace pass. The output is markdown to paste into BENCHMARKS.md.
 
     python3 loadtest/issue17_summary.py loadtest/results/issue17
 """
@@ -23,10 +25,15 @@ def storm_us(r):
     return cpu / ok * 1e6 if cpu is not None and ok else None
 
 
+# (column, value of one run, decimals). For `direct` the storm's "TCP+CONNECT+200" is the TCP
+# connect alone and the handshake is TCP connect + TLS + the first round trip.
 METRICS = {
     "storm": [
         ("tunnels/s", lambda r: r.get("tunnels_per_s"), 0),
-        ("CONNECT->200 p99 ms", lambda r: get(r, "connect_latency.p99_ms"), 2),
+        ("TCP+CONNECT+200 p50 ms", lambda r: get(r, "open_latency.p50_ms"), 2),
+        ("TCP+CONNECT+200 p99 ms", lambda r: get(r, "open_latency.p99_ms"), 2),
+        ("handshake done p50 ms", lambda r: get(r, "handshake_latency.p50_ms"), 2),
+        ("handshake done p99 ms", lambda r: get(r, "handshake_latency.p99_ms"), 2),
         ("gateway CPU µs/tunnel", storm_us, 0),
         ("errors", lambda r: r.get("errors_total"), 0),
     ],
@@ -43,6 +50,34 @@ METRICS = {
     ],
 }
 
+# Issue 17's goals: (column, threshold as printed, passes(value)); values from goal_values().
+GOALS = [
+    ("agents CPU-s/GB ÷ floor", "≤ 1.25×", lambda v: v <= 1.25),
+    ("Squid ÷ target, agents CPU-s/GB", "≥ 2×", lambda v: v >= 2.0),
+    ("upload p99 − no proxy", "≤ 1 ms", lambda v: v <= 1.0),
+    ("agent errors", "0", lambda v: v == 0),
+    ("storm CPU/tunnel ÷ floor", "≤ 1.5×", lambda v: v <= 1.5),
+    ("Squid ÷ target, storm CPU/tunnel", "≥ 2×", lambda v: v >= 2.0),
+    ("handshake p99 ÷ no proxy", "≤ 1.2×", lambda v: v <= 1.2),
+    ("storm errors", "0", lambda v: v == 0),
+]
+
+NAMES = {
+    "direct": "no proxy",
+    "floor": "floor (IP literal)",
+    "squid": "Squid (hosts_file)",
+}
+
+
+def label(t):
+    if t in NAMES:
+        return NAMES[t]
+    when, _, eng = t.rpartition("-")
+    eng = {"uring": "io_uring"}.get(eng, eng)
+    if when == "after-map":
+        return f"after, {eng}, `hosts:` map"
+    return f"{when}, {eng}, hosts file"
+
 
 def fmt(v, nd):
     return "—" if v is None else f"{v:.{nd}f}"
@@ -55,8 +90,10 @@ def main():
     for r in rows:
         if r["target"] not in targets:
             targets.append(r["target"])
-    loads = sorted({r.get("load", "") for r in rows})
+    loads = [r.get("load", "") for r in rows]
     med = {}
+    failed_runs = {}
+    errors_sum = {}
     for scen, metrics in METRICS.items():
         print(f"\n### {scen}\n")
         print("| target | " + " | ".join(m[0] for m in metrics) + " |")
@@ -65,11 +102,13 @@ def main():
             runs = [r["result"] for r in rows if r["target"] == t and r["scenario"] == scen]
             if not runs:
                 continue
+            failed = sum(1 for r in runs if r.get("failed"))
+            failed_runs[(scen, t)] = failed
+            errors_sum[(scen, t)] = sum(r.get("errors_total") or 0 for r in runs if not r.get("failed"))
             cells = []
             for name, f, nd in metrics:
                 vals = [f(r) for r in runs if not r.get("failed")]
                 vals = [v for v in vals if v is not None]
-                failed = sum(1 for r in runs if r.get("failed"))
                 if not vals:
                     cells.append("—" + (f" ({failed} failed)" if failed else ""))
                     continue
@@ -79,27 +118,62 @@ def main():
                     f"{fmt(m, nd)} ({'/'.join(fmt(v, nd) for v in vals)})"
                     + (f" {failed} failed" if failed else "")
                 )
-            print(f"| {t} | " + " | ".join(cells) + " |")
-    print("\n### ratios (medians)\n")
-    for eng in ("uring", "epoll"):
-        for when in ("before", "after"):
-            t = f"{when}-{eng}"
-            parts = []
-            for scen, name in (("agents", "gateway CPU-s/GB"), ("storm", "gateway CPU µs/tunnel")):
-                g, fl, sq = (med.get((scen, x, name)) for x in (t, "floor", "squid"))
-                if g and fl:
-                    parts.append(f"{scen} {name}: {g / fl:.2f}× floor")
-                if g and sq:
-                    parts.append(f"Squid/{t} {sq / g:.2f}×")
-            g, d = med.get(("storm", t, "CONNECT->200 p99 ms")), med.get(("storm", "direct", "CONNECT->200 p99 ms"))
-            if g and d:
-                parts.append(f"storm p99 {g / d:.2f}× no proxy")
-            g, d = med.get(("agents", t, "upload p99 ms")), med.get(("agents", "direct", "upload p99 ms"))
-            if g is not None and d is not None:
-                parts.append(f"upload p99 {g - d:+.2f} ms vs no proxy")
-            if parts:
-                print(f"- {t}: " + "; ".join(parts))
-    print(f"\nload averages seen at the runs' ends: {', '.join(loads[:3])} … {', '.join(loads[-3:])}")
+            print(f"| {label(t)} | " + " | ".join(cells) + " |")
+
+    print("\n### issue 17 goals (medians of the rounds)\n")
+    print(
+        "Storm \"connect p99\" is the client's whole set-up: TCP connect to the handshake done at "
+        "both ends (first application-data round trip), against the same with no proxy. Errors "
+        "are summed over the rounds; a run that failed counts as a miss. Pass/miss is given for "
+        "splicegate's rows only.\n"
+    )
+    print("| target | " + " | ".join(f"{c} ({th})" for c, th, _ in GOALS) + " | goals met |")
+    print("|---" * (len(GOALS) + 2) + "|")
+    for t in targets:
+        if t == "direct":
+            continue
+        judged = t.startswith(("before-", "after-"))
+        vals = goal_values(t, med, errors_sum, failed_runs)
+        cells, met, known = [], 0, 0
+        for (col, th, ok), (v, text) in zip(GOALS, vals):
+            if v is None:
+                cells.append(text or "—")
+                continue
+            if judged:
+                known += 1
+                good = ok(v)
+                met += good
+                cells.append(f"{text} {'pass' if good else '**miss**'}")
+            else:
+                cells.append(text)
+        verdict = f"{met}/{len(GOALS)}" + ("" if known == len(GOALS) else f" ({len(GOALS) - known} unknown)") if judged else ""
+        print(f"| {label(t)} | " + " | ".join(cells) + f" | {verdict} |")
+
+    # The issue: "If the floor itself is far above Squid/2, say so with the figures."
+    for scen, name, unit in (("agents", "gateway CPU-s/GB", "CPU-s/GB"), ("storm", "gateway CPU µs/tunnel", "µs/tunnel")):
+        fl, sq = med.get((scen, "floor", name)), med.get((scen, "squid", name))
+        if fl and sq:
+            where = "above" if fl > sq / 2 else "below"
+            print(f"\n- {scen}: floor {fl:.3g} {unit}, Squid/2 {sq / 2:.3g}: the floor is {where} Squid/2 ({fl / (sq / 2):.2f}×).", end="")
+    print()
+
+    pairs = [(f"after-{e}", f"after-map-{e}") for e in ("uring", "epoll")]
+    lines = []
+    for hf, hm in pairs:
+        parts = []
+        for scen, name, nd in (("storm", "gateway CPU µs/tunnel", 0), ("storm", "handshake done p99 ms", 2),
+                               ("agents", "gateway CPU-s/GB", 3), ("agents", "upload p99 ms", 2)):
+            a, b = med.get((scen, hf, name)), med.get((scen, hm, name))
+            if a is not None and b:
+                parts.append(f"{scen} {name} {fmt(a, nd)} vs {fmt(b, nd)} ({a / b:.2f}×)")
+        if parts:
+            lines.append(f"- {label(hf)} vs `hosts:` map: " + "; ".join(parts))
+    if lines:
+        print("\n### hosts file against the `hosts:` map (after; medians; ratio = hosts file ÷ map)\n")
+        print("\n".join(lines))
+    if loads:
+        print(f"\nload averages (1/5/15 min) at the end of each run: first {loads[0]}, last {loads[-1]}, "
+              f"highest 1-min {max(float(l.split()[0]) for l in loads if l):.2f}")
     sc = os.path.join(out, "syscalls.jsonl")
     if os.path.exists(sc):
         print("\n### syscalls (strace -c -f, all gateway threads)\n")
@@ -114,19 +188,48 @@ def main():
             b = parse_strace(os.path.join(out, "strace", f"{t}-storm.txt"))
             uploads = s["uploads_per_s"] * s["agents_window_s"]
             tunnels = s.get("storm_ok") or s["storm_tunnels"]
+
             def tot(d):
                 return sum(c for c, _ in d.values())
+
             def waits(d):
                 return d.get("io_uring_enter", (0, 0))[0] + d.get("epoll_wait", (0, 0))[0] + d.get("epoll_pwait", (0, 0))[0]
+
             sp, spe = a.get("splice", (0, 0))
             top = sorted(b.items(), key=lambda kv: -kv[1][0])[:6]
             print(
-                f"| {t} | {tot(a) / uploads:.2f} | {sp / uploads:.2f} | "
+                f"| {label(t)} | {tot(a) / uploads:.2f} | {sp / uploads:.2f} | "
                 f"{(spe / sp * 100 if sp else 0):.0f}% | {waits(a) / uploads:.2f} | "
                 f"{tot(b) / tunnels:.1f} | {waits(b) / tunnels:.2f} | "
                 + ", ".join(f"{k} {c / tunnels:.2f}" for k, (c, _) in top)
                 + " |"
             )
+
+
+def goal_values(t, med, errors_sum, failed_runs):
+    """(value, text) per GOALS entry for target t; value None when a figure is missing."""
+    def ratio(scen, name, num, den):
+        a, b = med.get((scen, num, name)), med.get((scen, den, name))
+        return (a / b, f"{a / b:.2f}×") if a is not None and b else (None, "—")
+
+    def errs(scen):
+        if (scen, t) not in errors_sum:
+            return None, "—"
+        n, f = errors_sum[(scen, t)], failed_runs.get((scen, t), 0)
+        return n + f, f"{n}" + (f" ({f} runs failed)" if f else "")
+
+    up_t, up_d = med.get(("agents", t, "upload p99 ms")), med.get(("agents", "direct", "upload p99 ms"))
+    up = (up_t - up_d, f"{up_t - up_d:+.2f} ms") if up_t is not None and up_d is not None else (None, "—")
+    return [
+        ratio("agents", "gateway CPU-s/GB", t, "floor"),
+        ratio("agents", "gateway CPU-s/GB", "squid", t),
+        up,
+        errs("agents"),
+        ratio("storm", "gateway CPU µs/tunnel", t, "floor"),
+        ratio("storm", "gateway CPU µs/tunnel", "squid", t),
+        ratio("storm", "handshake done p99 ms", t, "direct"),
+        errs("storm"),
+    ]
 
 
 def parse_strace(path):

@@ -8,7 +8,10 @@
 //!   sink, uploading SIZE bytes every INTERVAL on an open-loop schedule and waiting for the ack;
 //!   latency is measured from the *scheduled* send time (no coordinated omission).
 //! - `stream`: K tunnels sending as fast as they can (plain TCP or `--tls`) for a bounded time.
-//! - `connect`: a tunnel set-up storm: tunnels per second and CONNECT -> 200 latency.
+//! - `connect`: a tunnel set-up storm: tunnels per second, CONNECT -> 200 latency, and with
+//!   `--tls` a full TLS handshake (no resumption) plus one application-data round trip with the
+//!   sink inside every tunnel before it closes; latency per phase (TCP connect -> 200, and TCP
+//!   connect -> handshake done at both ends).
 //! - `idle`: hold N idle tunnels and report the gateway's RSS, fds and threads per tunnel.
 //! - `dns`: a small DNS server answering given names with one address and a fixed TTL, counting
 //!   the queries it gets (for `resolve.sh`, the resolution-path comparison).
@@ -152,6 +155,15 @@ enum Mode {
         concurrency: usize,
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        /// Inside each tunnel: a full TLS handshake with the sink (SNI --sni, trust --ca; no
+        /// session resumption, so every tunnel carries the certificate and key exchange), one
+        /// application-data round trip (9 bytes out, the sink's 8-byte ack back), close_notify,
+        /// close. Without it a tunnel is closed right after the 200.
+        #[arg(long)]
+        tls: bool,
+        /// A tunnel not done this many seconds after its TCP connect started is an error.
+        #[arg(long, default_value_t = 10)]
+        tunnel_timeout: u64,
     },
     /// A DNS server: A for NAMEs at ADDRESS with TTL, AAAA NODATA, others NXDOMAIN.
     Dns {
@@ -307,12 +319,22 @@ fn main() -> Result<()> {
             count,
             concurrency,
             seconds,
-        } => runtime(net.threads)?.block_on(connect_storm(
-            net.clone(),
-            count.clamp(1, 1_000_000),
-            concurrency.clamp(1, 4096),
-            seconds.clamp(1, 600),
-        )),
+            tls,
+            tunnel_timeout,
+        } => {
+            let cfg = StormCfg {
+                count: count.clamp(1, 1_000_000),
+                concurrency: concurrency.clamp(1, 4096),
+                seconds: seconds.clamp(1, 600),
+                tls: if tls {
+                    Some(tls_connector(&net, false)?)
+                } else {
+                    None
+                },
+                tunnel_timeout: Duration::from_secs(tunnel_timeout.clamp(1, 600)),
+            };
+            runtime(net.threads)?.block_on(connect_storm(net, cfg))
+        }
         Mode::Dns {
             listen,
             names,
@@ -687,19 +709,25 @@ async fn connect_head(s: &mut TcpStream, target: &str) -> Result<(), Fail> {
     }
 }
 
-fn tls_connector(net: &Net) -> Result<TlsConnector> {
+/// The client side of the TLS sessions to the sink. `resume`: rustls' default in-memory session
+/// cache (later sessions to the same name resume with a ticket); without it every session is a
+/// full handshake with the certificate (the storm's `--tls`).
+fn tls_connector(net: &Net, resume: bool) -> Result<TlsConnector> {
     let ca = net
         .ca
         .as_ref()
         .context("TLS needs --ca (the file the sink wrote with --cert-out)")?;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_file(ca).context("reading --ca")?)?;
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
     .with_no_client_auth();
+    if !resume {
+        cfg.resumption = rustls::client::Resumption::disabled();
+    }
     Ok(TlsConnector::from(Arc::new(cfg)))
 }
 
@@ -848,7 +876,7 @@ struct Stats {
 }
 
 async fn agent_main(net: Net, cfg: AgentCfg) -> Result<()> {
-    let tls = tls_connector(&net)?;
+    let tls = tls_connector(&net, true)?;
     let stats = Arc::new(Stats::default());
     let net = Arc::new(net);
     let cfg = Arc::new(cfg);
@@ -1187,7 +1215,9 @@ fn stream(net: &Net, tunnels: usize, seconds: u64, warmup: f64, tls: bool) -> Re
         gw_sample(net.gateway_pid),
         Instant::now(),
     );
-    let window_end = start + Duration::from_secs_f64(warmup) + Duration::from_secs(seconds);
+    // The window is SECONDS from its own start: on a starved machine the warm-up sleep can
+    // overrun, and a window counted from `start` would then be empty (0 bytes, 0 s).
+    let window_end = w0 + Duration::from_secs(seconds);
     let (mut lb, mut lt) = (b0, w0);
     while Instant::now() < window_end {
         std::thread::sleep(
@@ -1244,46 +1274,92 @@ fn stream(net: &Net, tunnels: usize, seconds: u64, warmup: f64, tls: bool) -> Re
 // ---------------------------------------------------------------------------------------------
 // connect storm
 
-async fn connect_storm(net: Net, count: usize, concurrency: usize, seconds: u64) -> Result<()> {
+struct StormCfg {
+    count: usize,
+    concurrency: usize,
+    seconds: u64,
+    /// Some: a TLS handshake and one round trip inside every tunnel (`--tls`).
+    tls: Option<TlsConnector>,
+    tunnel_timeout: Duration,
+}
+
+/// The phases of one storm tunnel, each measured from the start of its TCP connect.
+struct StormTimes {
+    /// CONNECT sent -> 200 received (with --direct: the TCP connect).
+    connect: Duration,
+    /// TCP connect started -> 200 received (with --direct: the TCP connect).
+    open: Duration,
+    /// With --tls: TCP connect started -> the first application-data round trip back, i.e. the
+    /// handshake finished at both ends (the sink can only answer once it has the client's
+    /// Finished and the 9 bytes after it).
+    handshake: Option<Duration>,
+}
+
+/// Latency samples of a storm, one set per phase.
+#[derive(Default)]
+struct StormSamples {
+    open: Samples,
+    tls: Samples,
+    handshake: Samples,
+}
+
+async fn connect_storm(net: Net, cfg: StormCfg) -> Result<()> {
+    let (count, concurrency) = (cfg.count, cfg.concurrency);
+    let tls_on = cfg.tls.is_some();
     let net = Arc::new(net);
+    let cfg = Arc::new(cfg);
     let stats = Arc::new(Stats::default());
+    let phases = Arc::new(StormSamples::default());
     let next = Arc::new(AtomicU64::new(0));
     let g0 = gw_sample(net.gateway_pid);
     let start = Instant::now();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(cfg.seconds);
     let stop = Arc::new(AtomicBool::new(false));
     let progress = spawn_progress(net.clone(), stats.clone(), stop.clone(), 1, start);
     let mut workers = Vec::new();
     for _ in 0..concurrency {
-        let (net, stats, next) = (net.clone(), stats.clone(), next.clone());
+        let (net, cfg, stats, phases, next) = (
+            net.clone(),
+            cfg.clone(),
+            stats.clone(),
+            phases.clone(),
+            next.clone(),
+        );
         workers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                 if i >= count || tokio::time::Instant::now() >= deadline {
                     break;
                 }
-                let r = tokio::time::timeout_at(deadline, async {
-                    let t0 = Instant::now();
-                    let mut s = dial(&net, i).await?;
-                    let connect = if net.direct {
-                        t0.elapsed()
-                    } else {
-                        let t1 = Instant::now();
-                        connect_head(&mut s, &net.target).await?;
-                        t1.elapsed()
-                    };
-                    Ok::<_, Fail>((s, connect))
-                })
-                .await;
-                match r {
-                    Ok(Ok((s, d))) => {
-                        stats.connect.add(d);
-                        // Progress lines count tunnels as "uploads".
-                        stats.lat.add(d);
-                        drop(s);
+                let own = tokio::time::Instant::now() + cfg.tunnel_timeout;
+                let one = storm_tunnel(&net, i, cfg.tls.as_ref());
+                match tokio::time::timeout_at(own.min(deadline), one).await {
+                    Ok(Ok(t)) => {
+                        stats.connect.add(t.connect);
+                        phases.open.add(t.open);
+                        // Progress lines count tunnels as "uploads", with their whole set-up.
+                        match t.handshake {
+                            Some(h) => {
+                                phases.handshake.add(h);
+                                phases.tls.add(h.saturating_sub(t.open));
+                                stats.lat.add(h);
+                            }
+                            None => stats.lat.add(t.connect),
+                        }
                     }
                     Ok(Err(f)) => stats.errors.add(&f),
-                    Err(_) => break,
+                    Err(_) if own <= deadline => {
+                        stats
+                            .errors
+                            .add(&fail("tunnel_timeout", format!("{:?}", cfg.tunnel_timeout)));
+                    }
+                    Err(_) => {
+                        // Still open when the run's time was up: counted, not silently lost.
+                        stats
+                            .errors
+                            .add(&fail("run_deadline", format!("{} s", cfg.seconds)));
+                        break;
+                    }
                 }
             }
         }));
@@ -1296,30 +1372,100 @@ async fn connect_storm(net: Net, count: usize, concurrency: usize, seconds: u64)
     stop.store(true, Ordering::Relaxed);
     let _ = progress.await;
     let con = stats.connect.sorted_from(0);
+    let open = phases.open.sorted_from(0);
     let rate = con.len() as f64 / elapsed;
     let gw = gw_report(g0, g1, elapsed, 0.0, con.len());
+    let errors_total = stats.errors.total();
+    let (hs, tls_phase) = (phases.handshake.sorted_from(0), phases.tls.sorted_from(0));
     let v = json!({
-        "mode": "connect", "direct": net.direct, "count": count, "concurrency": concurrency,
-        "ok": con.len(), "seconds": round(elapsed, 3), "tunnels_per_s": round(rate, 1),
-        "connect_latency": lat_json(&con), "errors": stats.errors.json(),
-        "errors_total": stats.errors.total(), "gateway": gw,
+        "mode": "connect", "direct": net.direct, "tls": tls_on, "count": count,
+        "concurrency": concurrency, "ok": con.len(),
+        "not_run": (count as u64).saturating_sub(con.len() as u64 + errors_total),
+        "seconds": round(elapsed, 3), "tunnels_per_s": round(rate, 1),
+        "connect_latency": lat_json(&con),
+        "open_latency": lat_json(&open),
+        "tls_latency": if tls_on { lat_json(&tls_phase) } else { Value::Null },
+        "handshake_latency": if tls_on { lat_json(&hs) } else { Value::Null },
+        "errors": stats.errors.json(),
+        "errors_total": errors_total, "gateway": gw,
     });
     if net.json {
         println!("{v}");
     } else {
         println!(
-            "connect{}: {} of {count} tunnels in {elapsed:.2} s = {rate:.0}/s; CONNECT->200 {}; errors: {}",
-            if net.direct { " (direct, TCP connect)" } else { "" },
+            "connect{}{}: {} of {count} tunnels in {elapsed:.2} s = {rate:.0}/s; {} {}; errors: {}",
+            if net.direct { " (direct)" } else { "" },
+            if tls_on { " + TLS" } else { "" },
             con.len(),
-            lat_text(&con),
+            if net.direct {
+                "TCP connect"
+            } else {
+                "TCP connect -> 200"
+            },
+            lat_text(&open),
             stats.errors.text()
         );
+        if tls_on {
+            println!(
+                "  TCP connect -> handshake done at both ends (first round trip): {}",
+                lat_text(&hs)
+            );
+        }
         let g = gw_text(&gw);
         if !g.is_empty() {
             println!("  {g}");
         }
     }
     Ok(())
+}
+
+/// One storm tunnel: TCP connect, CONNECT, 200; with `tls`, a full handshake with the sink, one
+/// application-data round trip, close_notify; then close.
+async fn storm_tunnel(net: &Net, i: usize, tls: Option<&TlsConnector>) -> Result<StormTimes, Fail> {
+    let t0 = Instant::now();
+    let mut s = dial(net, i).await?;
+    let connect = if net.direct {
+        t0.elapsed()
+    } else {
+        let t1 = Instant::now();
+        connect_head(&mut s, &net.target).await?;
+        t1.elapsed()
+    };
+    let open = t0.elapsed();
+    let Some(c) = tls else {
+        return Ok(StormTimes {
+            connect,
+            open,
+            handshake: None,
+        });
+    };
+    let name = ServerName::try_from(net.sni.clone()).map_err(|e| fail("config", e))?;
+    let mut t = c
+        .connect(name, s)
+        .await
+        .map_err(|e| fail("tls_handshake", e))?;
+    // The client's side of a TLS 1.3 handshake ends before the server has read the client's
+    // Finished; a round trip of application data proves both ends are done. The sink's header
+    // (8 bytes, "ack every 1 byte") and one byte go out; its 8-byte ack (counter 1) comes back.
+    let mut msg = [0x5au8; 9];
+    msg[..8].copy_from_slice(&1u64.to_be_bytes());
+    t.write_all(&msg).await.map_err(|e| fail("tls_write", e))?;
+    t.flush().await.map_err(|e| fail("tls_write", e))?;
+    let mut ack = [0u8; 8];
+    t.read_exact(&mut ack)
+        .await
+        .map_err(|e| fail("tls_round_trip", e))?;
+    if u64::from_be_bytes(ack) != 1 {
+        return Err(fail("tls_round_trip", format!("ack {ack:?}, expected 1")));
+    }
+    let handshake = t0.elapsed();
+    // close_notify and FIN, as a client that is done; not part of the timed phases.
+    t.shutdown().await.map_err(|e| fail("tls_close", e))?;
+    Ok(StormTimes {
+        connect,
+        open,
+        handshake: Some(handshake),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
