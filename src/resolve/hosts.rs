@@ -1,14 +1,15 @@
 //! The hosts file (`/etc/hosts` by default), answered before DNS as the C library's
 //! `hosts: files dns` does: a listed name gets the file's addresses and no query of either
-//! family.
+//! family. Order on a worker: the config's `hosts:` map, then this file, then DNS.
 //!
 //! # Who reads, who answers
 //! The control thread owns the file: the resolver task reads it at start and, on a timer of its
-//! own, compares the file's identity (device, inode, size, modification time) with the version
-//! last read, at most once per [`RECHECK`]: one `stat(2)`, never on a worker. Each version it
-//! takes is published whole as an immutable [`Table`] behind an `ArcSwap` ([`Shared`]), the way
-//! the configuration snapshot is; a worker answers a listed name itself through its own
-//! [`Pins`] (a per-worker `arc_swap::Cache`): no syscall, no lock, no round trip to the resolver.
+//! own, compares the file's identity (device, inode, size, modification and change times) with
+//! the version last read, at most once per [`RECHECK`]: one `stat(2)`, never on a worker. Each
+//! version it takes is published whole as an immutable [`Table`] behind an `ArcSwap`
+//! ([`Shared`]), the way the configuration snapshot is; a worker answers a listed name itself
+//! through its own [`Pins`] (a per-worker `arc_swap::Cache`): no syscall, no lock, no round
+//! trip to the resolver.
 //!
 //! # A file being written
 //! An editor that truncates and rewrites in place leaves the file briefly empty or half
@@ -19,7 +20,10 @@
 //! change (an edit, a rename over it, a removal) is therefore in force within two re-checks
 //! (about 2 s). Falling to DNS never widens access anyway (policy is on the name, and every
 //! address still meets the private-destination guard), but it would send a pinned Private Link
-//! name to its public address, which an operator does not expect.
+//! name to its public address, which an operator does not expect. Limits: a writer that
+//! pauses mid-file for longer than a re-check is taken as it stands (and replaced once it
+//! finishes), and a rewrite to the same size within one tick of the file system's clock
+//! keeps the same identity, as it did before.
 //!
 //! A file that cannot be read (absent, not readable, larger than the 16 MiB read) has no
 //! entries once the failure has held for two re-checks (at start: at once), as the C library
