@@ -314,21 +314,24 @@ fn hosts_file_rewritten_in_place_or_renamed_is_taken_and_a_removed_name_goes_to_
     assert_eq!(connect_status(&gw, &at("a")).0, 200);
 
     // An editor that truncates and rewrites in place, with the file empty for less than a
-    // re-check: the pinned name keeps its pin throughout (never a query, never a 502).
-    let t_change = Instant::now();
-    let mut f = std::fs::OpenOptions::new()
+    // re-check (the writer is a thread of its own, so slow CONNECTs cannot stretch that): the
+    // pinned name keeps its pin throughout (never a query, never a 502).
+    let f = std::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
         .open(&hosts)
         .unwrap();
-    let window_end = t_change + Duration::from_millis(900);
-    while Instant::now() < window_end {
+    let writer = std::thread::spawn(move || {
+        let mut f = f;
+        std::thread::sleep(Duration::from_millis(600));
+        f.write_all(b"127.0.0.1 a.dns.test\n127.0.0.1 b.dns.test\n")
+    });
+    let window_end = Instant::now() + Duration::from_secs(2);
+    while !writer.is_finished() && Instant::now() < window_end {
         assert_eq!(connect_status(&gw, &at("a")).0, 200, "during the rewrite");
         std::thread::sleep(Duration::from_millis(50));
     }
-    f.write_all(b"127.0.0.1 a.dns.test\n127.0.0.1 b.dns.test\n")
-        .unwrap();
-    drop(f);
+    writer.join().unwrap().unwrap();
     let bound = Duration::from_secs(6);
     let read = wait_hosts_read(&gw, 2, bound);
     assert!(read.is_some(), "rewrite not taken within {bound:?}");
