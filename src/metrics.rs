@@ -150,10 +150,12 @@ impl DnsCacheOutcome {
     }
 }
 
-/// The resolver's metrics, written only by the resolver task on the control thread.
+/// The resolver's metrics, written by the resolver task on the control thread, and by the
+/// workers for the hosts-file answers they give themselves (`cache[HostsFile]`).
 #[derive(Debug)]
 pub struct DnsStats {
-    /// From a worker's request to the answer sent back, for every lookup the resolver answers.
+    /// From a worker's request to the answer sent back, for every lookup the resolver task
+    /// answers (a hosts-file name answered on the worker never gets here).
     pub lookup: Histogram,
     queries: [AtomicU64; DnsQueryResult::ALL.len()],
     cache: [AtomicU64; DnsCacheOutcome::ALL.len()],
@@ -785,7 +787,7 @@ impl Collector for Metrics {
         encode_histogram(
             &mut enc,
             DNS_LOOKUP,
-            "Time from a worker's name lookup to the resolver's answer (hosts file, cache or DNS).",
+            "Time from a worker's name lookup to the resolver's answer (cache or DNS; the workers answer hosts-file names themselves).",
             &[&self.dns.lookup],
         )?;
         {

@@ -5,7 +5,7 @@
 mod support;
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -198,8 +198,34 @@ fn sleep_until(t: Instant) {
     }
 }
 
+/// Wait (bounded) for the event saying the hosts file was read with `names` names.
+fn wait_hosts_read(gw: &Gateway, names: u64, timeout: Duration) -> Option<serde_json::Value> {
+    gw.wait_event(
+        100,
+        |e| {
+            field_str(e, "message").is_some_and(|m| m.starts_with("hosts file read"))
+                && field_u64(e, "names") == Some(names)
+        },
+        timeout,
+    )
+}
+
+/// `splicegate_dns_lookup_seconds_count`: lookups the resolver task answered (a round trip
+/// from a worker to the control thread and back).
+fn task_lookups(gw: &Gateway) -> f64 {
+    gw.metric_value("splicegate_dns_lookup_seconds_count")
+}
+
+fn dns_queries(gw: &Gateway) -> f64 {
+    gw.metric_value("splicegate_dns_queries_total")
+}
+
+fn hosts_file_answers(gw: &Gateway) -> f64 {
+    gw.metric_value("splicegate_dns_cache_total{outcome=\"hosts_file\"}")
+}
+
 #[test]
-fn hosts_file_name_is_answered_without_any_query_and_reread_on_change() {
+fn hosts_file_name_is_answered_on_the_worker_with_a_silent_nameserver() {
     let dns = silent_stub(&[]);
     let up = Upstream::echo();
     let dir = TempDir::new("hosts");
@@ -224,22 +250,106 @@ fn hosts_file_name_is_answered_without_any_query_and_reread_on_change() {
         "no DNS query for a hosts-file name: {:?}",
         dns.queries()
     );
-    assert!(
-        gw.metric_value("splicegate_dns_cache_total{outcome=\"hosts_file\"}") >= 300.0,
-        "{}",
-        gw.metrics()
+    // Answered where it was asked: counted as a hosts-file answer, never a lookup the
+    // resolver task answered (its latency histogram counts every one of those).
+    assert!(hosts_file_answers(&gw) >= 300.0, "{}", gw.metrics());
+    assert_eq!(task_lookups(&gw), 0.0, "{}", gw.metrics());
+    assert_eq!(dns_queries(&gw), 0.0, "{}", gw.metrics());
+}
+
+#[test]
+fn hosts_file_name_is_answered_with_no_nameserver_and_no_round_trip() {
+    let up = Upstream::echo();
+    let dir = TempDir::new("hosts-nodns");
+    let hosts = dir.write("hosts", "127.0.0.1 pinned.dns.test\n");
+    // Nothing listens where the name server should be.
+    let closed = ClosedPort::new();
+    let cfg = Config::new()
+        .allow_host("*.dns.test")
+        .port(up.port())
+        .nameserver(SocketAddr::from((Ipv4Addr::LOCALHOST, closed.port())))
+        .loopback_networks()
+        .limit("resolve_timeout", "1s")
+        .resolver("hosts_file", &yq(&hosts.display().to_string()));
+    let Some(gw) = Gateway::start(cfg) else {
+        return;
+    };
+    let target = format!("pinned.dns.test:{}", up.port());
+    let before = (hosts_file_answers(&gw), task_lookups(&gw), dns_queries(&gw));
+    for i in 0..50 {
+        let mut s = open_tunnel(gw.addr(), &target);
+        echo_roundtrip(&mut s, format!("pinned #{i}").as_bytes());
+    }
+    let after = (hosts_file_answers(&gw), task_lookups(&gw), dns_queries(&gw));
+    assert_eq!(after.0 - before.0, 50.0, "{}", gw.metrics());
+    assert_eq!(after.1, before.1, "no lookup reached the resolver task");
+    assert_eq!(after.2, before.2, "no DNS query");
+    // A name the file does not list still goes to the resolver task (and fails: no server).
+    let (status, _) = connect_status(&gw, &format!("other.dns.test:{}", up.port()));
+    assert!(status == 502 || status == 504, "got {status}");
+    // The task answers it (a failure) once the query's own bound has passed.
+    let lookups = gw.wait_metric(
+        "splicegate_dns_lookup_seconds_count",
+        |v| v > before.1,
+        Duration::from_secs(10),
     );
-    // The file changes: a new name is answered from it after the next check (at most 1 s).
+    assert_eq!(lookups, before.1 + 1.0, "{}", gw.metrics());
+}
+
+#[test]
+fn hosts_file_rewritten_in_place_or_renamed_is_taken_and_a_removed_name_goes_to_dns() {
+    // Every name not in the file is NXDOMAIN: a pinned name that fell to DNS would be a 502.
+    let dns = DnsStub::start(&[], DnsAnswer::NxDomain, 60);
+    let up = Upstream::echo();
+    let dir = TempDir::new("hosts-rewrite");
+    let hosts = dir.write("hosts", "127.0.0.1 a.dns.test\n");
+    let Some(gw) = gateway(&dns, up.port(), |c| {
+        c.loopback_networks()
+            .resolver("hosts_file", &yq(&hosts.display().to_string()))
+    }) else {
+        return;
+    };
+    let at = |name: &str| format!("{name}.dns.test:{}", up.port());
+    assert!(wait_hosts_read(&gw, 1, Duration::from_secs(5)).is_some());
+    assert_eq!(connect_status(&gw, &at("a")).0, 200);
+
+    // An editor that truncates and rewrites in place, with the file empty for less than a
+    // re-check (the writer is a thread of its own, so slow CONNECTs cannot stretch that): the
+    // pinned name keeps its pin throughout (never a query, never a 502).
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&hosts)
+        .unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut f = f;
+        std::thread::sleep(Duration::from_millis(600));
+        f.write_all(b"127.0.0.1 a.dns.test\n127.0.0.1 b.dns.test\n")
+    });
+    let window_end = Instant::now() + Duration::from_secs(2);
+    while !writer.is_finished() && Instant::now() < window_end {
+        assert_eq!(connect_status(&gw, &at("a")).0, 200, "during the rewrite");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    writer.join().unwrap().unwrap();
+    let bound = Duration::from_secs(6);
+    let read = wait_hosts_read(&gw, 2, bound);
+    assert!(read.is_some(), "rewrite not taken within {bound:?}");
+    assert_eq!(connect_status(&gw, &at("b")).0, 200);
+    assert_eq!(dns.query_count("a.dns.test"), 0, "{:?}", dns.queries());
+    assert_eq!(dns.query_count("b.dns.test"), 0, "{:?}", dns.queries());
+
+    // A new file renamed over it, as `sed -i` or a configuration manager does: `b` is gone.
     let t_change = Instant::now();
-    std::fs::write(
-        &hosts,
-        "127.0.0.1 pinned.dns.test\n127.0.0.1 added.dns.test\n",
-    )
-    .unwrap();
-    sleep_until(t_change + Duration::from_millis(1200));
-    let (status, _) = connect_status(&gw, &format!("added.dns.test:{}", up.port()));
-    assert_eq!(status, 200, "log:\n{}", gw.log_dump());
-    assert!(dns.queries().is_empty(), "{:?}", dns.queries());
+    let tmp = dir.write("hosts.new", "127.0.0.1 c.dns.test x.dns.test y.dns.test\n");
+    std::fs::rename(&tmp, &hosts).unwrap();
+    let read = wait_hosts_read(&gw, 3, bound);
+    assert!(read.is_some(), "rename not taken within {bound:?}");
+    let took = t_change.elapsed();
+    assert_eq!(connect_status(&gw, &at("c")).0, 200, "after {took:?}");
+    // A name no longer listed goes to DNS, which says NXDOMAIN: 502, not the old pin.
+    assert_eq!(connect_status(&gw, &at("b")).0, 502);
+    assert!(dns.query_count("b.dns.test") >= 1, "{:?}", dns.queries());
 }
 
 #[test]

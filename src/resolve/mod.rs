@@ -1,13 +1,19 @@
 //! Name resolution off the workers: one task on the control runtime answers every worker's
-//! lookups. The config's static `hosts:` map is answered by the worker itself before a request
-//! ever gets here.
+//! lookups. Names pinned without DNS are answered by the worker itself, before a request ever
+//! gets here: the config's static `hosts:` map first, then the hosts file ([`hosts`]), through
+//! [`Resolver::pinned`] — a read of the table the resolver task publishes, with no syscall and
+//! no round trip.
 //!
 //! A worker sends a [`Request`] and goes on serving; the answer comes back on the worker's own
 //! channel, followed by a wake-up of its eventfd. The resolver never blocks a worker, and the
 //! worker enforces `resolve_timeout` with its own timer, so a silent DNS server costs one timer.
 //!
 //! In order, for a name:
-//! 1. the hosts file ([`hosts`]): a listed name is answered from it, with no query;
+//! 1. the hosts file ([`hosts`]): a listed name is answered from it, with no query. The task
+//!    reads the file at start and re-checks it every [`hosts::RECHECK`] on a timer of its own
+//!    (lookups no longer reach it for those names), publishing each version that held still;
+//!    a worker answers from the published table, and a request that reaches the task anyway
+//!    (the table changed after the worker looked) is answered from it here;
 //! 2. the cache ([`cache`]): A and AAAA both fresh -> answered at once;
 //! 3. otherwise the lookup joins the name's [`coalesce::Job`]; a query is sent for each
 //!    family not fresh unless one is already outstanding ([`coalesce::Inflight`]); A and AAAA
@@ -35,7 +41,7 @@ use tracing::{info, warn};
 
 use self::cache::{Cache, Family, Outcome, Ttls};
 use self::coalesce::{Decision, Got, Inflight, Job};
-use self::hosts::{HostsFile, Reloaded};
+use self::hosts::{HostsFile, Pins, Reloaded};
 pub use self::query::BuildError;
 use self::query::QueryResult;
 pub use self::settings::ResolverSettings;
@@ -92,10 +98,13 @@ struct Request {
     reply: ReplyTo,
 }
 
-/// A cloneable handle to the resolver task; `lookup` never blocks.
+/// A cloneable handle to the resolver task, one per worker; `lookup` never blocks and
+/// `pinned` makes no syscall.
 #[derive(Debug, Clone)]
 pub struct Resolver {
     tx: tokio::sync::mpsc::UnboundedSender<Request>,
+    /// This handle's view of the hosts-file table the task publishes.
+    pins: Pins,
     stats: Arc<DnsStats>,
     private_link: bool,
 }
@@ -116,14 +125,31 @@ impl Resolver {
             Err(e) => (None, Some(e)),
         };
         let stats = Arc::new(DnsStats::default());
-        let core = Core::new(settings, timeout, Arc::clone(&stats));
+        let mut core = Core::new(settings, timeout, Arc::clone(&stats));
+        // Read the hosts file before the first worker can ask, so its names are answered from
+        // the first CONNECT and its state is in the log first.
+        core.refresh_hosts(Instant::now());
+        let pins = Pins::new(core.hosts.shared());
         rt.spawn(run(core, rx, dns, timeout));
         let resolver = Resolver {
             tx,
+            pins,
             stats,
             private_link: settings.private_link,
         };
         (resolver, warning)
+    }
+
+    /// `name`'s addresses if the hosts file lists it, answered here on the caller's thread
+    /// (counted as `splicegate_dns_cache_total{outcome="hosts_file"}`); `None` -> ask
+    /// [`Resolver::lookup`].
+    pub fn pinned(&mut self, name: &str) -> Option<Resolved> {
+        let ips = self.pins.get(name)?.to_vec();
+        self.stats.cache(DnsCacheOutcome::HostsFile, 1);
+        Some(Resolved {
+            ips,
+            source: Source::HostsFile,
+        })
     }
 
     /// Ask for `name`; the answer arrives on `reply`. Returns false if the resolver is gone.
@@ -165,8 +191,10 @@ async fn run(
     timeout: Duration,
 ) {
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
-    // Read the hosts file at start, so its state is in the log before the first lookup.
-    core.refresh_hosts(Instant::now());
+    // The hosts file's own timer: the workers answer its names, so no lookup would bring the
+    // task here to notice a change.
+    let mut hosts_timer = tokio::time::interval(hosts::RECHECK);
+    hosts_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let wake = core.next_wake(Instant::now());
         let timer = async {
@@ -182,6 +210,7 @@ async fn run(
             },
             Some(d) = done_rx.recv() => core.completed(d, Instant::now()),
             () = timer => core.tick(Instant::now()),
+            _ = hosts_timer.tick() => core.refresh_hosts(Instant::now()),
         }
         core.stats.set_cache_entries(core.cache.len());
         for (name, family) in core.take_queries() {
@@ -250,10 +279,11 @@ impl Core {
             gen: req.gen,
             reply: req.reply,
         };
-        self.refresh_hosts(now);
+        // Workers answer the hosts file's names themselves; one that reaches the task anyway
+        // (published after the worker looked) is answered from the same table.
         if let Some(ips) = self.hosts.get(&name) {
             let resolved = Resolved {
-                ips: ips.to_vec(),
+                ips,
                 source: Source::HostsFile,
             };
             self.stats.cache(DnsCacheOutcome::HostsFile, 1);
@@ -305,7 +335,8 @@ impl Core {
         self.settle(&name, now);
     }
 
-    /// Re-read the hosts file if it changed (checked at most once per second) and say so.
+    /// Publish a change of the hosts file that held still (checked at most once per
+    /// [`hosts::RECHECK`]) and say so.
     fn refresh_hosts(&mut self, now: Instant) {
         match self.hosts.refresh(now) {
             Reloaded::No => {}
@@ -600,6 +631,7 @@ mod tests {
         let (mut core, stats, path) = core("hosts");
         let c = Client::new();
         let t0 = Instant::now();
+        core.refresh_hosts(t0);
         c.ask(&mut core, "Pinned.Example.", 1, t0);
         let ans = c.answers();
         assert_eq!(ans.len(), 1);
@@ -612,6 +644,41 @@ mod tests {
         );
         assert!(core.take_queries().is_empty());
         assert_eq!(stats.cached(DnsCacheOutcome::HostsFile), 1);
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn a_handle_answers_the_hosts_file_itself_and_follows_its_changes() {
+        let path = std::env::temp_dir().join(format!("splicegate-pinned-{}", std::process::id()));
+        std::fs::write(&path, "192.0.2.9 pinned.example\n").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (resolver, _) = Resolver::start(&settings(&path), TIMEOUT, rt.handle());
+        // A worker's own handle, answering with no runtime turning: read at start.
+        let mut mine = resolver.clone();
+        let want = Resolved {
+            ips: vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9))],
+            source: Source::HostsFile,
+        };
+        assert_eq!(mine.pinned("PINNED.example."), Some(want));
+        assert_eq!(mine.pinned("other.example"), None);
+        let stats = resolver.stats();
+        assert_eq!(stats.cached(DnsCacheOutcome::HostsFile), 1);
+        // The task's own timer publishes a change (no lookup reaches it): bounded wait.
+        std::fs::write(&path, "192.0.2.10 moved.example\n").unwrap();
+        let seen = rt.block_on(async {
+            for _ in 0..100 {
+                if mine.pinned("moved.example").is_some() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            false
+        });
+        assert!(seen, "the change was not published within 5 s");
+        assert_eq!(mine.pinned("pinned.example"), None);
         let _ = std::fs::remove_file(path);
     }
 

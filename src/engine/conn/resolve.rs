@@ -1,6 +1,11 @@
 //! The `Resolving` phase: owns the hand-off of a name to the resolver and the handling of its
 //! answer. Kept thin on purpose: it only turns an answer into addresses for [`super::dial`] or
 //! into a refusal.
+//!
+//! Names pinned without DNS never leave the worker: the config's `hosts:` map is consulted in
+//! `head.rs` before a name gets here, then the hosts file's published table through
+//! [`crate::resolve::Resolver::pinned`] (no syscall, no round trip); only what neither lists
+//! goes to the resolver task. Order: `hosts:` map, hosts file, DNS.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -12,8 +17,13 @@ use crate::proto::response::Status;
 use crate::resolve::{Answer, ResolveError, Resolved, Source};
 
 impl Worker {
-    /// Hand `name` to the resolver; the answer comes back through [`Worker::on_answer`].
+    /// Answer `name` from the hosts file here, or hand it to the resolver; its answer comes
+    /// back through [`Worker::on_answer`].
     pub(in crate::engine) fn resolve(&mut self, slot: u32, target: Target, name: &str) {
+        if let Some(r) = self.resolver.pinned(name) {
+            self.answered(slot, target, Ok(r));
+            return;
+        }
         let gen = self.gen_of(slot);
         let now = self.now;
         let Some(timeout) = self.conn_at(slot).map(|c| c.limits.resolve_timeout) else {
@@ -47,7 +57,13 @@ impl Worker {
             return;
         };
         let target = target.clone();
-        match a.result {
+        self.answered(a.slot, target, a.result);
+    }
+
+    /// Addresses for `target` (from the hosts file or the resolver task) -> a dial; a failure
+    /// -> a refusal.
+    fn answered(&mut self, slot: u32, target: Target, result: Result<Resolved, ResolveError>) {
+        match result {
             Ok(r) if target.relay_request.is_some() => {
                 let port = self.settings.load().relay.as_ref().map_or(0, |r| r.port);
                 let addrs = r
@@ -55,32 +71,32 @@ impl Worker {
                     .into_iter()
                     .map(|ip| SocketAddr::new(ip, port))
                     .collect();
-                self.connect_to(a.slot, target, addrs);
+                self.connect_to(slot, target, addrs);
             }
             Ok(r) => {
                 if let Some(ip) = self.private_link_refusal(&r) {
                     let d = Denial::PrivateDestination(crate::policy::classify(ip));
-                    self.deny(a.slot, d, &target.authority, Some(ip));
+                    self.deny(slot, d, &target.authority, Some(ip));
                     return;
                 }
-                self.connect_checked(a.slot, target, r.ips)
+                self.connect_checked(slot, target, r.ips)
             }
             Err(ResolveError::NotFound) => self.fail(
-                a.slot,
+                slot,
                 Some(&target.authority),
                 ErrorKind::DnsFailure,
                 Status::BadGateway,
                 "name not found",
             ),
             Err(ResolveError::Failed) => self.fail(
-                a.slot,
+                slot,
                 Some(&target.authority),
                 ErrorKind::DnsFailure,
                 Status::BadGateway,
                 "name resolution failed",
             ),
             Err(ResolveError::Timeout) => self.fail(
-                a.slot,
+                slot,
                 Some(&target.authority),
                 ErrorKind::ResolveTimeout,
                 Status::GatewayTimeout,

@@ -16,7 +16,7 @@ use crate::engine::driver::{Driver, Event, FakeDriver, Key};
 use crate::engine::worker::{Worker, WorkerSetup};
 use crate::engine::{conn::State, sys};
 use crate::events::Reject;
-use crate::metrics::Shard;
+use crate::metrics::{DnsCacheOutcome, Shard};
 use crate::resolve::{Answer, ReplyTo, Resolver};
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -265,6 +265,34 @@ fn refusing_port() -> (socket2::Socket, u16) {
         .unwrap();
     let port = s.local_addr().unwrap().as_socket().unwrap().port();
     (s, port)
+}
+
+#[test]
+fn a_hosts_file_name_is_dialled_at_once_with_no_resolver_answer() {
+    // The resolver's task never runs here: a name that went to it would stay `resolving`.
+    let path = std::env::temp_dir().join(format!(
+        "splicegate-conn-hosts-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::write(&path, "127.0.0.1 up.test\n").unwrap();
+    let mut b = bench_with(&format!(
+        "{YAML}resolver:\n  hosts_file: \"{}\"\n",
+        path.display()
+    ));
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    let mut client = b.accept();
+    let client_key = b.fake().watched[0];
+    client
+        .write_all(format!("CONNECT up.test:{port} HTTP/1.1\r\n\r\n").as_bytes())
+        .unwrap();
+    b.ready(client_key);
+    assert_eq!((b.state(), b.deadlines()), ("connecting", 1));
+    let stats = b.worker.resolver.stats();
+    assert_eq!(stats.cached(DnsCacheOutcome::HostsFile), 1);
+    let (_far, _) = upstream.accept().unwrap();
+    let _ = std::fs::remove_file(path);
 }
 
 #[test]
