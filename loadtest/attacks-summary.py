@@ -24,15 +24,25 @@ def main(path):
     for scen, runs in by.items():
         print(f"\n### {scen}\n")
         if scen == "slowloris":
-            print("| target | load | closed (answer) after min / p50 / max s | statuses | RSS growth MiB | KiB/conn | /metrics p99 / max ms | probe p99 before / during ms | gateway CPU % |")
-            print("|---|---|---|---|---|---|---|---|---|")
+            print("| target | load before / after | answered after (from established) min / p50 / max s | from dial p50 / max s | statuses | ListenOverflows / ListenDrops | RSS growth MiB | KiB/conn | /metrics p50 / p99 / max ms (samples, > 100 ms) | probe p50 / p99 before -> during ms (ratio) | busiest worker CPU % whole / peak 1 s | gateway CPU % | canaries p50 / max s | accept queue peak |")
+            print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
             for r in runs:
                 x = r["result"]
                 a = g(x, "answered_after")
-                print(f"| {r['target']} | {r['load1_before']} | {g(a,'min_ms',default=0)/1000:.2f} / {g(a,'p50_ms',default=0)/1000:.2f} / {g(a,'max_ms',default=0)/1000:.2f} "
-                      f"| {g(x,'statuses')} | {mib(g(x,'during','rss_kib_growth'))} | {g(x,'rss_kib_per_connection_at_peak')} "
-                      f"| {g(x,'during','metrics_scrape','p99_ms')} / {g(x,'during','metrics_scrape','max_ms')} "
-                      f"| {g(x,'probe_before','p99_ms')} / {g(x,'probe_during','p99_ms')} | {g(x,'gateway_cpu_pct_of_one_core')} |")
+                dl = g(x, "answered_after_dial")
+                lq = g(x, "listen_queue_counters", default={})
+                m = g(x, "during", "metrics_scrape", default={})
+                w = g(x, "during", "busiest_worker", default={})
+                s = lambda d, k: "-" if g(d, k) == "-" else f"{g(d, k) / 1000:.2f}"
+                print(f"| {r['target']} | {r['load1_before']} / {g(r, 'load1_after')} "
+                      f"| {s(a, 'min_ms')} / {s(a, 'p50_ms')} / {s(a, 'max_ms')} | {s(dl, 'p50_ms')} / {s(dl, 'max_ms')} "
+                      f"| {g(x,'statuses')} | {g(lq, 'ListenOverflows')} / {g(lq, 'ListenDrops')} "
+                      f"| {mib(g(x,'during','rss_kib_growth'))} | {g(x,'rss_kib_per_connection_at_peak')} "
+                      f"| {g(m,'p50_ms')} / {g(m,'p99_ms')} / {g(m,'max_ms')} ({g(m,'count')}, {g(x,'during','metrics_scrape_over_100ms')}) "
+                      f"| {g(x,'probe_before','p50_ms')} / {g(x,'probe_before','p99_ms')} -> {g(x,'probe_during','p50_ms')} / {g(x,'probe_during','p99_ms')} ({g(x,'probe_p99_ratio')}) "
+                      f"| {g(w,'whole_pct')} / {g(w,'peak_1s_pct')} | {g(x,'gateway_cpu_pct_of_one_core')} "
+                      f"| {s(g(x, 'canary_answered_after', default={}), 'p50_ms')} / {s(g(x, 'canary_answered_after', default={}), 'max_ms')} "
+                      f"| {g(x, 'during', 'accept_queue_peak')} |")
         elif scen == "flood":
             print("| target | load | statuses | answered at once p50 / p99 / max ms | open conns peak (gauge) | fds peak | CPU % opening / holding+trickle / whole | RSS growth MiB |")
             print("|---|---|---|---|---|---|---|---|")

@@ -129,12 +129,13 @@ run() { # target scenario [ns] -- load args...
   if [ "${1:-}" = ns ]; then wrap=(ip netns exec "$NS"); shift; fi
   local args=(--proxy "$PROXY" --gateway-pid "$PEERPID" --json --quiet)
   [ -n "$METRICS" ] && args+=(--metrics "$METRICS")
-  local load1 line
+  local load1 load1_after line
   load1=$(cut -d' ' -f1 /proc/loadavg)
   if line=$(timeout 300 "${wrap[@]}" "$LOAD" "$@" "${args[@]}" 2> "$work/err"); then :; else
     line="{\"failed\":true,\"stderr\":$(tail -c 400 "$work/err" | python3 -c 'import json,sys;print(json.dumps(sys.stdin.read()))')}"
   fi
-  echo "{\"target\":\"$t\",\"scenario\":\"$scen\",\"load1_before\":$load1,\"result\":$line}" >> "$OUT/results.jsonl"
+  load1_after=$(cut -d' ' -f1 /proc/loadavg)
+  echo "{\"target\":\"$t\",\"scenario\":\"$scen\",\"load1_before\":$load1,\"load1_after\":$load1_after,\"result\":$line}" >> "$OUT/results.jsonl"
   printf '%-6s %-10s %s\n' "$t" "$scen" "$(echo "$line" | head -c 300)"
 }
 

@@ -303,6 +303,7 @@ async fn state(net: &Net, a: &Attack) -> Value {
 struct Sampler {
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<SamplerOut>,
+    procs: std::thread::JoinHandle<SamplerOut>,
 }
 
 #[derive(Default)]
@@ -314,15 +315,130 @@ struct SamplerOut {
     /// (seconds since start, value) per gauge name.
     gauges: Vec<(f64, &'static str, f64)>,
     cpu_s: Vec<(f64, f64)>,
+    /// (seconds since start, CPU seconds by thread) per sample.
+    threads: Vec<(f64, Vec<ThreadCpu>)>,
+    /// Connections waiting in the listeners' accept queues (handshake done, not yet accepted
+    /// by the gateway), per sample.
+    accept_queue: Vec<u64>,
+}
+
+/// Connections waiting to be accepted on the listening sockets of `port` (handshake done, not
+/// yet accepted), summed over the listeners (one per worker with `SO_REUSEPORT`): the Recv-Q
+/// that `ss -lnt` shows for a socket in LISTEN. Asked of `ss`, whose netlink query walks only the
+/// listening sockets (reading `/proc/net/tcp` would format all 18,000 sockets of the attack).
+fn accept_queue(port: u16) -> Option<u64> {
+    let out = std::process::Command::new("ss")
+        .args(["-Hlnt", &format!("sport = :{port}")])
+        .output()
+        .ok()?;
+    accept_queue_in(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// [`accept_queue`] from the lines `ss -Hlnt` prints (`LISTEN <Recv-Q> <Send-Q> <local> ...`);
+/// `None` if there are none.
+fn accept_queue_in(text: &str) -> Option<u64> {
+    let mut total = None;
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.first() != Some(&"LISTEN") {
+            continue;
+        }
+        if let Some(q) = f.get(1).and_then(|q| q.parse::<u64>().ok()) {
+            *total.get_or_insert(0) += q;
+        }
+    }
+    total
+}
+
+/// One thread of the gateway: its id, name (`splicegate-w0` is worker 0) and CPU seconds.
+#[derive(Clone)]
+struct ThreadCpu {
+    tid: u32,
+    name: String,
+    cpu_s: f64,
+}
+
+/// The CPU each thread of `pid` has used so far (`/proc/PID/task/*/stat`, user + system).
+fn thread_cpu(pid: u32) -> Vec<ThreadCpu> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        out.push(ThreadCpu {
+            tid,
+            name: stat[open + 1..close].to_string(),
+            cpu_s: (ticks(11) + ticks(12)) / 100.0, // USER_HZ on Linux
+        });
+    }
+    out
+}
+
+/// Per thread: its share of one core over the whole sampling (`whole`) and over its busiest
+/// second (`peak_1s`), busiest first.
+fn thread_shares(samples: &[(f64, Vec<ThreadCpu>)]) -> Vec<Value> {
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+        return Vec::new();
+    };
+    let at = |s: &[ThreadCpu], tid: u32| s.iter().find(|t| t.tid == tid).map(|t| t.cpu_s);
+    let mut rows: Vec<(f64, Value)> = Vec::new();
+    for t in &last.1 {
+        let start = samples
+            .iter()
+            .find_map(|(ts, s)| at(s, t.tid).map(|c| (*ts, c)))
+            .unwrap_or((first.0, 0.0));
+        let span = last.0 - start.0;
+        let whole = if span > 0.0 {
+            100.0 * (t.cpu_s - start.1) / span
+        } else {
+            0.0
+        };
+        // Busiest window of at least 1 s between two samples.
+        let mut peak: f64 = 0.0;
+        let mut j = 0;
+        for i in 0..samples.len() {
+            j = j.max(i);
+            while j < samples.len() && samples[j].0 - samples[i].0 < 1.0 {
+                j += 1;
+            }
+            if j >= samples.len() {
+                break;
+            }
+            if let (Some(a), Some(b)) = (at(&samples[i].1, t.tid), at(&samples[j].1, t.tid)) {
+                peak = peak.max(100.0 * (b - a) / (samples[j].0 - samples[i].0));
+            }
+        }
+        rows.push((
+            whole,
+            json!({"name": t.name, "tid": t.tid, "whole_pct": round(whole, 1), "peak_1s_pct": round(peak, 1)}),
+        ));
+    }
+    rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+    rows.into_iter().map(|r| r.1).collect()
 }
 
 impl Sampler {
+    /// `/proc` (and the accept queue) on a thread of its own, `/metrics` on a task: a slow read
+    /// of one never delays or thins out the samples of the other.
     fn start(net: &Net, a: &Attack, period: Duration) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
-        let (pid, metrics, stop2) = (net.gateway_pid, a.metrics, stop.clone());
-        let task = tokio::spawn(async move {
+        let (pid, metrics) = (net.gateway_pid, a.metrics);
+        let port = (!net.direct).then_some(net.proxy.port());
+        let t0 = Instant::now();
+        let stop2 = stop.clone();
+        let procs = std::thread::spawn(move || {
             let mut out = SamplerOut::default();
-            let t0 = Instant::now();
             while !stop2.load(Ordering::Relaxed) {
                 let t = t0.elapsed().as_secs_f64();
                 if let Some(g) = gw_sample(pid) {
@@ -330,29 +446,56 @@ impl Sampler {
                     out.fds.push(g.fds);
                     out.cpu_s.push((t, g.cpu()));
                 }
-                if let Some(m) = metrics {
-                    match scrape(m).await {
-                        Ok((d, text)) => {
-                            out.scrape.push(d.as_micros().min(u32::MAX as u128) as u32);
-                            for name in GAUGES {
-                                if let Some(v) = metric(&text, name) {
-                                    out.gauges.push((t, name, v));
-                                }
-                            }
-                        }
-                        Err(_) => out.scrape_failures += 1,
-                    }
+                if let Some(pid) = pid {
+                    out.threads.push((t, thread_cpu(pid)));
                 }
-                tokio::time::sleep(period).await;
+                if let Some(q) = port.and_then(accept_queue) {
+                    out.accept_queue.push(q);
+                }
+                std::thread::sleep(period);
             }
             out
         });
-        Sampler { stop, task }
+        let stop2 = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut out = SamplerOut::default();
+            let Some(m) = metrics else {
+                return out;
+            };
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !stop2.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let t = t0.elapsed().as_secs_f64();
+                match scrape(m).await {
+                    Ok((d, text)) => {
+                        out.scrape.push(d.as_micros().min(u32::MAX as u128) as u32);
+                        for name in GAUGES {
+                            if let Some(v) = metric(&text, name) {
+                                out.gauges.push((t, name, v));
+                            }
+                        }
+                    }
+                    Err(_) => out.scrape_failures += 1,
+                }
+            }
+            out
+        });
+        Sampler { stop, task, procs }
     }
 
     async fn finish(self) -> SamplerOut {
         self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap_or_default()
+        let mut out = self.task.await.unwrap_or_default();
+        let procs = tokio::task::spawn_blocking(move || self.procs.join().unwrap_or_default())
+            .await
+            .unwrap_or_default();
+        out.rss_kib = procs.rss_kib;
+        out.fds = procs.fds;
+        out.cpu_s = procs.cpu_s;
+        out.threads = procs.threads;
+        out.accept_queue = procs.accept_queue;
+        out
     }
 }
 
@@ -372,10 +515,28 @@ impl SamplerOut {
             (Some(a), Some(b)) if b.0 > a.0 => Some(round(100.0 * (b.1 - a.1) / (b.0 - a.0), 1)),
             _ => None,
         };
+        let threads = thread_shares(&self.threads);
+        // The data path: the workers (`splicegate-w<id>`), not the control or auth threads.
+        let worker = |v: &&Value| {
+            v["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("splicegate-w"))
+        };
+        let busiest_peak = threads
+            .iter()
+            .filter(worker)
+            .filter_map(|v| v["peak_1s_pct"].as_f64())
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
         json!({
             "samples": self.rss_kib.len().max(self.scrape.len()),
             "metrics_scrape": lat_json(&scrape),
+            "metrics_scrape_over_100ms": scrape.iter().filter(|&&us| us > 100_000).count(),
             "metrics_scrape_failures": self.scrape_failures,
+            "accept_queue_peak": self.accept_queue.iter().copied().max(),
+            "accept_queue_samples_nonzero": self.accept_queue.iter().filter(|&&q| q > 0).count(),
+            "threads_cpu": threads,
+            "busiest_worker": threads.iter().find(worker),
+            "busiest_worker_peak_1s_pct": busiest_peak,
             "rss_kib_peak": peak,
             "rss_kib_growth": match (rss0, peak) { (Some(a), Some(b)) => Some(b as i64 - a as i64), _ => None },
             "rss_kib_min": self.rss_kib.iter().copied().min(),
@@ -391,17 +552,27 @@ impl SamplerOut {
 /// A legitimate client beside the attack: CONNECT to the in-process upstream, one echo round
 /// trip, close; the time from dialling to the echo.
 async fn probe(net: &Net, target: &str, i: usize) -> Result<Duration, Fail> {
+    probe_phases(net, target, i).await.map(|p| p.iter().sum())
+}
+
+/// [`probe`], step by step: dialling the gateway, its answer to CONNECT, the echo.
+async fn probe_phases(net: &Net, target: &str, i: usize) -> Result<[Duration; 3], Fail> {
     let t0 = Instant::now();
     let mut s = dial(net, i).await?;
+    let t1 = Instant::now();
     connect_head(&mut s, target).await?;
+    let t2 = Instant::now();
     role(&mut s, ROLE_ECHO, i).await?;
     s.write_all(b"ping").await.map_err(|e| fail("probe", e))?;
     let mut four = [0u8; 4];
     s.read_exact(&mut four)
         .await
         .map_err(|e| fail("probe", e))?;
-    Ok(t0.elapsed())
+    Ok([t1 - t0, t2 - t1, t2.elapsed()])
 }
+
+/// A probe slower than 100 ms: when it started (s after the probing began) and its steps (ms).
+type SlowProbe = (f64, [f64; 3]);
 
 /// Probes every `period` until stopped (each bounded at 10 s).
 fn spawn_probes(
@@ -425,6 +596,138 @@ fn spawn_probes(
         lat.sort_unstable();
         (lat, errors)
     })
+}
+
+/// Probes at a fixed rate (open loop: one starts every `1/rate` s whether or not the last one
+/// has finished, so a slow gateway cannot hide its latency by slowing the prober) until `stop`
+/// or `until`; each bounded at 10 s. Latencies sorted, and the errors.
+fn open_loop_probes(
+    net: Arc<Net>,
+    target: String,
+    rate: u32,
+    until: Option<Instant>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(Vec<u32>, Errors, Vec<SlowProbe>)> {
+    tokio::spawn(async move {
+        let errors = Arc::new(Errors::default());
+        let lat = Arc::new(Samples::default());
+        let slow = Arc::new(Mutex::new(Vec::<SlowProbe>::new()));
+        let t0 = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut handles = Vec::new();
+        for i in 0usize.. {
+            tick.tick().await;
+            if stop.load(Ordering::Relaxed) || until.is_some_and(|u| Instant::now() >= u) {
+                break;
+            }
+            let (net, target, errors, lat, slow) = (
+                net.clone(),
+                target.clone(),
+                errors.clone(),
+                lat.clone(),
+                slow.clone(),
+            );
+            let at = t0.elapsed().as_secs_f64();
+            handles.push(tokio::spawn(async move {
+                let r = probe_phases(&net, &target, i);
+                match tokio::time::timeout(Duration::from_secs(10), r).await {
+                    Ok(Ok(p)) => {
+                        let d: Duration = p.iter().sum();
+                        lat.add(d);
+                        if d > Duration::from_millis(100) {
+                            let ms = p.map(|x| round(x.as_secs_f64() * 1000.0, 1));
+                            slow.lock().unwrap().push((round(at, 2), ms));
+                        }
+                    }
+                    Ok(Err(f)) => errors.add(&f),
+                    Err(_) => errors.add(&fail("probe_timeout", "10 s")),
+                }
+            }));
+        }
+        for h in handles {
+            let _ = h.await;
+        }
+        let sorted = lat.sorted_from(0);
+        let errors = Arc::try_unwrap(errors).unwrap_or_default();
+        let mut slow = std::mem::take(&mut *slow.lock().unwrap());
+        slow.sort_by(|a, b| a.0.total_cmp(&b.0));
+        (sorted, errors, slow)
+    })
+}
+
+/// The kernel's counters of listen-queue trouble in this network namespace (`TcpExt` in
+/// `/proc/net/netstat`, what `nstat` shows): a full accept queue drops the SYN or the
+/// handshake's last ACK (`ListenOverflows`, `ListenDrops`), and the client retransmits 1 s,
+/// 3 s, ... later, a wait the gateway never sees.
+const LISTEN_COUNTERS: [&str; 5] = [
+    "ListenOverflows",
+    "ListenDrops",
+    "TCPReqQFullDrop",
+    "TCPReqQFullDoCookies",
+    "SyncookiesSent",
+];
+
+fn listen_counters() -> Option<Vec<(&'static str, u64)>> {
+    listen_counters_in(&std::fs::read_to_string("/proc/net/netstat").ok()?)
+}
+
+/// [`listen_counters`] from a `/proc/net/netstat` text: `TcpExt:` names on one line, values
+/// on the next.
+fn listen_counters_in(text: &str) -> Option<Vec<(&'static str, u64)>> {
+    let mut lines = text.lines();
+    while let Some(names) = lines.next() {
+        let values = lines.next()?;
+        if !names.starts_with("TcpExt:") {
+            continue;
+        }
+        let pairs: Vec<(&str, &str)> = names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .collect();
+        return Some(
+            LISTEN_COUNTERS
+                .iter()
+                .map(|c| {
+                    let v = pairs
+                        .iter()
+                        .find(|p| p.0 == *c)
+                        .and_then(|p| p.1.parse().ok());
+                    (*c, v.unwrap_or(0))
+                })
+                .collect(),
+        );
+    }
+    None
+}
+
+/// What the counters grew by between two readings.
+fn listen_delta(
+    a: &Option<Vec<(&'static str, u64)>>,
+    b: &Option<Vec<(&'static str, u64)>>,
+) -> Value {
+    let (Some(a), Some(b)) = (a, b) else {
+        return Value::Null;
+    };
+    let mut m = serde_json::Map::new();
+    for ((name, x), (_, y)) in a.iter().zip(b) {
+        m.insert((*name).into(), json!(y.saturating_sub(*x)));
+    }
+    Value::Object(m)
+}
+
+/// Answers counted per half second (key: the bucket's start in seconds), to see steps such as
+/// the client's SYN retransmits (1 s, 3 s) in the spread.
+fn half_second_histogram(sorted: &[u32]) -> Value {
+    let mut m = std::collections::BTreeMap::<u32, u64>::new();
+    for us in sorted {
+        *m.entry(us / 500_000).or_insert(0) += 1;
+    }
+    let mut out = serde_json::Map::new();
+    for (b, n) in m {
+        out.insert(format!("{:.1}", f64::from(b) * 0.5), json!(n));
+    }
+    Value::Object(out)
 }
 
 async fn baseline_probes(net: &Arc<Net>, target: &str, n: usize) -> Vec<u32> {
@@ -474,42 +777,125 @@ fn emit(v: &Value) {
 // ---------------------------------------------------------------------------------------------
 // slowloris
 
-pub async fn slowloris(
-    net: Net,
-    a: Attack,
-    connections: usize,
-    interval: Duration,
-    max_seconds: u64,
-) -> Result<()> {
+/// A slowloris connection on its own OS thread with blocking sockets, timed with no async
+/// runtime in between: the 9,000 attack tasks share this tool's few runtime threads, so their
+/// own timestamps (when the connect completed, when the answer came) can be late by the time it
+/// takes those threads to get round to them. The time from its connect returning to the answer
+/// (or close), or `None` if neither came within `max`.
+fn canary(proxy: SocketAddr, prefix: &str, interval: Duration, max: Duration) -> Option<Duration> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&proxy, Duration::from_secs(10)).ok()?;
+    let opened = Instant::now();
+    s.write_all(prefix.as_bytes()).ok()?;
+    let mut next = opened + interval;
+    let mut buf = [0u8; 512];
+    while opened.elapsed() < max {
+        let wait = next.saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            let _ = s.write_all(b"a");
+            next += interval;
+            continue;
+        }
+        s.set_read_timeout(Some(wait)).ok()?;
+        match s.read(&mut buf) {
+            Ok(_) => return Some(opened.elapsed()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Some(opened.elapsed()),
+        }
+    }
+    None
+}
+
+/// The slowloris scenario's shape.
+pub struct Slowloris {
+    pub connections: usize,
+    /// Between two dribbled header bytes.
+    pub interval: Duration,
+    /// A connection still open after this long is given up on.
+    pub max_seconds: u64,
+    /// The legitimate client's CONNECTs a second (open loop), before and during the attack.
+    pub probe_rate: u32,
+    /// How long the same probe runs before the attack, as its baseline.
+    pub probe_baseline: Duration,
+}
+
+/// Canary connections beside the attack's (see [`canary`]).
+const CANARIES: usize = 50;
+
+pub async fn slowloris(net: Net, a: Attack, sl: Slowloris) -> Result<()> {
+    let Slowloris {
+        connections,
+        interval,
+        max_seconds,
+        probe_rate,
+        probe_baseline,
+    } = sl;
     let net = Arc::new(net);
+    // The observers (the probes, their upstream, the /metrics and /proc sampler) run on a
+    // runtime of their own: on the attack's, behind 9,000 tasks, they would measure this tool's
+    // own queueing (seconds, on a loaded machine) and call it the gateway's.
+    let obs = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("observer")
+        .enable_all()
+        .build()?;
     let marks = Arc::new(Marks::new(1));
-    let up = upstream(a.upstream_listen, marks, 100).await?;
+    let up = obs.spawn(upstream(a.upstream_listen, marks, 100)).await??;
     let probe_target = up.to_string();
     let target = if net.target.is_empty() {
         probe_target.clone()
     } else {
         net.target.clone()
     };
-    let base_probe = baseline_probes(&net, &probe_target, 20).await;
+    // The baseline: the same open-loop probe, same rate, alone.
+    let baseline = {
+        let _on = obs.enter();
+        open_loop_probes(
+            net.clone(),
+            probe_target.clone(),
+            probe_rate,
+            Some(Instant::now() + probe_baseline),
+            Arc::new(AtomicBool::new(false)),
+        )
+    };
+    let (base_probe, base_errors, _) = baseline.await.unwrap_or_default();
     let g0 = gw_sample(net.gateway_pid);
     let state0 = state(&net, &a).await;
-    let sampler = Sampler::start(&net, &a, Duration::from_millis(100));
+    let listen0 = listen_counters();
     let stop = Arc::new(AtomicBool::new(false));
-    let probes = spawn_probes(
-        net.clone(),
-        probe_target,
-        Duration::from_millis(250),
-        stop.clone(),
-    );
+    let (sampler, probes) = {
+        let _on = obs.enter();
+        (
+            Sampler::start(&net, &a, Duration::from_millis(100)),
+            open_loop_probes(net.clone(), probe_target, probe_rate, None, stop.clone()),
+        )
+    };
 
     let sem = Arc::new(Semaphore::new(a.concurrency.max(1)));
     let prefix = format!("CONNECT {target} HTTP/1.1\r\nX-Pad: ");
     let closed_after = Arc::new(Samples::default());
+    let from_dial = Arc::new(Samples::default());
+    let connect_took = Arc::new(Samples::default());
     let eof_after = Arc::new(Samples::default());
     let statuses = Arc::new(Mutex::new(std::collections::BTreeMap::<String, u64>::new()));
     let errors = Arc::new(Errors::default());
     let bytes_sent = Arc::new(AtomicU64::new(0));
     let t_start = Instant::now();
+    // Canaries: one every 50 ms over the first 2.5 s (the burst), each on its own thread.
+    let canaries: Vec<_> = (0..CANARIES)
+        .map(|k| {
+            let (proxy, prefix) = (net.proxy, prefix.clone());
+            let max = Duration::from_secs(max_seconds);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50 * k as u64));
+                canary(proxy, &prefix, interval, max)
+            })
+        })
+        .collect();
     let mut handles = Vec::with_capacity(connections);
     for i in 0..connections {
         let (net, sem, prefix) = (net.clone(), sem.clone(), prefix.clone());
@@ -520,8 +906,10 @@ pub async fn slowloris(
             errors.clone(),
             bytes_sent.clone(),
         );
+        let (from_dial, connect_took) = (from_dial.clone(), connect_took.clone());
         handles.push(tokio::spawn(async move {
             let permit = sem.acquire_owned().await.ok()?;
+            let dialled = Instant::now();
             let mut s = match dial(&net, i).await {
                 Ok(s) => s,
                 Err(f) => {
@@ -529,7 +917,10 @@ pub async fn slowloris(
                     return None;
                 }
             };
+            // Established on the client's side (the SYN-ACK came back): the gateway may not
+            // have accepted it yet, or may never see this handshake's last ACK (full queue).
             let opened = Instant::now();
+            connect_took.add(opened - dialled);
             if let Err(e) = s.write_all(prefix.as_bytes()).await {
                 errors.add(&fail("write", e));
                 return None;
@@ -547,7 +938,9 @@ pub async fn slowloris(
                         Ok(0) | Err(_) => {
                             let d = opened.elapsed();
                             eof_after.add(d);
-                            closed_after.add(answered.unwrap_or(d));
+                            let at = answered.unwrap_or(d);
+                            closed_after.add(at);
+                            from_dial.add(at + (opened - dialled));
                             let line = String::from_utf8_lossy(&head).into_owned();
                             let code = line.split_whitespace().nth(1).unwrap_or("closed").to_string();
                             *statuses.lock().unwrap().entry(code).or_insert(0) += 1;
@@ -578,14 +971,26 @@ pub async fn slowloris(
         let _ = h.await;
     }
     let wall = t_start.elapsed().as_secs_f64();
+    let (mut canary_after, mut canary_lost) = (Vec::new(), 0u64);
+    for c in canaries {
+        match c.join().ok().flatten() {
+            Some(d) => canary_after.push(d.as_micros().min(u32::MAX as u128) as u32),
+            None => canary_lost += 1,
+        }
+    }
     stop.store(true, Ordering::Relaxed);
-    let (mut during, probe_errors) = probes.await.unwrap_or_default();
+    let (mut during, probe_errors, slow_probes) = probes.await.unwrap_or_default();
     let samp = sampler.finish().await;
+    obs.shutdown_background();
+    let listen1 = listen_counters();
     let g1 = gw_sample(net.gateway_pid);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let state1 = state(&net, &a).await;
     let mut closed = closed_after.sorted_from(0);
+    let mut dialled = from_dial.sorted_from(0);
+    let mut connects = connect_took.sorted_from(0);
     let mut eof = eof_after.sorted_from(0);
+    let hist = half_second_histogram(&closed);
     let p99_ratio = if base_probe.is_empty() || during.is_empty() {
         Value::Null
     } else {
@@ -601,7 +1006,11 @@ pub async fn slowloris(
     let v = json!({
         "mode": "slowloris", "connections": connections, "interval_ms": interval.as_millis() as u64,
         "wall_s": round(wall, 2),
-        "answered_after": ms_sorted(&mut closed), "eof_after": ms_sorted(&mut eof),
+        "answered_after": ms_sorted(&mut closed), "answered_after_histogram_s": hist,
+        "answered_after_dial": ms_sorted(&mut dialled), "connect_took": ms_sorted(&mut connects),
+        "listen_queue_counters": listen_delta(&listen0, &listen1),
+        "canary_answered_after": ms_sorted(&mut canary_after), "canaries_unanswered": canary_lost,
+        "eof_after": ms_sorted(&mut eof),
         "statuses": *statuses.lock().unwrap(), "errors": errors.json(),
         "client_bytes_sent": bytes_sent.load(Ordering::Relaxed),
         "gateway_rss_kib_before": g0.map(|g| g.rss_kib),
@@ -611,8 +1020,14 @@ pub async fn slowloris(
         },
         "gateway_cpu_pct_of_one_core": cpu_pct,
         "during": samp.json(g0.map(|g| g.rss_kib)),
-        "probe_before": lat_json(&base_probe), "probe_during": ms_sorted(&mut during),
+        "probe_rate_per_s": probe_rate,
+        "probe_before": lat_json(&base_probe), "probe_before_errors": base_errors.json(),
+        "probe_during": ms_sorted(&mut during),
         "probe_p99_ratio": p99_ratio, "probe_errors": probe_errors.json(),
+        "probe_slow_count": slow_probes.len(),
+        "probe_slow_first_20": slow_probes.iter().take(20)
+            .map(|(t, p)| json!({"at_s": t, "dial_ms": p[0], "connect_answer_ms": p[1], "echo_ms": p[2]}))
+            .collect::<Vec<_>>(),
         "state_before": state0, "state_after": state1,
     });
     emit(&v);
@@ -1061,4 +1476,66 @@ pub async fn blackhole(net: Net, a: Attack, count: usize, seconds: u64) -> Resul
     });
     emit(&v);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_queue_sums_the_listeners() {
+        // Two SO_REUSEPORT listeners with 3 and 16 connections waiting.
+        let text = "LISTEN 3      4096   127.0.0.1:8080  0.0.0.0:*
+LISTEN 16     4096   127.0.0.1:8080  0.0.0.0:*
+";
+        assert_eq!(accept_queue_in(text), Some(19));
+        assert_eq!(accept_queue_in(""), None);
+    }
+
+    #[test]
+    fn listen_counters_are_read_from_the_tcpext_pair() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops
+TcpExt: 4 17 21
+IpExt: ListenOverflows
+IpExt: 99
+";
+        let c = listen_counters_in(text).unwrap();
+        let get = |n: &str| c.iter().find(|x| x.0 == n).map(|x| x.1);
+        assert_eq!(get("ListenOverflows"), Some(17));
+        assert_eq!(get("ListenDrops"), Some(21));
+        assert_eq!(get("SyncookiesSent"), Some(4));
+        assert_eq!(get("TCPReqQFullDrop"), Some(0));
+        assert!(listen_counters_in("IpExt: A\nIpExt: 1\n").is_none());
+    }
+
+    #[test]
+    fn thread_shares_finds_the_busiest_second() {
+        let t = |tid, cpu_s| ThreadCpu {
+            tid,
+            name: format!("splicegate-w{tid}"),
+            cpu_s,
+        };
+        // Worker 1 uses 0.6 s of CPU between t = 1 and t = 2, nothing otherwise; worker 0
+        // uses 0.1 s a second throughout.
+        let samples = vec![
+            (0.0, vec![t(0, 0.0), t(1, 0.0)]),
+            (1.0, vec![t(0, 0.1), t(1, 0.0)]),
+            (2.0, vec![t(0, 0.2), t(1, 0.6)]),
+            (3.0, vec![t(0, 0.3), t(1, 0.6)]),
+        ];
+        let rows = thread_shares(&samples);
+        assert_eq!(rows[0]["name"], "splicegate-w1");
+        assert_eq!(rows[0]["whole_pct"], 20.0);
+        assert_eq!(rows[0]["peak_1s_pct"], 60.0);
+        assert_eq!(rows[1]["whole_pct"], 10.0);
+        assert_eq!(rows[1]["peak_1s_pct"], 10.0);
+    }
+
+    #[test]
+    fn half_second_histogram_buckets_by_start() {
+        let h = half_second_histogram(&[4_999_999, 5_000_000, 5_400_000, 6_100_000]);
+        assert_eq!(h["4.5"], 1);
+        assert_eq!(h["5.0"], 2);
+        assert_eq!(h["6.0"], 1);
+    }
 }

@@ -196,6 +196,12 @@ enum Mode {
         /// Give up on a connection still open after this many seconds.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// The legitimate client beside the attack: CONNECTs a second, at a fixed rate.
+        #[arg(long, default_value_t = 20)]
+        probe_rate: u32,
+        /// Seconds of the same probe, at the same rate, before the attack (its baseline).
+        #[arg(long, default_value_t = 5)]
+        probe_baseline_s: u64,
     },
     /// Idle flood: CONNECTIONS that never send a byte, then TRICKLE more per second for HOLD s.
     Flood {
@@ -356,12 +362,18 @@ fn main() -> Result<()> {
             connections,
             interval_ms,
             seconds,
+            probe_rate,
+            probe_baseline_s,
         } => runtime(net.threads)?.block_on(attack::slowloris(
             net.clone(),
             attack,
-            connections.clamp(1, 20_000),
-            Duration::from_millis(interval_ms.clamp(10, 60_000)),
-            seconds.clamp(1, 600),
+            attack::Slowloris {
+                connections: connections.clamp(1, 20_000),
+                interval: Duration::from_millis(interval_ms.clamp(10, 60_000)),
+                max_seconds: seconds.clamp(1, 600),
+                probe_rate: probe_rate.clamp(1, 1000),
+                probe_baseline: Duration::from_secs(probe_baseline_s.clamp(1, 60)),
+            },
         )),
         Mode::Flood {
             net,

@@ -13,7 +13,7 @@ use crate::auth::Verifier;
 use crate::config::Config;
 use crate::engine::conn::refusal::LINGER;
 use crate::engine::driver::{Driver, Event, FakeDriver, Key};
-use crate::engine::worker::{Worker, WorkerSetup};
+use crate::engine::worker::{Worker, WorkerSetup, TIMER_BUDGET};
 use crate::engine::{conn::State, sys};
 use crate::events::Reject;
 use crate::metrics::{DnsCacheOutcome, Shard};
@@ -322,6 +322,40 @@ fn header_timeout_fires_at_header_timeout_then_lingers_exactly_two_seconds() {
     assert_eq!((b.state(), b.deadlines()), ("closed", 0));
     assert_eq!(b.fake().removed, vec![client_key]);
     assert_eq!(b.worker.registry.live(), 0);
+}
+
+/// A burst of timeouts is expired a batch per turn: one turn handles at most `TIMER_BUDGET`
+/// deadlines, the rest stay due (so the next turn's wait does not block) and go in the next
+/// turn. Before, one turn expired the whole burst (9,000 slowloris heads) while every other
+/// connection's events waited: a legitimate CONNECT beside the attack took 0.1-0.5 s more.
+#[test]
+fn a_burst_of_header_timeouts_is_expired_a_batch_per_turn() {
+    let mut b = bench();
+    let t0 = Instant::now();
+    b.worker.now = t0;
+    let n = TIMER_BUDGET + TIMER_BUDGET / 2;
+    let clients: Vec<TcpStream> = (0..n).map(|_| b.accept()).collect();
+    assert_eq!(b.deadlines(), n);
+    let refused = |b: &Bench| {
+        b.worker
+            .slots
+            .iter()
+            .filter_map(|s| s.conn.as_ref())
+            .filter(|c| matches!(c.state, State::Lingering { .. } | State::Refusing { .. }))
+            .count()
+    };
+    let due = t0 + Duration::from_secs(10);
+    b.at(due);
+    assert_eq!(refused(&b), TIMER_BUDGET);
+    assert_eq!(b.worker.next_timeout(), Some(Duration::ZERO));
+    b.at(due);
+    assert_eq!(refused(&b), n);
+    assert!(b.worker.next_timeout() > Some(Duration::ZERO));
+    for mut c in clients {
+        let mut got = [0u8; 12];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"HTTP/1.1 408");
+    }
 }
 
 /// The head buffer holds what arrived, not a read-sized block: a slowloris client that has sent
