@@ -93,7 +93,7 @@ for target in "${targets[@]}"; do
     d="$OUT/$target"
     read -r wall user sys <"$d/time" || true
     cpu=$(awk -v u="${user:-0}" -v s="${sys:-0}" 'BEGIN {printf "%.0f", u + s}')
-    execs=$(awk -F: '/stat::number_of_executed_units/ {gsub(/ /, "", $3); print $3}' "$d/log")
+    execs=$(awk '/stat::number_of_executed_units/ {print $NF}' "$d/log")
     last=$(grep -a '^#[0-9]' "$d/log" | tail -1)
     cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
     ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
