@@ -14,6 +14,8 @@
 # FUZZ_RSS_MB    libFuzzer's RSS limit (default 512)
 # FUZZ_TARGETS   space-separated targets (default: every target)
 # OUT            where logs, new inputs, findings and summary.md go (default fuzz/long)
+# FUZZ_RESUME    space-separated OUT directories of earlier runs: their new inputs are read as
+#                corpus too, so an hour can be run in parts (each part's table says what it got)
 #
 # New inputs stay in $OUT/<target>/new; fold them into fuzz/corpus/<target> with
 # `cargo +nightly fuzz run <target> fuzz/corpus/<target> $OUT/<target>/new -- -merge=1`.
@@ -61,6 +63,10 @@ run_one() {
     cp "$bindir/$target" "$d/bin"
     local dirs=("$d/new" "corpus/$target")
     [ -d "regressions/$target" ] && dirs+=("regressions/$target")
+    local earlier
+    for earlier in ${FUZZ_RESUME:-}; do
+        [ -d "$earlier/$target/new" ] && dirs+=("$earlier/$target/new")
+    done
     local TIMEFORMAT='%R %U %S'
     { time nice -n "$FUZZ_NICE" "$d/bin" "${dirs[@]}" -max_total_time="$FUZZ_SECONDS" \
         -timeout="$FUZZ_TIMEOUT" -rss_limit_mb="$FUZZ_RSS_MB" -print_final_stats=1 \
