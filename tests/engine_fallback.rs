@@ -136,14 +136,7 @@ fn assert_uring_refused(wrapper: &[String], words: &[&str]) {
         yq(&dir.path().join("admin.sock").display().to_string())
     ));
     let path = dir.write("splicegate.yaml", &text);
-    let mut cmd = match wrapper.split_first() {
-        Some((first, rest)) => {
-            let mut c = Command::new(first);
-            c.args(rest).arg(bin());
-            c
-        }
-        None => Command::new(bin()),
-    };
+    let mut cmd = gateway_command(wrapper);
     let mut child = cmd
         .args(["run", "--log-format", "json", "--config"])
         .arg(&path)

@@ -293,14 +293,7 @@ impl Run {
     fn start(cfg: &Config, format: &str, wrapper: &[String]) -> Run {
         let dir = TempDir::new("abuse");
         let path = dir.write("splicegate.yaml", &cfg.render());
-        let mut cmd = match wrapper.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(bin());
-                c
-            }
-            None => Command::new(bin()),
-        };
+        let mut cmd = gateway_command(wrapper);
         let mut child = cmd
             .arg("run")
             .arg("--config")

@@ -85,6 +85,19 @@ pub fn test_engine() -> String {
 }
 
 /// Path of the binary under test.
+/// The gateway's command, run under `wrapper` (a launcher and its arguments, such as `setpriv
+/// ...` or the seccomp launcher) when one is given.
+pub fn gateway_command<S: AsRef<std::ffi::OsStr>>(wrapper: &[S]) -> Command {
+    match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(bin());
+            c
+        }
+        None => Command::new(bin()),
+    }
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_splicegate")
 }
@@ -564,14 +577,7 @@ impl Gateway {
             ));
         }
         let config_path = dir.write("splicegate.yaml", &text);
-        let mut cmd = match wrapper.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(bin());
-                c
-            }
-            None => Command::new(bin()),
-        };
+        let mut cmd = gateway_command(wrapper);
         let mut child = cmd
             .arg("run")
             .arg("--config")
