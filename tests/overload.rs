@@ -80,15 +80,21 @@ fn stays(gw: &Gateway, on: bool, what: &str) {
     }
 }
 
+/// One worker, an echo upstream under `ECHO`, `max_connections` of `max`, idle clients held
+/// for a minute (`header_timeout`), and the overload state sampled every `SAMPLE`.
+fn budget(up: &Upstream, max: &str) -> Config {
+    Config::new()
+        .workers(1)
+        .upstream(ECHO, up.port())
+        .limit("max_connections", max)
+        .limit("header_timeout", "60s")
+        .limit("overload_sample_interval", SAMPLE)
+}
+
 #[test]
 fn connection_budget_at_95_percent_refuses_new_clients_and_releases_below_90() {
     let up = Upstream::echo();
-    let cfg = Config::new()
-        .workers(1)
-        .upstream(ECHO, up.port())
-        .limit("max_connections", "20")
-        .limit("header_timeout", "60s")
-        .limit("overload_sample_interval", SAMPLE);
+    let cfg = budget(&up, "20");
     let Some(gw) = Gateway::start(cfg) else {
         return;
     };
@@ -188,12 +194,7 @@ fn connection_budget_at_95_percent_refuses_new_clients_and_releases_below_90() {
 #[test]
 fn at_max_connections_the_reason_stays_over_capacity() {
     let up = Upstream::echo();
-    let cfg = Config::new()
-        .workers(1)
-        .upstream(ECHO, up.port())
-        .limit("max_connections", "4")
-        .limit("header_timeout", "60s")
-        .limit("overload_sample_interval", SAMPLE);
+    let cfg = budget(&up, "4");
     let Some(gw) = Gateway::start(cfg) else {
         return;
     };
@@ -362,14 +363,9 @@ fn a_memory_budget_below_the_floor_is_refused() {
 #[test]
 fn overload_refusals_are_rate_limited_and_add_up_to_the_counter() {
     let up = Upstream::echo();
-    let cfg = Config::new()
-        .workers(1)
-        .upstream(ECHO, up.port())
-        .limit("max_connections", "4")
-        .limit("header_timeout", "60s")
+    let cfg = budget(&up, "4")
         .limit("overload_engage_percent", "50")
         .limit("overload_release_percent", "25")
-        .limit("overload_sample_interval", SAMPLE)
         .raw("logging:\n  refusal_burst: 5\n  refusal_window: 2s\n");
     let Some(gw) = Gateway::start(cfg) else {
         return;
