@@ -214,6 +214,28 @@ fn metrics_and_readyz_answer_while_the_workers_are_out_of_fds() {
     drop(idle);
 }
 
+/// A one-worker gateway whose every accept fails with `errno` (test builds only), and three
+/// queued clients that trigger the failing accepts; they are never served.
+fn failing_accepts(errno: i32) -> Option<(Upstream, Gateway, Vec<std::net::TcpStream>)> {
+    let up = Upstream::echo();
+    let cfg = Config::new().workers(1).upstream(NAME, up.port());
+    let var = format!("SPLICEGATE_TEST_ACCEPT_ERROR={errno}");
+    let gw = Gateway::start_wrapped(cfg, &["env", &var])?;
+    let clients: Vec<_> = (0..3)
+        .filter_map(|_| std::net::TcpStream::connect(gw.addr()).ok())
+        .collect();
+    assert!(!clients.is_empty(), "the kernel queues the clients");
+    Some((up, gw, clients))
+}
+
+/// The gateway's CPU over `window`, as a share of one core.
+fn cpu_share_over(gw: &Gateway, window: Duration) -> f64 {
+    let cpu0 = cpu_seconds(gw.pid());
+    let t0 = Instant::now();
+    std::thread::sleep(window);
+    (cpu_seconds(gw.pid()) - cpu0) / t0.elapsed().as_secs_f64()
+}
+
 /// A persistent accept error pauses accepting with an exponential back-off instead of retrying at
 /// once: with every accept failing (injected through the test-build-only
 /// `SPLICEGATE_TEST_ACCEPT_ERROR`), the gateway stays near idle and counts a bounded number of
@@ -222,22 +244,10 @@ fn metrics_and_readyz_answer_while_the_workers_are_out_of_fds() {
 #[test]
 fn persistent_accept_errors_back_off_without_spinning() {
     for (errno, kind) in [(libc::EINVAL, "accept"), (libc::ENOBUFS, "out_of_memory")] {
-        let up = Upstream::echo();
-        let cfg = Config::new().workers(1).upstream(NAME, up.port());
-        let var = format!("SPLICEGATE_TEST_ACCEPT_ERROR={errno}");
-        let Some(gw) = Gateway::start_wrapped(cfg, &["env", &var]) else {
+        let Some((_up, gw, _clients)) = failing_accepts(errno) else {
             return;
         };
-        // Clients trigger the (failing) accepts; they are never served.
-        let clients: Vec<_> = (0..3)
-            .filter_map(|_| std::net::TcpStream::connect(gw.addr()).ok())
-            .collect();
-        assert!(!clients.is_empty(), "the kernel queues the clients");
-        let cpu0 = cpu_seconds(gw.pid());
-        let t0 = Instant::now();
-        std::thread::sleep(Duration::from_secs(2));
-        let used = cpu_seconds(gw.pid()) - cpu0;
-        let share = used / t0.elapsed().as_secs_f64();
+        let share = cpu_share_over(&gw, Duration::from_secs(2));
         assert!(
             share < 0.2,
             "errno {errno}: gateway used {:.0}% of a core while accept failed",
@@ -272,20 +282,10 @@ fn persistent_accept_errors_back_off_without_spinning() {
 #[test]
 fn persistent_per_client_accept_errors_do_not_spin() {
     for errno in [libc::EPERM, libc::ECONNABORTED] {
-        let up = Upstream::echo();
-        let cfg = Config::new().workers(1).upstream(NAME, up.port());
-        let var = format!("SPLICEGATE_TEST_ACCEPT_ERROR={errno}");
-        let Some(gw) = Gateway::start_wrapped(cfg, &["env", &var]) else {
+        let Some((_up, gw, _clients)) = failing_accepts(errno) else {
             return;
         };
-        let clients: Vec<_> = (0..3)
-            .filter_map(|_| std::net::TcpStream::connect(gw.addr()).ok())
-            .collect();
-        assert!(!clients.is_empty(), "the kernel queues the clients");
-        let cpu0 = cpu_seconds(gw.pid());
-        let t0 = Instant::now();
-        std::thread::sleep(Duration::from_secs(2));
-        let share = (cpu_seconds(gw.pid()) - cpu0) / t0.elapsed().as_secs_f64();
+        let share = cpu_share_over(&gw, Duration::from_secs(2));
         assert!(
             share < 0.2,
             "errno {errno}: gateway used {:.0}% of a core while every accept failed",
