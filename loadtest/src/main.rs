@@ -757,15 +757,7 @@ async fn open(
     tls: Option<&TlsConnector>,
     ack_every: u64,
 ) -> Result<Opened, Fail> {
-    let t0 = Instant::now();
-    let mut s = dial(net, i).await?;
-    let connect = if net.direct {
-        t0.elapsed()
-    } else {
-        let t1 = Instant::now();
-        connect_head(&mut s, &net.target).await?;
-        t1.elapsed()
-    };
+    let (s, connect) = open_plain(net, i).await?;
     let mut stream: Box<dyn Io> = match tls {
         Some(c) => {
             let name = ServerName::try_from(net.sni.clone()).map_err(|e| fail("config", e))?;
@@ -1435,14 +1427,7 @@ async fn connect_storm(net: Net, cfg: StormCfg) -> Result<()> {
 /// application-data round trip, close_notify; then close.
 async fn storm_tunnel(net: &Net, i: usize, tls: Option<&TlsConnector>) -> Result<StormTimes, Fail> {
     let t0 = Instant::now();
-    let mut s = dial(net, i).await?;
-    let connect = if net.direct {
-        t0.elapsed()
-    } else {
-        let t1 = Instant::now();
-        connect_head(&mut s, &net.target).await?;
-        t1.elapsed()
-    };
+    let (s, connect) = open_plain(net, i).await?;
     let open = t0.elapsed();
     let Some(c) = tls else {
         return Ok(StormTimes {
