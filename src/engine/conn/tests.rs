@@ -98,6 +98,18 @@ impl Bench {
         client
     }
 
+    /// A client that sent `CONNECT up.test:PORT` and the worker's read of it; returns the client
+    /// and its key.
+    fn connect_to(&mut self, port: u16) -> (TcpStream, Key) {
+        let mut client = self.accept();
+        let client_key = self.fake().watched[0];
+        client
+            .write_all(format!("CONNECT up.test:{port} HTTP/1.1\r\n\r\n").as_bytes())
+            .unwrap();
+        self.ready(client_key);
+        (client, client_key)
+    }
+
     fn fake(&mut self) -> &mut FakeDriver {
         match &mut self.worker.driver {
             Driver::Fake(d) => d,
@@ -224,12 +236,7 @@ impl Bench {
     fn tunnel(&mut self, upstream: &TcpListener, t: Instant) -> (TcpStream, TcpStream, Key, Key) {
         self.worker.now = t;
         let port = upstream.local_addr().unwrap().port();
-        let mut client = self.accept();
-        let client_key = self.fake().watched[0];
-        client
-            .write_all(format!("CONNECT up.test:{port} HTTP/1.1\r\n\r\n").as_bytes())
-            .unwrap();
-        self.ready(client_key);
+        let (mut client, client_key) = self.connect_to(port);
         self.answer(&["127.0.0.1"]);
         let (far, _) = upstream.accept().unwrap();
         far.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -282,12 +289,7 @@ fn a_hosts_file_name_is_dialled_at_once_with_no_resolver_answer() {
     ));
     let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = upstream.local_addr().unwrap().port();
-    let mut client = b.accept();
-    let client_key = b.fake().watched[0];
-    client
-        .write_all(format!("CONNECT up.test:{port} HTTP/1.1\r\n\r\n").as_bytes())
-        .unwrap();
-    b.ready(client_key);
+    let (_client, _) = b.connect_to(port);
     assert_eq!((b.state(), b.deadlines()), ("connecting", 1));
     let stats = b.worker.resolver.stats();
     assert_eq!(stats.cached(DnsCacheOutcome::HostsFile), 1);
@@ -501,12 +503,7 @@ fn idle_timeout_is_reset_by_traffic_in_virtual_time() {
 fn every_address_dialled_is_a_new_key_and_each_is_removed() {
     let mut b = bench();
     let (_held, port) = refusing_port();
-    let mut client = b.accept();
-    let client_key = b.fake().watched[0];
-    client
-        .write_all(format!("CONNECT up.test:{port} HTTP/1.1\r\n\r\n").as_bytes())
-        .unwrap();
-    b.ready(client_key);
+    let (mut client, _) = b.connect_to(port);
     assert_eq!((b.state(), b.deadlines()), ("resolving", 1));
     let gen = b.worker.slots[0].gen;
     b.answers
@@ -559,12 +556,7 @@ fn a_tunnel_keeps_one_deadline_and_idles_out_in_virtual_time() {
     let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = upstream.local_addr().unwrap().port();
     let t0 = Instant::now();
-    let mut client = b.accept();
-    let client_key = b.fake().watched[0];
-    client
-        .write_all(format!("CONNECT up.test:{port} HTTP/1.1\r\n\r\n").as_bytes())
-        .unwrap();
-    b.ready(client_key);
+    let (mut client, client_key) = b.connect_to(port);
     let gen = b.worker.slots[0].gen;
     b.answers
         .send(Answer {
@@ -818,12 +810,7 @@ fn a_writable_wake_up_completes_the_connect_and_the_tunnel_keeps_its_readiness()
     let mut b = bench();
     let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = upstream.local_addr().unwrap().port();
-    let mut client = b.accept();
-    let client_key = b.fake().watched[0];
-    client
-        .write_all(format!("CONNECT up.test:{port} HTTP/1.1\r\n\r\n").as_bytes())
-        .unwrap();
-    b.ready(client_key);
+    let (mut client, _) = b.connect_to(port);
     // The read that brought the whole head was the last one: no read bound to fail with EAGAIN.
     assert_eq!(b.state(), "resolving");
     assert!(b.worker.slots[0].conn.as_ref().expect("a connection").c_rd);
