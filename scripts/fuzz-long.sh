@@ -8,6 +8,9 @@
 #
 # FUZZ_SECONDS   wall time per target (default 3600)
 # FUZZ_JOBS      targets at once (default: the number of CPUs; more than that only shares them)
+# FUZZ_FORK      processes per target, libFuzzer's -fork=N (default 1: one process). With
+#                FUZZ_JOBS=1 FUZZ_FORK=$(nproc) each target in turn gets every core, so targets
+#                finish one after another instead of all at the end
 # FUZZ_NICE      niceness of the fuzzers (default 0; the CPU column says what each really got)
 # FUZZ_TIMEOUT   libFuzzer's per-input timeout in seconds (default 25: it is wall time, and a
 #                fuzzer that waits for a CPU must not report a slow input)
@@ -26,6 +29,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 FUZZ_SECONDS="${FUZZ_SECONDS:-3600}"
 FUZZ_JOBS="${FUZZ_JOBS:-$(nproc)}"
+FUZZ_FORK="${FUZZ_FORK:-1}"
 FUZZ_NICE="${FUZZ_NICE:-0}"
 FUZZ_TIMEOUT="${FUZZ_TIMEOUT:-25}"
 FUZZ_RSS_MB="${FUZZ_RSS_MB:-512}"
@@ -67,14 +71,16 @@ run_one() {
     for earlier in ${FUZZ_RESUME:-}; do
         [ -d "$earlier/$target/new" ] && dirs+=("$earlier/$target/new")
     done
+    local fork=()
+    [ "$FUZZ_FORK" -gt 1 ] && fork=(-fork="$FUZZ_FORK")
     local TIMEFORMAT='%R %U %S'
-    { time nice -n "$FUZZ_NICE" "$d/bin" "${dirs[@]}" -max_total_time="$FUZZ_SECONDS" \
+    { time nice -n "$FUZZ_NICE" "$d/bin" "${dirs[@]}" "${fork[@]}" -max_total_time="$FUZZ_SECONDS" \
         -timeout="$FUZZ_TIMEOUT" -rss_limit_mb="$FUZZ_RSS_MB" -print_final_stats=1 \
         -artifact_prefix="$d/art/" >"$d/log" 2>&1; } 2>"$d/time"
     echo $? >"$d/rc"
 }
 
-echo "fuzz-long: ${#targets[@]} targets, ${FUZZ_SECONDS} s each, ${FUZZ_JOBS} at a time, in $OUT"
+echo "fuzz-long: ${#targets[@]} targets, ${FUZZ_SECONDS} s each, ${FUZZ_JOBS} at a time, ${FUZZ_FORK} process(es) each, in $OUT"
 started=$(date -u +%FT%TZ)
 running=0
 for target in "${targets[@]}"; do
@@ -89,7 +95,7 @@ done
 wait
 
 {
-    echo "Fuzzing, started $started, ${FUZZ_SECONDS} s per target, ${FUZZ_JOBS} at a time on $(nproc) CPUs, nice ${FUZZ_NICE}, $(uname -r)"
+    echo "Fuzzing, started $started, ${FUZZ_SECONDS} s per target, ${FUZZ_JOBS} at a time, ${FUZZ_FORK} process(es) each, on $(nproc) CPUs, nice ${FUZZ_NICE}, $(uname -r)"
     echo
     echo "| target | wall s | CPU s | executions | exec/s of CPU | cov | ft | corpus | findings |"
     echo "|---|---|---|---|---|---|---|---|---|"
@@ -99,11 +105,14 @@ for target in "${targets[@]}"; do
     d="$OUT/$target"
     read -r wall user sys <"$d/time" || true
     cpu=$(awk -v u="${user:-0}" -v s="${sys:-0}" 'BEGIN {printf "%.0f", u + s}')
+    # One process prints its final stats; -fork=N's parent prints none, and its progress lines
+    # ("#N: cov: ...") count the executions of all its children.
     execs=$(awk '/stat::number_of_executed_units/ {print $NF}' "$d/log")
     last=$(grep -a '^#[0-9]' "$d/log" | tail -1)
+    [ -z "$execs" ] && execs=$(sed -n 's/^#\([0-9]*\):.*/\1/p' <<<"$last")
     cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
     ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
-    corp=$(sed -n 's/.* corp: \([0-9]*\/[0-9A-Za-z]*\).*/\1/p' <<<"$last")
+    corp=$(sed -n 's/.* corp: \([0-9]*\(\/[0-9A-Za-z]*\)\{0,1\}\).*/\1/p' <<<"$last")
     findings=$(find "$d/art" -type f | wc -l)
     [ "$findings" -ne 0 ] && found=1
     rate=$(awk -v e="${execs:-0}" -v c="$cpu" 'BEGIN {if (c > 0) printf "%.0f", e / c; else print "-"}')
