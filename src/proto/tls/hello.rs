@@ -201,6 +201,11 @@ fn server_name(data: &[u8]) -> Result<Option<String>, ParseError> {
     if name.is_empty() || name.len() > MAX_SNI_LEN || !name.iter().all(u8::is_ascii_graphic) {
         return Err(ParseError::ServerName);
     }
+    // A DNS name has no empty label: `a..b`, `.a` and `a..` (which would still end in a dot
+    // once its trailing dot is dropped) name no host a server could hold a certificate for.
+    if name.split(|&b| b == b'.').any(<[u8]>::is_empty) {
+        return Err(ParseError::ServerName);
+    }
     // Visible ASCII, so this is valid UTF-8.
     let name = String::from_utf8_lossy(name).to_ascii_lowercase();
     Ok(Some(name))
@@ -328,6 +333,12 @@ mod tests {
         assert_eq!(server_name(&ext(&[(0, b"")])), bad);
         assert_eq!(server_name(&ext(&[(0, b"a b")])), bad);
         assert_eq!(server_name(&ext(&[(0, b"a\0")])), bad);
+        // Empty labels: the fuzzer's `x5e4..2..` was reported as the SNI `x5e4..2.`.
+        assert_eq!(server_name(&ext(&[(0, b"x5e4..2..")])), bad);
+        assert_eq!(server_name(&ext(&[(0, b"a..")])), bad);
+        assert_eq!(server_name(&ext(&[(0, b"a..b")])), bad);
+        assert_eq!(server_name(&ext(&[(0, b".a")])), bad);
+        assert_eq!(server_name(&ext(&[(0, b"..")])), bad);
         assert_eq!(server_name(&ext(&[(0, "é".as_bytes())])), bad);
         assert_eq!(server_name(&ext(&[(0, &[b'a'; 256])])), bad);
         assert_eq!(
