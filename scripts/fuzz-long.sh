@@ -105,11 +105,16 @@ for target in "${targets[@]}"; do
     d="$OUT/$target"
     read -r wall user sys <"$d/time" || true
     cpu=$(awk -v u="${user:-0}" -v s="${sys:-0}" 'BEGIN {printf "%.0f", u + s}')
-    # One process prints its final stats; -fork=N's parent prints none, and its progress lines
-    # ("#N: cov: ...") count the executions of all its children.
-    execs=$(awk '/stat::number_of_executed_units/ {print $NF}' "$d/log")
-    last=$(grep -a '^#[0-9]' "$d/log" | tail -1)
-    [ -z "$execs" ] && execs=$(sed -n 's/^#\([0-9]*\):.*/\1/p' <<<"$last")
+    if [ "$FUZZ_FORK" -gt 1 ]; then
+        # -fork=N's parent prints no final stats (a child that crashes prints its own, into
+        # the same log); the parent's progress lines ("#N: cov: ...") count every child's
+        # executions.
+        last=$(grep -a '^#[0-9]*:' "$d/log" | tail -1)
+        execs=$(sed -n 's/^#\([0-9]*\):.*/\1/p' <<<"$last")
+    else
+        last=$(grep -a '^#[0-9]' "$d/log" | tail -1)
+        execs=$(awk '/stat::number_of_executed_units/ {print $NF}' "$d/log")
+    fi
     cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
     ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
     corp=$(sed -n 's/.* corp: \([0-9]*\(\/[0-9A-Za-z]*\)\{0,1\}\).*/\1/p' <<<"$last")
