@@ -198,10 +198,10 @@ fn server_name(data: &[u8]) -> Result<Option<String>, ParseError> {
         return Err(ParseError::ServerName);
     }
     let name = name.strip_suffix(b".").unwrap_or(name);
-    if name.is_empty() || name.len() > MAX_SNI_LEN || !name.iter().all(u8::is_ascii_graphic) {
+    if name.len() > MAX_SNI_LEN || !name.iter().all(u8::is_ascii_graphic) {
         return Err(ParseError::ServerName);
     }
-    // A DNS name has no empty label: `a..b`, `.a` and `a..` (which would still end in a dot
+    // A DNS name has no empty label: ``, `a..b`, `.a` and `a..` (which would still end in a dot
     // once its trailing dot is dropped) name no host a server could hold a certificate for.
     if name.split(|&b| b == b'.').any(<[u8]>::is_empty) {
         return Err(ParseError::ServerName);
